@@ -1,0 +1,313 @@
+"""The ``remote-kernel`` command line: datasite admin, reviewers, demo.
+
+Admin commands work on a datasite directory (no server needed); reviewer
+commands talk to a running datasite with a reviewer token (``--url`` and
+``--token``, or ``REMOTE_KERNEL_URL`` and ``REMOTE_KERNEL_TOKEN``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import sys
+from typing import Any
+
+from .config import ConfigError, DatasiteConfig
+from .datasets import DatasetError, add_dataset
+from .models import Role
+from .store import Conflict, Store
+
+
+class CliError(Exception):
+    """Printed as 'error: …' with exit status 2."""
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not hasattr(args, "func"):
+        parser.print_help()
+        return 2
+    try:
+        return int(args.func(args) or 0)
+    except (CliError, ConfigError, DatasetError, Conflict, KeyError) as exc:
+        message = exc.args[0] if isinstance(exc, KeyError) and exc.args else str(exc)
+        print(f"error: {message}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="remote-kernel",
+        description="Run notebook cells next to private data; release only checked outputs.",
+    )
+    top = parser.add_subparsers(title="commands")
+
+    # --- datasite (admin) ---
+    site = top.add_parser("datasite", help="create and run a datasite (admin)")
+    site_cmds = site.add_subparsers(title="datasite commands")
+
+    p = site_cmds.add_parser("init", help="create a datasite directory")
+    p.add_argument("directory")
+    p.add_argument("--name", required=True, help="the datasite's name, e.g. cleveland")
+    p.set_defaults(func=cmd_init)
+
+    p = site_cmds.add_parser("add-dataset", help="import a private table and its mock")
+    p.add_argument("directory")
+    p.add_argument("name", help="the dataset's name, used as rk.data(name)")
+    p.add_argument("--private", required=True, help="CSV (with header) or Parquet file")
+    p.add_argument("--mock", help="a mock file with the same columns (default: generated)")
+    p.add_argument("--columns", help="comma-separated column names for a headerless CSV")
+    p.add_argument("--na", action="append", help="a value that means missing (repeatable)")
+    p.add_argument("--sep", default=",", help="CSV separator (default ',')")
+    p.add_argument("--description", default="")
+    p.add_argument("--seed", type=int, default=None, help="seed for the generated mock")
+    p.set_defaults(func=cmd_add_dataset)
+
+    p = site_cmds.add_parser("add-user", help="add a user and print their token once")
+    p.add_argument("directory")
+    p.add_argument("name")
+    p.add_argument("--role", required=True, choices=[r.value for r in Role])
+    p.set_defaults(func=cmd_add_user)
+
+    p = site_cmds.add_parser("users", help="list users (never their tokens)")
+    p.add_argument("directory")
+    p.set_defaults(func=cmd_users)
+
+    p = site_cmds.add_parser("serve", help="serve the datasite API")
+    p.add_argument("directory")
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=8765)
+    p.add_argument("--insecure-release-all", action="store_true",
+                   help="BENCHMARKS ONLY: release every output without review")  # fmt: skip
+    p.set_defaults(func=cmd_serve)
+
+    p = site_cmds.add_parser("audit", help="check the hash-chained audit log")
+    p.add_argument("action", choices=["verify", "export"])
+    p.add_argument("directory")
+    p.set_defaults(func=cmd_audit)
+
+    # --- review (reviewers) ---
+    review = top.add_parser("review", help="review pending outputs (reviewer token)")
+    review_cmds = review.add_subparsers(title="review commands")
+
+    def reviewer_args(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--url", default=os.environ.get("REMOTE_KERNEL_URL"),
+                       help="datasite URL (or REMOTE_KERNEL_URL)")  # fmt: skip
+        p.add_argument("--token", default=os.environ.get("REMOTE_KERNEL_TOKEN"),
+                       help="reviewer token (or REMOTE_KERNEL_TOKEN)")  # fmt: skip
+
+    p = review_cmds.add_parser("list", help="pending outputs")
+    reviewer_args(p)
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_review_list)
+
+    p = review_cmds.add_parser("show", help="one output with its code and findings")
+    p.add_argument("output_id", type=int)
+    reviewer_args(p)
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_review_show)
+
+    p = review_cmds.add_parser("approve", help="release an output to its researcher")
+    p.add_argument("output_id", type=int)
+    reviewer_args(p)
+    p.add_argument("--comment", default="")
+    p.set_defaults(func=cmd_review_decide, approve=True)
+
+    p = review_cmds.add_parser("deny", help="refuse an output, with a comment for the researcher")
+    p.add_argument("output_id", type=int)
+    reviewer_args(p)
+    p.add_argument("--comment", required=True)
+    p.set_defaults(func=cmd_review_decide, approve=False)
+
+    # --- demo ---
+    p = top.add_parser("demo", help="start a demo datasite with heart-disease data")
+    p.add_argument("--dir", default="remote-kernel-demo", help="where the demo datasite lives")
+    p.add_argument("--port", type=int, default=8765)
+    p.add_argument("--data-dir", default=None, help="folder with the UCI heart-disease files")
+    p.set_defaults(func=cmd_demo)
+    return parser
+
+
+# --- datasite commands ------------------------------------------------------------------------
+def cmd_init(args: argparse.Namespace) -> None:
+    config = DatasiteConfig.create(args.directory, args.name)
+    Store(config.database_url).close()
+    print(f"created datasite {config.name!r} in {config.directory}")
+    print(f"next: remote-kernel datasite add-dataset {args.directory} NAME --private FILE")
+
+
+def cmd_add_dataset(args: argparse.Namespace) -> None:
+    config = DatasiteConfig.load(args.directory)
+    columns = [c.strip() for c in args.columns.split(",")] if args.columns else None
+    entry = add_dataset(
+        config, args.name, args.private, columns=columns, na_values=args.na, sep=args.sep,
+        mock_path=args.mock, description=args.description, seed=args.seed,
+    )  # fmt: skip
+    store = Store(config.database_url)
+    store.audit("admin-cli", "dataset.add", f"dataset:{entry.name}",
+                columns=[c.name for c in entry.columns], mock="given" if args.mock else "schema")  # fmt: skip
+    store.close()
+    mock = "from " + args.mock if args.mock else "generated (schema only)"
+    print(f"added dataset {entry.name!r} to {config.name}: {len(entry.columns)} columns; mock {mock}")
+
+
+def cmd_add_user(args: argparse.Namespace) -> None:
+    config = DatasiteConfig.load(args.directory)
+    store = Store(config.database_url)
+    try:
+        user, token = store.create_user(args.name, Role(args.role))
+    finally:
+        store.close()
+    print(f"added {user.role} {user.name!r} to {config.name}. Their token (shown only once):")
+    print(token)
+
+
+def cmd_users(args: argparse.Namespace) -> None:
+    config = DatasiteConfig.load(args.directory)
+    store = Store(config.database_url)
+    for user in store.users():
+        state = "revoked" if user.revoked_at else "active"
+        print(f"{user.name}\t{user.role}\t{state}")
+    store.close()
+
+
+def cmd_serve(args: argparse.Namespace) -> None:
+    import logging
+
+    from .filter import InsecureFilterRefused
+    from .server.app import run_server
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    filter_name = "insecure-release-all" if args.insecure_release_all else None
+    if args.insecure_release_all:
+        print("WARNING: --insecure-release-all releases every output WITHOUT REVIEW. "
+              "Benchmarks only; never with real data.", file=sys.stderr)  # fmt: skip
+
+    def ready(url: str) -> None:
+        print(f"datasite serving at {url} (Ctrl-C to stop)", flush=True)
+
+    try:
+        asyncio.run(run_server(args.directory, args.host, args.port,
+                               allow_insecure=args.insecure_release_all,
+                               filter_name=filter_name, ready=ready))  # fmt: skip
+    except InsecureFilterRefused as exc:
+        raise CliError(str(exc)) from None
+    except OSError as exc:
+        raise CliError(f"cannot serve on {args.host}:{args.port}: {exc}") from None
+
+
+def cmd_audit(args: argparse.Namespace) -> int:
+    config = DatasiteConfig.load(args.directory)
+    store = Store(config.database_url)
+    try:
+        if args.action == "export":
+            for entry in store.audit_entries():
+                print(json.dumps({"id": entry.id, "at": entry.at.isoformat() + "Z",
+                                  "actor": entry.actor, "action": entry.action,
+                                  "target": entry.target, "detail": entry.detail,
+                                  "prev_hash": entry.prev_hash, "hash": entry.hash}))  # fmt: skip
+            return 0
+        problems = store.verify_audit()
+    finally:
+        store.close()
+    for problem in problems:
+        print(problem)
+    if problems:
+        return 1
+    print(f"audit log intact ({len(store.audit_entries())} entries)")
+    return 0
+
+
+# --- reviewer commands ------------------------------------------------------------------------
+def _reviewer(args: argparse.Namespace) -> Any:
+    from .client import Datasite, RemoteKernelError
+
+    if not args.url or not args.token:
+        raise CliError("give --url and --token (or set REMOTE_KERNEL_URL and REMOTE_KERNEL_TOKEN)")
+    try:
+        return Datasite(args.url, args.token)
+    except RemoteKernelError as exc:
+        raise CliError(str(exc)) from None
+
+
+def _remote(call: Any) -> Any:
+    from .client import RemoteKernelError
+
+    try:
+        return call()
+    except RemoteKernelError as exc:
+        raise CliError(str(exc)) from None
+
+
+def cmd_review_list(args: argparse.Namespace) -> None:
+    site = _reviewer(args)
+    queue = _remote(site.review_queue)
+    if args.json:
+        print(json.dumps(queue, indent=2))
+        return
+    if not queue:
+        print(f"nothing pending at {site.remote_name}")
+        return
+    print(f"{'output':>6}  {'request':>7}  {'researcher':<12} {'type':<15} summary")
+    for item in queue:
+        request = item["request"]
+        print(f"{item['id']:>6}  {request['id']:>7}  {request['user']:<12} "
+              f"{item['msg_type']:<15} {item['summary']}")  # fmt: skip
+
+
+def cmd_review_show(args: argparse.Namespace) -> None:
+    site = _reviewer(args)
+    output = _remote(lambda: site.output(args.output_id))
+    request = _remote(lambda: site._call("GET", f"/api/requests/{output['request_id']}"))
+    if args.json:
+        print(json.dumps({"output": output, "request": request}, indent=2))
+        return
+    print(f"output {output['id']} of request {request['id']} by {request['user']} "
+          f"- {output['state']} ({output['msg_type']})")  # fmt: skip
+    print("\n--- code ---")
+    print(request["code"])
+    print("\n--- findings ---")
+    for finding in output.get("findings") or []:
+        where = f" at {finding['location']}" if finding.get("location") else ""
+        print(f"[{finding['verdict']}] {finding['check']}: {finding['message']}{where}")
+    print("\n--- content ---")
+    print(render_text(output["msg_type"], output.get("content") or {}))
+
+
+def render_text(msg_type: str, content: dict[str, Any]) -> str:
+    if msg_type == "stream":
+        return str(content.get("text", ""))
+    if msg_type == "error":
+        import re
+
+        return re.sub(r"\x1b\[[0-9;]*[A-Za-z]", "", "\n".join(content.get("traceback") or []))
+    data = content.get("data") or {}
+    others = sorted(set(data) - {"text/plain"})
+    text = str(data.get("text/plain", ""))
+    if others:
+        text += f"\n(also: {', '.join(others)}; see --json)"
+    return text
+
+
+def cmd_review_decide(args: argparse.Namespace) -> None:
+    site = _reviewer(args)
+    if args.approve:
+        output = _remote(lambda: site.approve(args.output_id, args.comment))
+    else:
+        output = _remote(lambda: site.deny(args.output_id, args.comment))
+    print(f"output {output['id']} {output['state']}")
+
+
+def cmd_demo(args: argparse.Namespace) -> None:
+    from .demo import run_demo
+
+    run_demo(args.dir, args.port, args.data_dir)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

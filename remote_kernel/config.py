@@ -1,0 +1,189 @@
+"""The datasite directory: one folder holds everything a datasite owns.
+
+Layout::
+
+    <dir>/datasite.yaml        settings and the dataset registry (this module)
+    <dir>/datasite.db          SQLite store (requests, outputs, decisions, audit)
+    <dir>/datasets/<name>/     private.parquet and mock.parquet
+    <dir>/scratch/<session>/   each researcher kernel's working directory
+
+A directory is the unit an admin backs up, moves or deletes; nothing of a
+datasite lives elsewhere.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+CONFIG_FILE = "datasite.yaml"
+NAME_PATTERN = re.compile(r"^[a-z0-9][a-z0-9_-]{0,62}$")
+
+
+class ConfigError(ValueError):
+    """The datasite directory or one of its settings is not usable."""
+
+
+def check_name(kind: str, name: str) -> str:
+    """Names end up in URLs, kernel spec names and paths: keep them boring."""
+    if not NAME_PATTERN.match(name):
+        raise ConfigError(
+            f"{kind} name {name!r} is not allowed: use lowercase letters, digits, '-' or '_' "
+            "(at most 63 characters, starting with a letter or digit)"
+        )
+    return name
+
+
+@dataclass
+class Limits:
+    max_code_bytes: int = 1024 * 1024
+    max_output_bytes: int = 1024 * 1024
+    max_request_body_bytes: int = 2 * 1024 * 1024
+
+
+@dataclass
+class KernelSettings:
+    cull_idle_seconds: float = 3600.0
+    cull_interval_seconds: float = 60.0
+    startup_timeout_seconds: float = 60.0
+
+
+@dataclass
+class ColumnSchema:
+    name: str
+    dtype: str
+
+
+@dataclass
+class DatasetEntry:
+    name: str
+    private: str  # path relative to the datasite directory
+    mock: str
+    columns: list[ColumnSchema]
+    description: str = ""
+    source: str = ""  # where the admin imported it from, for the admin's records
+
+    def to_public_json(self) -> dict[str, Any]:
+        """What a researcher may know about a dataset: its name and shape of its columns."""
+        return {
+            "name": self.name,
+            "description": self.description,
+            "columns": [asdict(c) for c in self.columns],
+        }
+
+
+@dataclass
+class DatasiteConfig:
+    name: str
+    directory: Path
+    db_url: str | None = None
+    output_filter: str = "deny-by-default"
+    limits: Limits = field(default_factory=Limits)
+    kernels: KernelSettings = field(default_factory=KernelSettings)
+    datasets: dict[str, DatasetEntry] = field(default_factory=dict)
+
+    # --- paths ---------------------------------------------------------------------------
+    @property
+    def config_path(self) -> Path:
+        return self.directory / CONFIG_FILE
+
+    @property
+    def datasets_dir(self) -> Path:
+        return self.directory / "datasets"
+
+    @property
+    def scratch_dir(self) -> Path:
+        return self.directory / "scratch"
+
+    @property
+    def database_url(self) -> str:
+        return self.db_url or f"sqlite:///{self.directory / 'datasite.db'}"
+
+    def dataset(self, name: str) -> DatasetEntry:
+        try:
+            return self.datasets[name]
+        except KeyError:
+            available = ", ".join(sorted(self.datasets)) or "none yet"
+            raise KeyError(
+                f"datasite {self.name!r} has no dataset {name!r} (available: {available})"
+            ) from None
+
+    # --- persistence ---------------------------------------------------------------------
+    def to_yaml_dict(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "db_url": self.db_url,
+            "output_filter": self.output_filter,
+            "limits": asdict(self.limits),
+            "kernels": asdict(self.kernels),
+            "datasets": {
+                name: {
+                    "private": d.private,
+                    "mock": d.mock,
+                    "description": d.description,
+                    "source": d.source,
+                    "columns": [asdict(c) for c in d.columns],
+                }
+                for name, d in sorted(self.datasets.items())
+            },
+        }
+
+    def save(self) -> None:
+        """Write atomically so that a crash never leaves half a config behind."""
+        tmp = self.config_path.with_suffix(".yaml.tmp")
+        tmp.write_text(yaml.safe_dump(self.to_yaml_dict(), sort_keys=False))
+        os.replace(tmp, self.config_path)
+
+    @classmethod
+    def load(cls, directory: str | os.PathLike[str]) -> DatasiteConfig:
+        directory = Path(directory).resolve()
+        path = directory / CONFIG_FILE
+        if not path.exists():
+            raise ConfigError(
+                f"{directory} is not a datasite directory (no {CONFIG_FILE}); "
+                f"create one with: remote-kernel datasite init {directory} --name NAME"
+            )
+        raw = yaml.safe_load(path.read_text()) or {}
+        try:
+            datasets = {
+                name: DatasetEntry(
+                    name=name,
+                    private=d["private"],
+                    mock=d["mock"],
+                    description=d.get("description", ""),
+                    source=d.get("source", ""),
+                    columns=[ColumnSchema(**c) for c in d.get("columns", [])],
+                )
+                for name, d in (raw.get("datasets") or {}).items()
+            }
+            return cls(
+                name=check_name("datasite", raw["name"]),
+                directory=directory,
+                db_url=raw.get("db_url"),
+                output_filter=raw.get("output_filter", "deny-by-default"),
+                limits=Limits(**(raw.get("limits") or {})),
+                kernels=KernelSettings(**(raw.get("kernels") or {})),
+                datasets=datasets,
+            )
+        except (KeyError, TypeError) as exc:
+            raise ConfigError(f"{path} is not a valid datasite config: {exc}") from exc
+
+    @classmethod
+    def create(cls, directory: str | os.PathLike[str], name: str) -> DatasiteConfig:
+        directory = Path(directory).resolve()
+        check_name("datasite", name)
+        if (directory / CONFIG_FILE).exists():
+            raise ConfigError(f"{directory} is already a datasite directory")
+        directory.mkdir(parents=True, exist_ok=True)
+        config = cls(name=name, directory=directory)
+        config.datasets_dir.mkdir(exist_ok=True)
+        config.scratch_dir.mkdir(exist_ok=True)
+        # The directory holds the database and private data: owner-only.
+        os.chmod(directory, 0o700)
+        config.save()
+        return config

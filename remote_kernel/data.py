@@ -1,0 +1,61 @@
+"""``rk.data(name)``: one call, two meanings, so one cell runs in both places.
+
+In the researcher's own kernel it returns the dataset's MOCK (from a
+connected datasite); in a kernel the datasite started (which has
+``REMOTE_KERNEL_DATASETS`` in its environment) it returns the PRIVATE table.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pandas as pd
+
+from .client import RemoteKernelError, UnknownDataset, sites
+from .config import NAME_PATTERN
+
+DATASETS_ENV = "REMOTE_KERNEL_DATASETS"
+
+
+def at_datasite() -> bool:
+    """True inside a researcher kernel started by a datasite."""
+    return bool(os.environ.get(DATASETS_ENV))
+
+
+def data(name: str, site: str | None = None) -> pd.DataFrame:
+    """The dataset ``name``: the mock here, the private data at the datasite."""
+    if at_datasite():
+        return _private(name)
+    return _mock(name, site)
+
+
+def _private(name: str) -> pd.DataFrame:
+    root = Path(os.environ[DATASETS_ENV])
+    path = root / name / "private.parquet"
+    if not NAME_PATTERN.match(name) or not path.exists():
+        available = sorted(p.name for p in root.iterdir() if (p / "private.parquet").exists())
+        raise UnknownDataset(
+            f"this datasite has no dataset {name!r} (available: {', '.join(available) or 'none'})"
+        )
+    return pd.read_parquet(path)
+
+
+def _mock(name: str, site: str | None) -> pd.DataFrame:
+    connected = sites()
+    if not connected:
+        raise RemoteKernelError(
+            "no datasite connected: run rk.connect(url, token=..., name=...) first"
+        )
+    if site is not None:
+        if site not in connected:
+            raise RemoteKernelError(
+                f"not connected to a datasite named {site!r} (connected: {', '.join(connected)})"
+            )
+        return connected[site].mock(name)
+    for candidate in connected.values():
+        if any(d["name"] == name for d in candidate.datasets()):
+            return candidate.mock(name)
+    raise UnknownDataset(
+        f"no connected datasite has a dataset {name!r} (connected: {', '.join(connected)})"
+    )

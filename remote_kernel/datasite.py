@@ -1,0 +1,346 @@
+"""The datasite's core: sessions, requests, the output path and reviews.
+
+Independent of HTTP so that the server handlers stay thin and the same rules
+apply whichever way a request arrives (REST or websocket). The order of the
+output path is the security argument, so it is spelled out once, in
+:meth:`Datasite._on_output`: record the exact bytes, check the stored bytes,
+store the verdict, then tell the researcher only what the verdict allows.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import signal
+import time
+import uuid
+from collections import defaultdict
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .config import DatasiteConfig
+from .filter import OutputFilter
+from .kernels import KernelDied, KernelHandle, KernelProvider
+from .models import OutputItem, OutputState, RequestStatus, Role
+from .store import Conflict, KernelSession, NotFound, Output, Request, Store, User
+from .views import output_view, request_view
+
+log = logging.getLogger("remote_kernel.datasite")
+
+Listener = Callable[[dict[str, Any]], None]
+
+RESTART_MESSAGE = (
+    "the datasite server stopped while this request was queued or running; "
+    "its kernel state is gone, so run the cells it needs again"
+)
+
+
+class PermissionDenied(Exception):
+    """The caller's role or ownership does not allow this."""
+
+
+class InputError(ValueError):
+    """The request is malformed or over a limit; nothing was changed."""
+
+
+@dataclass
+class SessionRuntime:
+    """What lives only in memory for a session: its kernel and its queue."""
+
+    session_id: str
+    kernel: KernelHandle | None = None
+    queue: asyncio.Queue[int] = field(default_factory=asyncio.Queue)
+    worker: asyncio.Task[None] | None = None
+    current_request: int | None = None
+    starting: asyncio.Lock = field(default_factory=asyncio.Lock)
+
+
+class EventBus:
+    """Fan-out of live events to websocket listeners, keyed by user id."""
+
+    def __init__(self) -> None:
+        self._listeners: dict[int, set[Listener]] = defaultdict(set)
+
+    def subscribe(self, user_id: int, listener: Listener) -> None:
+        self._listeners[user_id].add(listener)
+
+    def unsubscribe(self, user_id: int, listener: Listener) -> None:
+        self._listeners[user_id].discard(listener)
+
+    def publish(self, user_id: int, event: dict[str, Any]) -> None:
+        for listener in list(self._listeners.get(user_id, ())):
+            try:
+                listener(event)
+            except Exception:  # a broken listener must not stop the output path
+                log.exception("event listener failed")
+
+
+class Datasite:
+    def __init__(
+        self,
+        config: DatasiteConfig,
+        store: Store,
+        output_filter: OutputFilter,
+        kernels: KernelProvider,
+    ) -> None:
+        self.config = config
+        self.store = store
+        self.filter = output_filter
+        self.kernels = kernels
+        self.events = EventBus()
+        self.runtimes: dict[str, SessionRuntime] = {}
+        self._culler: asyncio.Task[None] | None = None
+
+    # --- life cycle ----------------------------------------------------------------------
+    async def start(self) -> None:
+        """Recover from whatever the last run left behind, then start culling."""
+        self._kill_orphan_kernels()
+        interrupted = self.store.interrupt_unfinished_requests(RESTART_MESSAGE)
+        if interrupted:
+            log.warning("marked %d unfinished request(s) interrupted", len(interrupted))
+        for output in self.store.unchecked_outputs():
+            self._check_and_store(output)
+        self._culler = asyncio.create_task(self._cull_loop())
+
+    async def stop(self) -> None:
+        if self._culler:
+            self._culler.cancel()
+        for runtime in list(self.runtimes.values()):
+            if runtime.worker:
+                runtime.worker.cancel()
+            await self._shutdown_kernel(runtime)
+
+    def _kill_orphan_kernels(self) -> None:
+        """Kernels of a server that was killed keep running; end them (they hold private data)."""
+        for session in self.store.open_sessions_with_kernels():
+            pid = session.kernel_pid
+            if pid and _is_our_kernel(pid):
+                with contextlib.suppress(ProcessLookupError, PermissionError):
+                    os.kill(pid, signal.SIGKILL)
+            self.store.set_kernel_pid(session.id, None)
+
+    async def _cull_loop(self) -> None:
+        settings = self.config.kernels
+        while True:
+            await asyncio.sleep(settings.cull_interval_seconds)
+            now = time.monotonic()
+            for runtime in list(self.runtimes.values()):
+                kernel = runtime.kernel
+                if (
+                    kernel is not None
+                    and runtime.current_request is None
+                    and runtime.queue.empty()
+                    and now - kernel.last_activity > settings.cull_idle_seconds
+                ):
+                    log.info("culling idle kernel of session %s", runtime.session_id)
+                    await self._shutdown_kernel(runtime)
+
+    async def _shutdown_kernel(self, runtime: SessionRuntime) -> None:
+        kernel, runtime.kernel = runtime.kernel, None
+        if kernel is not None:
+            with contextlib.suppress(Exception):
+                await kernel.shutdown()
+            self.store.set_kernel_pid(runtime.session_id, None)
+
+    # --- access checks -------------------------------------------------------------------
+    def own_session(self, user: User, session_id: str) -> KernelSession:
+        try:
+            session = self.store.get_session(session_id)
+        except NotFound:
+            raise
+        if session.user_id != user.id:
+            # Same answer as for a missing id: do not confirm that others' ids exist.
+            raise NotFound(f"no session {session_id!r}")
+        return session
+
+    def visible_request(self, user: User, request_id: int) -> Request:
+        request = self.store.get_request(request_id)
+        if user.role_enum is Role.RESEARCHER and request.user_id != user.id:
+            raise NotFound(f"no request {request_id}")
+        return request
+
+    def visible_output(self, user: User, output_id: int) -> Output:
+        output = self.store.get_output(output_id)
+        self.visible_request(user, output.request_id)
+        return output
+
+    # --- sessions ------------------------------------------------------------------------
+    def create_session(self, user: User) -> KernelSession:
+        if user.role_enum is not Role.RESEARCHER:
+            raise PermissionDenied("only researchers run code at a datasite")
+        return self.store.create_session(str(uuid.uuid4()), user)
+
+    def kernel_state(self, session_id: str) -> str:
+        runtime = self.runtimes.get(session_id)
+        if runtime is None or runtime.kernel is None:
+            return "not started"
+        return "busy" if runtime.current_request is not None else "idle"
+
+    async def close_session(self, user: User, session_id: str) -> None:
+        self.own_session(user, session_id)
+        runtime = self.runtimes.pop(session_id, None)
+        if runtime is not None:
+            if runtime.worker:
+                runtime.worker.cancel()
+            await self._shutdown_kernel(runtime)
+        self.store.close_session(session_id, user.name)
+
+    async def interrupt(self, user: User, session_id: str) -> None:
+        self.own_session(user, session_id)
+        runtime = self.runtimes.get(session_id)
+        if runtime and runtime.kernel:
+            await runtime.kernel.interrupt()
+            self.store.audit(user.name, "session.interrupt", f"session:{session_id}")
+
+    async def restart(self, user: User, session_id: str) -> None:
+        self.own_session(user, session_id)
+        runtime = self.runtimes.get(session_id)
+        if runtime and runtime.kernel:
+            await runtime.kernel.restart()
+            self.store.set_kernel_pid(session_id, runtime.kernel.pid)
+            self.store.audit(user.name, "session.restart", f"session:{session_id}")
+
+    # --- requests ------------------------------------------------------------------------
+    def submit(self, user: User, session_id: str, code: Any) -> Request:
+        """Validate, store and queue a cell. Nothing is stored if validation fails."""
+        if user.role_enum is not Role.RESEARCHER:
+            raise PermissionDenied("only researchers run code at a datasite")
+        if not isinstance(code, str):
+            raise InputError("'code' must be a string")
+        size = len(code.encode())
+        limit = self.config.limits.max_code_bytes
+        if size > limit:
+            raise InputError(f"code is {size} bytes, over this datasite's limit of {limit} bytes")
+        session = self.own_session(user, session_id)
+        if session.closed_at is not None:
+            raise InputError(f"session {session_id} is closed; create a new one")
+        request = self.store.create_request(session_id, user, code)
+        runtime = self.runtimes.setdefault(session_id, SessionRuntime(session_id))
+        runtime.queue.put_nowait(request.id)
+        if runtime.worker is None or runtime.worker.done():
+            runtime.worker = asyncio.create_task(self._worker(runtime, user))
+        self._publish_request(request)
+        return request
+
+    async def _worker(self, runtime: SessionRuntime, user: User) -> None:
+        while True:
+            request_id = await runtime.queue.get()
+            runtime.current_request = request_id
+            try:
+                await self._run(runtime, user, request_id)
+            except asyncio.CancelledError:
+                self._finish(request_id, RequestStatus.INTERRUPTED, "the session was closed")
+                raise
+            except Exception as exc:  # the server must stay up whatever a request does
+                log.exception("request %s failed", request_id)
+                self._finish(request_id, RequestStatus.FAILED, f"datasite error: {exc}")
+            finally:
+                runtime.current_request = None
+
+    async def _ensure_kernel(self, runtime: SessionRuntime) -> KernelHandle:
+        async with runtime.starting:
+            if runtime.kernel is not None and await runtime.kernel.is_alive():
+                return runtime.kernel
+            if runtime.kernel is not None:
+                await self._shutdown_kernel(runtime)
+            cwd = self.config.scratch_dir / runtime.session_id
+            cwd.mkdir(parents=True, exist_ok=True)
+            env = {
+                "REMOTE_KERNEL_SITE": self.config.name,
+                "REMOTE_KERNEL_DATASETS": str(self.config.datasets_dir),
+            }
+            runtime.kernel = await self.kernels.start(runtime.session_id, cwd, env)
+            self.store.set_kernel_pid(runtime.session_id, runtime.kernel.pid)
+            return runtime.kernel
+
+    async def _run(self, runtime: SessionRuntime, user: User, request_id: int) -> None:
+        request = self.store.get_request(request_id)
+        try:
+            kernel = await self._ensure_kernel(runtime)
+        except Exception as exc:
+            self._finish(request_id, RequestStatus.FAILED, f"could not start a kernel: {exc}")
+            return
+        self._publish_request(self.store.set_request_status(request_id, RequestStatus.RUNNING))
+
+        async def on_output(item: OutputItem) -> None:
+            self._on_output(request, item)
+
+        try:
+            result = await kernel.execute(request.code, on_output)
+        except KernelDied as exc:
+            await self._shutdown_kernel(runtime)
+            self._finish(request_id, RequestStatus.FAILED,
+                         f"{exc}; the next request starts a new kernel")  # fmt: skip
+            return
+        if result.status == "ok":
+            self._finish(request_id, RequestStatus.COMPLETED)
+        elif result.status == "aborted":
+            self._finish(request_id, RequestStatus.INTERRUPTED, "execution was aborted")
+        else:
+            self._finish(request_id, RequestStatus.ERROR,
+                         "the cell raised an exception (the traceback is an output)")  # fmt: skip
+
+    def _finish(self, request_id: int, status: RequestStatus, message: str = "") -> None:
+        with contextlib.suppress(NotFound):
+            self._publish_request(self.store.set_request_status(request_id, status, message))
+
+    # --- the output path -----------------------------------------------------------------
+    def _on_output(self, request: Request, item: OutputItem) -> None:
+        # 1. The exact bytes are durable before anything else happens to them.
+        output = self.store.add_output(request.id, item)
+        # 2-4. Check the stored bytes, store the verdict, tell the owner what it allows.
+        self._check_and_store(output)
+
+    def _check_and_store(self, output: Output) -> None:
+        decision = self.filter.check(output.item)
+        output = self.store.apply_filter_decision(output.id, decision, self.filter.name)
+        self._publish_output(output)
+
+    def review(self, reviewer: User, output_id: int, approve: bool, comment: str) -> Output:
+        if reviewer.role_enum is not Role.REVIEWER:
+            raise PermissionDenied("only reviewers can approve or deny outputs")
+        if not approve and not comment.strip():
+            raise InputError("a denial needs a comment that tells the researcher why")
+        output = self.store.review_output(output_id, reviewer, approve, comment)
+        self._publish_output(output)
+        return output
+
+    def _publish_request(self, request: Request) -> None:
+        name = self.store.user_name(request.user_id)
+        event = {"type": "request", "request": request_view(request, Role.RESEARCHER, name)}
+        self.events.publish(request.user_id, event)
+
+    def _publish_output(self, output: Output) -> None:
+        request = self.store.get_request(output.request_id)
+        event = {"type": "output", "output": output_view(output, Role.RESEARCHER)}
+        self.events.publish(request.user_id, event)
+
+    # --- queries -------------------------------------------------------------------------
+    def requests_for(self, user: User, status: str | None = None) -> list[Request]:
+        if user.role_enum is Role.RESEARCHER:
+            return self.store.list_requests(user_id=user.id, status=status)
+        return self.store.list_requests(status=status)
+
+    def pending_for_review(self, user: User) -> list[Output]:
+        if user.role_enum is Role.RESEARCHER:
+            raise PermissionDenied("only reviewers and admins see the review queue")
+        return self.store.pending_outputs()
+
+    def is_decided(self, output: Output) -> bool:
+        return OutputState(output.state).decided
+
+
+def _is_our_kernel(pid: int) -> bool:
+    try:
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return False
+    return b"ipykernel_launcher" in cmdline
+
+
+def datasite_path(config: DatasiteConfig, *parts: str) -> Path:
+    return config.directory.joinpath(*parts)

@@ -1,0 +1,1 @@
+"""The datasite's HTTP and websocket server (tornado)."""

@@ -1,0 +1,104 @@
+"""Assemble and run a datasite server."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from tornado import web
+from tornado.httpserver import HTTPServer
+
+from ..config import DatasiteConfig
+from ..datasite import Datasite
+from ..filter import make_filter
+from ..kernels import LocalKernelProvider
+from ..store import Store
+from . import handlers as h
+
+log = logging.getLogger("remote_kernel.server")
+
+SESSION = r"(?P<session_id>[^/]+)"
+ID = r"(?P<{}>[^/]+)"
+
+
+def routes(datasite: Datasite) -> list[tuple[str, type, dict[str, Any]]]:
+    """Every route of the API; docs/openapi.yaml must describe exactly these."""
+    kw = {"datasite": datasite}
+    return [
+        (r"/api/health", h.HealthHandler, kw),
+        (r"/api/me", h.MeHandler, kw),
+        (r"/api/datasets", h.DatasetsHandler, kw),
+        (r"/api/datasets/(?P<name>[^/]+)", h.DatasetHandler, kw),
+        (r"/api/datasets/(?P<name>[^/]+)/mock", h.MockHandler, kw),
+        (r"/api/sessions", h.SessionsHandler, kw),
+        (rf"/api/sessions/{SESSION}", h.SessionHandler, kw),
+        (rf"/api/sessions/{SESSION}/(?P<action>interrupt|restart)", h.SessionActionHandler, kw),
+        (rf"/api/sessions/{SESSION}/requests", h.SessionRequestsHandler, kw),
+        (rf"/api/sessions/{SESSION}/channel", h.ChannelHandler, kw),
+        (r"/api/requests", h.RequestsHandler, kw),
+        (r"/api/requests/" + ID.format("request_id"), h.RequestHandler, kw),
+        (r"/api/outputs/" + ID.format("output_id"), h.OutputHandler, kw),
+        (r"/api/outputs/" + ID.format("output_id") + "/review", h.ReviewHandler, kw),
+        (r"/api/reviews", h.ReviewQueueHandler, kw),
+    ]
+
+
+def make_app(datasite: Datasite) -> web.Application:
+    limit = body_limit(datasite.config)
+    return web.Application(
+        routes(datasite),  # type: ignore[arg-type]
+        default_handler_class=h.NotFoundHandler,
+        default_handler_args={"datasite": datasite},
+        websocket_max_message_size=limit,
+    )
+
+
+def body_limit(config: DatasiteConfig) -> int:
+    """Room for JSON-escaped code up to the code limit, so that it gets a JSON 413."""
+    return max(config.limits.max_request_body_bytes, config.limits.max_code_bytes * 6 + 65536)
+
+
+def build_datasite(config: DatasiteConfig, allow_insecure: bool = False) -> Datasite:
+    store = Store(config.database_url)
+    output_filter = make_filter(
+        config.output_filter, config.limits.max_output_bytes, allow_insecure=allow_insecure
+    )
+    provider = LocalKernelProvider(
+        config.directory / "runtime", config.kernels.startup_timeout_seconds
+    )
+    return Datasite(config, store, output_filter, provider)
+
+
+async def run_server(
+    directory: str | Path,
+    host: str = "127.0.0.1",
+    port: int = 8765,
+    allow_insecure: bool = False,
+    filter_name: str | None = None,
+    ready: Callable[[str], None] | None = None,
+) -> None:
+    """Serve a datasite until SIGINT or SIGTERM, then stop kernels cleanly."""
+    config = DatasiteConfig.load(directory)
+    if filter_name:
+        config.output_filter = filter_name
+    datasite = build_datasite(config, allow_insecure=allow_insecure)
+    await datasite.start()
+    server = HTTPServer(make_app(datasite), max_body_size=body_limit(config))
+    server.listen(port, address=host)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    url = f"http://{host}:{port}"
+    if ready:
+        ready(url)
+    try:
+        await stop.wait()
+    finally:
+        server.stop()
+        await datasite.stop()
+        datasite.store.close()

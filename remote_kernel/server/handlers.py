@@ -1,0 +1,392 @@
+"""Tornado handlers of the datasite API: thin wrappers over :class:`Datasite`.
+
+Each handler authenticates, checks the role, calls one Datasite method and
+returns a view from :mod:`remote_kernel.views`. Errors are JSON bodies of
+the form ``{"error": {"status": 404, "reason": "not_found", "message": "…"}}``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from typing import Any
+
+from tornado import web, websocket
+
+from .._version import __version__
+from ..config import DatasiteConfig
+from ..datasite import Datasite, InputError, PermissionDenied
+from ..models import Role
+from ..store import Conflict, NotFound, StoreError, User
+from ..views import output_view, request_view, session_view
+
+log = logging.getLogger("remote_kernel.server")
+
+REASONS = {400: "bad_request", 401: "unauthorized", 403: "forbidden", 404: "not_found",
+           405: "method_not_allowed", 409: "conflict", 413: "too_large", 500: "server_error"}  # fmt: skip
+
+
+class ApiError(web.HTTPError):
+    """An error with a message meant for the caller."""
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(status)
+        self.message = message
+
+
+def token_from_header(value: str | None) -> str | None:
+    if not value:
+        return None
+    scheme, _, token = value.partition(" ")
+    if scheme.lower() in {"bearer", "token"} and token.strip():
+        return token.strip()
+    return None
+
+
+class AuthMixin:
+    """Authentication shared by REST and websocket handlers."""
+
+    datasite: Datasite
+    request: Any
+    user: User | None = None
+    public = False  # routes that need no token (health only)
+
+    def authenticate(self) -> None:
+        if self.public:
+            return
+        token = token_from_header(self.request.headers.get("Authorization"))
+        if token is None:
+            raise ApiError(401, "missing token: send 'Authorization: Bearer <token>'")
+        user = self.datasite.store.user_by_token(token)
+        if user is None:
+            self.datasite.store.audit(
+                "anonymous", "auth.failed", "", remote_ip=self.request.remote_ip,
+                path=self.request.path,
+            )  # fmt: skip
+            raise ApiError(401, "invalid or revoked token: ask the datasite admin for a new one")
+        self.user = user
+
+    def require(self, *roles: Role) -> User:
+        assert self.user is not None
+        if self.user.role_enum not in roles:
+            allowed = " or ".join(r.value for r in roles)
+            raise ApiError(403, f"this needs the {allowed} role; your token is a "
+                                f"{self.user.role} token")  # fmt: skip
+        return self.user
+
+
+class BaseHandler(AuthMixin, web.RequestHandler):
+    def initialize(self, datasite: Datasite) -> None:
+        self.datasite = datasite
+
+    @property
+    def config(self) -> DatasiteConfig:
+        return self.datasite.config
+
+    def prepare(self) -> None:
+        self.authenticate()
+
+    def check_xsrf_cookie(self) -> None:  # token auth in a header: no cookies, no XSRF
+        return None
+
+    def write_json(self, value: Any, status: int = 200) -> None:
+        self.set_status(status)
+        self.set_header("Content-Type", "application/json")
+        self.finish(json.dumps(value))
+
+    def json_body(self) -> dict[str, Any]:
+        try:
+            body = json.loads(self.request.body or b"null")
+        except (ValueError, UnicodeDecodeError) as exc:
+            raise ApiError(400, f"request body is not valid JSON: {exc}") from None
+        if not isinstance(body, dict):
+            raise ApiError(400, "request body must be a JSON object")
+        return body
+
+    def write_error(self, status_code: int, **kwargs: Any) -> None:
+        exc = kwargs.get("exc_info", (None, None, None))[1]
+        message = getattr(exc, "message", None) or self._reason
+        if status_code >= 500:
+            message = "internal datasite error; the admin can find details in the server log"
+        self.set_header("Content-Type", "application/json")
+        self.finish(json.dumps({"error": {"status": status_code,
+                                          "reason": REASONS.get(status_code, "error"),
+                                          "message": message}}))  # fmt: skip
+
+    def log_exception(self, typ: Any, value: Any, tb: Any) -> None:
+        if isinstance(value, web.HTTPError) and value.status_code < 500:
+            return
+        super().log_exception(typ, value, tb)
+
+    def _handle_request_exception(self, e: BaseException) -> None:
+        mapped = map_domain_error(e)
+        super()._handle_request_exception(mapped if mapped is not None else e)
+
+
+def map_domain_error(e: BaseException) -> ApiError | None:
+    if isinstance(e, ApiError):
+        return e
+    if isinstance(e, NotFound):
+        return ApiError(404, str(e))
+    if isinstance(e, PermissionDenied):
+        return ApiError(403, str(e))
+    if isinstance(e, InputError):
+        status = 413 if "over this datasite's limit" in str(e) else 400
+        return ApiError(status, str(e))
+    if isinstance(e, Conflict):
+        return ApiError(409, str(e))
+    if isinstance(e, StoreError):
+        return ApiError(400, str(e))
+    return None
+
+
+def parse_id(value: str, kind: str) -> int:
+    try:
+        parsed = int(value)
+    except ValueError:
+        raise ApiError(404, f"no {kind} {value!r}") from None
+    if parsed < 1 or parsed > 2**62:
+        raise ApiError(404, f"no {kind} {value!r}")
+    return parsed
+
+
+# --- routes ----------------------------------------------------------------------------------
+class HealthHandler(BaseHandler):
+    public = True
+
+    def get(self) -> None:
+        self.write_json({"status": "ok", "name": self.config.name, "version": __version__})
+
+
+class MeHandler(BaseHandler):
+    def get(self) -> None:
+        assert self.user is not None
+        self.write_json({"name": self.user.name, "role": self.user.role,
+                         "datasite": self.config.name})  # fmt: skip
+
+
+class DatasetsHandler(BaseHandler):
+    def get(self) -> None:
+        self.write_json([d.to_public_json() for _, d in sorted(self.config.datasets.items())])
+
+
+class DatasetHandler(BaseHandler):
+    def get(self, name: str) -> None:
+        self.write_json(self._entry(name).to_public_json())
+
+    def _entry(self, name: str) -> Any:
+        try:
+            return self.config.dataset(name)
+        except KeyError as exc:
+            raise ApiError(404, exc.args[0]) from None
+
+
+class MockHandler(DatasetHandler):
+    def get(self, name: str) -> None:
+        entry = self._entry(name)
+        data = (self.config.directory / entry.mock).read_bytes()
+        self.set_header("Content-Type", "application/vnd.apache.parquet")
+        self.set_header("Content-Disposition", f'attachment; filename="{name}-mock.parquet"')
+        self.finish(data)
+
+
+class SessionsHandler(BaseHandler):
+    def get(self) -> None:
+        user = self.require(Role.RESEARCHER)
+        sessions = self.datasite.store.sessions_of(user.id)
+        self.write_json([session_view(s, self.datasite.kernel_state(s.id)) for s in sessions])
+
+    def post(self) -> None:
+        user = self.require(Role.RESEARCHER)
+        session = self.datasite.create_session(user)
+        self.write_json(session_view(session, self.datasite.kernel_state(session.id)), 201)
+
+
+class SessionHandler(BaseHandler):
+    def get(self, session_id: str) -> None:
+        user = self.require(Role.RESEARCHER)
+        session = self.datasite.own_session(user, session_id)
+        self.write_json(session_view(session, self.datasite.kernel_state(session.id)))
+
+    async def delete(self, session_id: str) -> None:
+        user = self.require(Role.RESEARCHER)
+        await self.datasite.close_session(user, session_id)
+        self.set_status(204)
+        self.finish()
+
+
+class SessionActionHandler(BaseHandler):
+    async def post(self, session_id: str, action: str) -> None:
+        user = self.require(Role.RESEARCHER)
+        if action == "interrupt":
+            await self.datasite.interrupt(user, session_id)
+        else:
+            await self.datasite.restart(user, session_id)
+        session = self.datasite.own_session(user, session_id)
+        self.write_json(session_view(session, self.datasite.kernel_state(session_id)))
+
+
+class SessionRequestsHandler(BaseHandler):
+    def post(self, session_id: str) -> None:
+        user = self.require(Role.RESEARCHER)
+        body = self.json_body()
+        if "code" not in body:
+            raise ApiError(400, "missing field 'code' (the cell's source text)")
+        request = self.datasite.submit(user, session_id, body["code"])
+        self.write_json(request_view(request, user.role_enum, user.name, []), 201)
+
+
+class RequestsHandler(BaseHandler):
+    def get(self) -> None:
+        assert self.user is not None
+        status = self.get_query_argument("status", None)
+        with_outputs = self.get_query_argument("outputs", "false").lower() in {"1", "true"}
+        store = self.datasite.store
+        views = []
+        for request in self.datasite.requests_for(self.user, status):
+            outputs = store.outputs_of(request.id) if with_outputs else None
+            views.append(request_view(request, self.user.role_enum,
+                                      store.user_name(request.user_id), outputs))  # fmt: skip
+        self.write_json(views)
+
+
+class RequestHandler(BaseHandler):
+    def get(self, request_id: str) -> None:
+        assert self.user is not None
+        request = self.datasite.visible_request(self.user, parse_id(request_id, "request"))
+        store = self.datasite.store
+        self.write_json(request_view(request, self.user.role_enum,
+                                     store.user_name(request.user_id),
+                                     store.outputs_of(request.id)))  # fmt: skip
+
+
+class OutputHandler(BaseHandler):
+    def get(self, output_id: str) -> None:
+        assert self.user is not None
+        output = self.datasite.visible_output(self.user, parse_id(output_id, "output"))
+        self.write_json(output_view(output, self.user.role_enum))
+
+
+class ReviewQueueHandler(BaseHandler):
+    def get(self) -> None:
+        user = self.require(Role.REVIEWER, Role.ADMIN)
+        store = self.datasite.store
+        items = []
+        for output in self.datasite.pending_for_review(user):
+            request = store.get_request(output.request_id)
+            view = output_view(output, user.role_enum)
+            view["request"] = request_view(request, user.role_enum,
+                                           store.user_name(request.user_id))  # fmt: skip
+            items.append(view)
+        self.write_json(items)
+
+
+class ReviewHandler(BaseHandler):
+    def post(self, output_id: str) -> None:
+        user = self.require(Role.REVIEWER)
+        body = self.json_body()
+        decision = body.get("decision")
+        if decision not in ("approve", "deny"):
+            raise ApiError(400, "field 'decision' must be \"approve\" or \"deny\"")
+        comment = body.get("comment", "")
+        if not isinstance(comment, str):
+            raise ApiError(400, "field 'comment' must be a string")
+        output = self.datasite.review(user, parse_id(output_id, "output"),
+                                      decision == "approve", comment)  # fmt: skip
+        self.write_json(output_view(output, user.role_enum))
+
+
+class NotFoundHandler(BaseHandler):
+    public = True
+
+    def prepare(self) -> None:
+        raise ApiError(404, f"no route {self.request.method} {self.request.path}")
+
+
+class ChannelHandler(AuthMixin, websocket.WebSocketHandler):
+    """One websocket per researcher session: execute requests in, live events out.
+
+    Client → server: ``{"type": "execute", "code": "...", "ref": "any"}`` and
+    ``{"type": "interrupt"}``. Server → client: ``accepted`` (with the request),
+    ``request`` (status changes), ``output`` (researcher views of outputs:
+    placeholders, releases, denials) and ``error``.
+    """
+
+    def initialize(self, datasite: Datasite) -> None:
+        self.datasite = datasite
+        self.session_id = ""
+
+    def prepare(self) -> None:
+        try:
+            self.authenticate()
+            user = self.require(Role.RESEARCHER)
+        except ApiError as exc:
+            self.set_status(exc.status_code)
+            self.set_header("Content-Type", "application/json")
+            self.finish(json.dumps({"error": {"status": exc.status_code,
+                                              "reason": REASONS[exc.status_code],
+                                              "message": exc.message}}))  # fmt: skip
+            return
+        session_id = self.path_kwargs.get("session_id") or self.path_args[0]
+        try:
+            self.datasite.own_session(user, session_id)
+        except NotFound as exc:
+            self.set_status(404)
+            self.finish(json.dumps({"error": {"status": 404, "reason": "not_found",
+                                              "message": str(exc)}}))  # fmt: skip
+            return
+        self.session_id = session_id
+
+    def open(self, *args: Any, **kwargs: Any) -> None:
+        assert self.user is not None
+        self.datasite.events.subscribe(self.user.id, self._forward)
+
+    def on_close(self) -> None:
+        if self.user is not None:
+            self.datasite.events.unsubscribe(self.user.id, self._forward)
+
+    def _forward(self, event: dict[str, Any]) -> None:
+        if self.ws_connection is None or self.ws_connection.is_closing():
+            return
+        self.write_message(json.dumps(event))
+
+    def _send(self, payload: dict[str, Any]) -> None:
+        self._forward(payload)
+
+    async def on_message(self, message: str | bytes) -> None:
+        assert self.user is not None
+        try:
+            data = json.loads(message)
+        except (ValueError, UnicodeDecodeError) as exc:
+            self._send({"type": "error", "status": 400,
+                        "message": f"message is not valid JSON: {exc}"})  # fmt: skip
+            return
+        if not isinstance(data, dict):
+            self._send({"type": "error", "status": 400, "message": "message must be an object"})
+            return
+        ref = data.get("ref")
+        kind = data.get("type")
+        try:
+            if kind == "execute":
+                if "code" not in data:
+                    raise ApiError(400, "missing field 'code'")
+                request = self.datasite.submit(self.user, self.session_id, data["code"])
+                self._send({"type": "accepted", "ref": ref,
+                            "request": request_view(request, Role.RESEARCHER, self.user.name)})  # fmt: skip
+            elif kind == "interrupt":
+                await self.datasite.interrupt(self.user, self.session_id)
+                self._send({"type": "interrupted", "ref": ref})
+            else:
+                raise ApiError(400, f"unknown message type {kind!r} (known: execute, interrupt)")
+        except Exception as exc:
+            mapped = map_domain_error(exc)
+            if mapped is None:
+                log.exception("websocket message failed")
+                mapped = ApiError(500, "internal datasite error")
+            self._send({"type": "error", "ref": ref, "status": mapped.status_code,
+                        "message": mapped.message})  # fmt: skip
+
+    def check_origin(self, origin: str) -> bool:
+        # Authentication is by bearer token, never by cookie, so cross-origin
+        # pages cannot ride on a researcher's credentials.
+        return True

@@ -1,0 +1,467 @@
+"""Durable state of a datasite: users, sessions, requests, outputs, reviews, audit.
+
+SQLAlchemy 2 over SQLite (WAL, ``synchronous=FULL``) by default; any
+``db_url`` SQLAlchemy understands (PostgreSQL at scale) works the same way.
+Every write is one short transaction that also appends to the hash-chained
+audit log, so a state change and its audit entry are committed together or
+not at all (invariants 5 and 6). SQLite transactions start with
+``BEGIN IMMEDIATE`` so that the command line and the server, two processes,
+never interleave audit entries.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import secrets
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import datetime, timezone
+from typing import Any
+
+from sqlalchemy import (
+    JSON,
+    ForeignKey,
+    Integer,
+    String,
+    Text,
+    create_engine,
+    event,
+    func,
+    select,
+)
+from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
+
+from .models import (
+    FilterDecision,
+    OutputItem,
+    OutputState,
+    RequestStatus,
+    Role,
+    Verdict,
+    canonical_json,
+)
+
+TOKEN_PREFIX = "rk_"
+GENESIS_HASH = "0" * 64
+
+
+def utcnow() -> datetime:
+    return datetime.now(timezone.utc).replace(tzinfo=None)
+
+
+def hash_token(token: str) -> str:
+    """Tokens are 256-bit random strings, so a plain SHA-256 is a safe one-way hash."""
+    return hashlib.sha256(token.encode()).hexdigest()
+
+
+def new_token() -> str:
+    return TOKEN_PREFIX + secrets.token_urlsafe(32)
+
+
+class StoreError(Exception):
+    """A store operation that cannot be done as asked (bad state, unknown id)."""
+
+
+class NotFound(StoreError):
+    pass
+
+
+class Conflict(StoreError):
+    pass
+
+
+class Base(DeclarativeBase):
+    type_annotation_map = {dict[str, Any]: JSON, list[Any]: JSON}
+
+
+class User(Base):
+    __tablename__ = "users"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    name: Mapped[str] = mapped_column(String(64), unique=True)
+    role: Mapped[str] = mapped_column(String(16))
+    token_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    revoked_at: Mapped[datetime | None] = mapped_column(default=None)
+
+    @property
+    def role_enum(self) -> Role:
+        return Role(self.role)
+
+
+class KernelSession(Base):
+    __tablename__ = "sessions"
+    id: Mapped[str] = mapped_column(String(36), primary_key=True)
+    user_id: Mapped[int] = mapped_column(ForeignKey("users.id"))
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    closed_at: Mapped[datetime | None] = mapped_column(default=None)
+    kernel_pid: Mapped[int | None] = mapped_column(default=None)
+
+
+class Request(Base):
+    __tablename__ = "requests"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    session_id: Mapped[str] = mapped_column(ForeignKey("sessions.id"))
+    user_id: Mapped[int] = mapped_column(ForeignKey("users.id"))
+    code: Mapped[str] = mapped_column(Text)
+    status: Mapped[str] = mapped_column(String(16), default=RequestStatus.QUEUED.value)
+    message: Mapped[str] = mapped_column(Text, default="")
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    started_at: Mapped[datetime | None] = mapped_column(default=None)
+    finished_at: Mapped[datetime | None] = mapped_column(default=None)
+
+
+class Output(Base):
+    __tablename__ = "outputs"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    request_id: Mapped[int] = mapped_column(ForeignKey("requests.id"), index=True)
+    seq: Mapped[int] = mapped_column(Integer)
+    msg_type: Mapped[str] = mapped_column(String(32))
+    # The exact canonical bytes checked and released (invariant 2), as UTF-8 text.
+    body: Mapped[str] = mapped_column(Text)
+    sha256: Mapped[str] = mapped_column(String(64))
+    size: Mapped[int] = mapped_column(Integer)
+    state: Mapped[str] = mapped_column(String(16), default=OutputState.PENDING.value)
+    verdict: Mapped[str | None] = mapped_column(String(16), default=None)
+    findings: Mapped[list[Any]] = mapped_column(default=list)
+    summary: Mapped[str] = mapped_column(Text, default="awaiting the output filter")
+    decided_by: Mapped[str | None] = mapped_column(String(64), default=None)
+    decided_at: Mapped[datetime | None] = mapped_column(default=None)
+    comment: Mapped[str] = mapped_column(Text, default="")
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+    @property
+    def item(self) -> OutputItem:
+        parsed = json.loads(self.body)
+        return OutputItem(msg_type=parsed["msg_type"], content=parsed["content"])
+
+
+class Review(Base):
+    __tablename__ = "reviews"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    output_id: Mapped[int] = mapped_column(ForeignKey("outputs.id"), index=True)
+    reviewer_id: Mapped[int] = mapped_column(ForeignKey("users.id"))
+    decision: Mapped[str] = mapped_column(String(16))
+    comment: Mapped[str] = mapped_column(Text, default="")
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class AuditEntry(Base):
+    __tablename__ = "audit"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    at: Mapped[datetime] = mapped_column(default=utcnow)
+    actor: Mapped[str] = mapped_column(String(64))
+    action: Mapped[str] = mapped_column(String(32))
+    target: Mapped[str] = mapped_column(String(64), default="")
+    detail: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    prev_hash: Mapped[str] = mapped_column(String(64))
+    hash: Mapped[str] = mapped_column(String(64))
+
+
+def audit_hash(prev_hash: str, at: datetime, actor: str, action: str, target: str,
+               detail: dict[str, Any]) -> str:  # fmt: skip
+    payload = canonical_json(
+        {"prev": prev_hash, "at": at.isoformat(), "actor": actor, "action": action,
+         "target": target, "detail": detail}
+    )  # fmt: skip
+    return hashlib.sha256(payload).hexdigest()
+
+
+def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
+    dbapi_connection.isolation_level = None  # let SQLAlchemy's "begin" hook decide
+    cursor = dbapi_connection.cursor()
+    cursor.execute("PRAGMA journal_mode=WAL")
+    cursor.execute("PRAGMA synchronous=FULL")
+    cursor.execute("PRAGMA foreign_keys=ON")
+    cursor.execute("PRAGMA busy_timeout=10000")
+    cursor.close()
+
+
+class Store:
+    """All reads and writes of datasite state go through here."""
+
+    def __init__(self, url: str) -> None:
+        self.engine = create_engine(url)
+        if self.engine.dialect.name == "sqlite":
+            event.listen(self.engine, "connect", _sqlite_pragmas)
+
+            @event.listens_for(self.engine, "begin")
+            def _begin_immediate(conn: Any) -> None:
+                conn.exec_driver_sql("BEGIN IMMEDIATE")
+
+        Base.metadata.create_all(self.engine)
+        self._sessions = sessionmaker(self.engine, expire_on_commit=False)
+
+    def close(self) -> None:
+        self.engine.dispose()
+
+    @contextmanager
+    def transaction(self) -> Iterator[Session]:
+        with self._sessions() as session, session.begin():
+            yield session
+
+    # --- audit ---------------------------------------------------------------------------
+    def _audit(self, db: Session, actor: str, action: str, target: str = "",
+               **detail: Any) -> None:  # fmt: skip
+        last = db.scalars(select(AuditEntry).order_by(AuditEntry.id.desc()).limit(1)).first()
+        prev = last.hash if last else GENESIS_HASH
+        at = utcnow()
+        entry = AuditEntry(
+            at=at, actor=actor, action=action, target=target, detail=detail, prev_hash=prev,
+            hash=audit_hash(prev, at, actor, action, target, detail),
+        )  # fmt: skip
+        db.add(entry)
+
+    def audit(self, actor: str, action: str, target: str = "", **detail: Any) -> None:
+        with self.transaction() as db:
+            self._audit(db, actor, action, target, **detail)
+
+    def audit_entries(self) -> list[AuditEntry]:
+        with self._sessions() as db:
+            return list(db.scalars(select(AuditEntry).order_by(AuditEntry.id)))
+
+    def verify_audit(self) -> list[str]:
+        """Problems found in the hash chain (empty when intact)."""
+        problems = []
+        prev = GENESIS_HASH
+        for entry in self.audit_entries():
+            if entry.prev_hash != prev:
+                problems.append(f"entry {entry.id}: chain broken (an entry before it changed)")
+            expected = audit_hash(entry.prev_hash, entry.at, entry.actor, entry.action,
+                                  entry.target, entry.detail)  # fmt: skip
+            if expected != entry.hash:
+                problems.append(f"entry {entry.id}: content does not match its hash")
+            prev = entry.hash
+        return problems
+
+    # --- users ---------------------------------------------------------------------------
+    def create_user(self, name: str, role: Role, actor: str = "admin-cli") -> tuple[User, str]:
+        """Create a user and return it with its token; only the token's hash is kept."""
+        token = new_token()
+        with self.transaction() as db:
+            if db.scalars(select(User).where(User.name == name)).first():
+                raise Conflict(f"user {name!r} already exists")
+            user = User(name=name, role=role.value, token_hash=hash_token(token))
+            db.add(user)
+            db.flush()
+            self._audit(db, actor, "user.create", f"user:{user.id}", name=name, role=role.value)
+        return user, token
+
+    def user_by_token(self, token: str) -> User | None:
+        with self._sessions() as db:
+            user = db.scalars(select(User).where(User.token_hash == hash_token(token))).first()
+            if user is None or user.revoked_at is not None:
+                return None
+            return user
+
+    def users(self) -> list[User]:
+        with self._sessions() as db:
+            return list(db.scalars(select(User).order_by(User.id)))
+
+    # --- sessions ------------------------------------------------------------------------
+    def create_session(self, session_id: str, user: User) -> KernelSession:
+        with self.transaction() as db:
+            row = KernelSession(id=session_id, user_id=user.id)
+            db.add(row)
+            self._audit(db, user.name, "session.create", f"session:{session_id}")
+        return row
+
+    def get_session(self, session_id: str) -> KernelSession:
+        with self._sessions() as db:
+            row = db.get(KernelSession, session_id)
+            if row is None:
+                raise NotFound(f"no session {session_id!r}")
+            return row
+
+    def sessions_of(self, user_id: int) -> list[KernelSession]:
+        with self._sessions() as db:
+            query = select(KernelSession).where(KernelSession.user_id == user_id)
+            return list(db.scalars(query.order_by(KernelSession.created_at)))
+
+    def close_session(self, session_id: str, actor: str) -> None:
+        with self.transaction() as db:
+            row = db.get(KernelSession, session_id)
+            if row is None:
+                raise NotFound(f"no session {session_id!r}")
+            row.closed_at = row.closed_at or utcnow()
+            self._audit(db, actor, "session.close", f"session:{session_id}")
+
+    def set_kernel_pid(self, session_id: str, pid: int | None) -> None:
+        with self.transaction() as db:
+            row = db.get(KernelSession, session_id)
+            if row is not None:
+                row.kernel_pid = pid
+
+    def open_sessions_with_kernels(self) -> list[KernelSession]:
+        with self._sessions() as db:
+            query = select(KernelSession).where(KernelSession.kernel_pid.is_not(None))
+            return list(db.scalars(query))
+
+    # --- requests ------------------------------------------------------------------------
+    def create_request(self, session_id: str, user: User, code: str) -> Request:
+        with self.transaction() as db:
+            request = Request(session_id=session_id, user_id=user.id, code=code)
+            db.add(request)
+            db.flush()
+            self._audit(
+                db, user.name, "request.submit", f"request:{request.id}",
+                session=session_id, code_sha256=hashlib.sha256(code.encode()).hexdigest(),
+            )  # fmt: skip
+        return request
+
+    def set_request_status(self, request_id: int, status: RequestStatus,
+                           message: str = "") -> Request:  # fmt: skip
+        with self.transaction() as db:
+            request = db.get(Request, request_id)
+            if request is None:
+                raise NotFound(f"no request {request_id}")
+            request.status = status.value
+            if message:
+                request.message = message
+            if status is RequestStatus.RUNNING:
+                request.started_at = utcnow()
+            elif status.finished:
+                request.finished_at = utcnow()
+            self._audit(db, "datasite", "request.status", f"request:{request_id}",
+                        status=status.value)  # fmt: skip
+        return request
+
+    def get_request(self, request_id: int) -> Request:
+        with self._sessions() as db:
+            request = db.get(Request, request_id)
+            if request is None:
+                raise NotFound(f"no request {request_id}")
+            return request
+
+    def list_requests(self, user_id: int | None = None, status: str | None = None,
+                      limit: int = 500) -> list[Request]:  # fmt: skip
+        query = select(Request).order_by(Request.id.desc()).limit(limit)
+        if user_id is not None:
+            query = query.where(Request.user_id == user_id)
+        if status is not None:
+            query = query.where(Request.status == status)
+        with self._sessions() as db:
+            return list(db.scalars(query))
+
+    def interrupt_unfinished_requests(self, message: str) -> list[int]:
+        """At start-up: requests that were queued or running when the server died."""
+        unfinished = [RequestStatus.QUEUED.value, RequestStatus.RUNNING.value]
+        with self.transaction() as db:
+            rows = list(db.scalars(select(Request).where(Request.status.in_(unfinished))))
+            for row in rows:
+                row.status = RequestStatus.INTERRUPTED.value
+                row.message = message
+                row.finished_at = utcnow()
+                self._audit(db, "datasite", "request.status", f"request:{row.id}",
+                            status=row.status, reason="server restart")  # fmt: skip
+            return [row.id for row in rows]
+
+    # --- outputs -------------------------------------------------------------------------
+    def add_output(self, request_id: int, item: OutputItem) -> Output:
+        """Record an output before anything else happens to it (pending, unchecked)."""
+        body = item.canonical_bytes()
+        with self.transaction() as db:
+            seq = db.scalar(
+                select(func.count(Output.id)).where(Output.request_id == request_id)
+            )  # fmt: skip
+            output = Output(
+                request_id=request_id, seq=int(seq or 0), msg_type=item.msg_type,
+                body=body.decode(), sha256=item.sha256(), size=len(body),
+            )  # fmt: skip
+            db.add(output)
+            db.flush()
+            self._audit(db, "kernel", "output.record", f"output:{output.id}",
+                        request=request_id, sha256=output.sha256, size=output.size)  # fmt: skip
+        return output
+
+    def apply_filter_decision(self, output_id: int, decision: FilterDecision,
+                              filter_name: str) -> Output:  # fmt: skip
+        with self.transaction() as db:
+            output = self._get_output(db, output_id)
+            output.verdict = decision.verdict.value
+            output.findings = [f.to_json() for f in decision.findings]
+            output.summary = decision.summary()
+            if decision.verdict is Verdict.RELEASE:
+                self._decide(db, output, OutputState.RELEASED, f"policy:{filter_name}")
+            elif decision.verdict is Verdict.BLOCK:
+                self._decide(db, output, OutputState.BLOCKED, f"policy:{filter_name}")
+            else:
+                self._audit(db, f"policy:{filter_name}", "output.hold", f"output:{output.id}",
+                            findings=len(decision.findings))  # fmt: skip
+        return output
+
+    def _get_output(self, db: Session, output_id: int) -> Output:
+        output = db.get(Output, output_id)
+        if output is None:
+            raise NotFound(f"no output {output_id}")
+        return output
+
+    def _decide(self, db: Session, output: Output, state: OutputState, by: str,
+                comment: str = "") -> None:  # fmt: skip
+        output.state = state.value
+        output.decided_by = by
+        output.decided_at = utcnow()
+        output.comment = comment
+        detail: dict[str, Any] = {"request": output.request_id}
+        if state is OutputState.RELEASED:
+            detail["released_sha256"] = output.sha256
+            detail["size"] = output.size
+        if comment:
+            detail["comment"] = comment
+        self._audit(db, by, f"output.{state.value}", f"output:{output.id}", **detail)
+
+    def review_output(self, output_id: int, reviewer: User, approve: bool,
+                      comment: str = "") -> Output:  # fmt: skip
+        with self.transaction() as db:
+            output = self._get_output(db, output_id)
+            if output.state != OutputState.PENDING.value:
+                raise Conflict(
+                    f"output {output_id} is already {output.state}"
+                    + (f" by {output.decided_by}" if output.decided_by else "")
+                )
+            if output.verdict is None:
+                raise Conflict(f"output {output_id} has not been checked by the filter yet")
+            decision = "approve" if approve else "deny"
+            db.add(Review(output_id=output_id, reviewer_id=reviewer.id, decision=decision,
+                          comment=comment))  # fmt: skip
+            state = OutputState.RELEASED if approve else OutputState.DENIED
+            self._decide(db, output, state, reviewer.name, comment)
+        return output
+
+    def get_output(self, output_id: int) -> Output:
+        with self._sessions() as db:
+            return self._get_output(db, output_id)
+
+    def outputs_of(self, request_id: int) -> list[Output]:
+        with self._sessions() as db:
+            query = select(Output).where(Output.request_id == request_id).order_by(Output.seq)
+            return list(db.scalars(query))
+
+    def pending_outputs(self) -> list[Output]:
+        with self._sessions() as db:
+            query = (
+                select(Output)
+                .where(Output.state == OutputState.PENDING.value)
+                .where(Output.verdict.is_not(None))
+                .order_by(Output.id)
+            )
+            return list(db.scalars(query))
+
+    def unchecked_outputs(self) -> list[Output]:
+        """Outputs recorded but not yet filtered (the server died in between)."""
+        with self._sessions() as db:
+            query = select(Output).where(Output.verdict.is_(None)).order_by(Output.id)
+            return list(db.scalars(query))
+
+    def user_name(self, user_id: int) -> str:
+        with self._sessions() as db:
+            user = db.get(User, user_id)
+            return user.name if user else f"user-{user_id}"
+
+    def counts(self) -> dict[str, int]:
+        """Row counts per table, used by tests to prove that bad input changed nothing."""
+        with self._sessions() as db:
+            return {
+                model.__tablename__: int(db.scalar(select(func.count()).select_from(model)) or 0)
+                for model in (User, KernelSession, Request, Output, Review, AuditEntry)
+            }

@@ -1,0 +1,74 @@
+"""JSON views of store rows, per role: the single place that decides what a caller sees.
+
+Every API route and websocket event builds its payload here, so invariant 1
+("no researcher-facing endpoint returns unreleased content") is enforced in
+one function, :func:`output_view`, and tested against every route.
+"""
+
+from __future__ import annotations
+
+import json
+from datetime import datetime
+from typing import Any
+
+from .models import OutputState, Role
+from .store import KernelSession, Output, Request
+
+
+def _time(value: datetime | None) -> str | None:
+    return value.isoformat() + "Z" if value else None
+
+
+def output_view(output: Output, role: Role) -> dict[str, Any]:
+    """An output as ``role`` may see it. Researchers get content only once released."""
+    view: dict[str, Any] = {
+        "id": output.id,
+        "request_id": output.request_id,
+        "seq": output.seq,
+        "msg_type": output.msg_type,
+        "state": output.state,
+        "summary": output.summary,
+        "decided_by": output.decided_by,
+        "decided_at": _time(output.decided_at),
+        "created_at": _time(output.created_at),
+    }
+    if output.state == OutputState.DENIED.value:
+        view["comment"] = output.comment
+    released = output.state == OutputState.RELEASED.value
+    if released or role is not Role.RESEARCHER:
+        view["content"] = json.loads(output.body)["content"]
+        view["sha256"] = output.sha256
+        view["size"] = output.size
+    if role is not Role.RESEARCHER:
+        view["verdict"] = output.verdict
+        view["findings"] = output.findings
+        view["comment"] = output.comment
+    return view
+
+
+def request_view(
+    request: Request, role: Role, user_name: str, outputs: list[Output] | None = None
+) -> dict[str, Any]:
+    view: dict[str, Any] = {
+        "id": request.id,
+        "session_id": request.session_id,
+        "user": user_name,
+        "code": request.code,
+        "status": request.status,
+        "message": request.message,
+        "created_at": _time(request.created_at),
+        "started_at": _time(request.started_at),
+        "finished_at": _time(request.finished_at),
+    }
+    if outputs is not None:
+        view["outputs"] = [output_view(o, role) for o in outputs]
+    return view
+
+
+def session_view(session: KernelSession, kernel_state: str) -> dict[str, Any]:
+    return {
+        "id": session.id,
+        "created_at": _time(session.created_at),
+        "closed_at": _time(session.closed_at),
+        "kernel": kernel_state,
+    }
