@@ -119,8 +119,12 @@ class BaseHandler(AuthMixin, web.RequestHandler):
         super().log_exception(typ, value, tb)
 
     def _handle_request_exception(self, e: BaseException) -> None:
+        """Domain errors (not found, forbidden, bad input, conflict) become JSON 4xx."""
         mapped = map_domain_error(e)
-        super()._handle_request_exception(mapped if mapped is not None else e)
+        if mapped is None:
+            super()._handle_request_exception(e)
+        elif not self._finished:
+            self.send_error(mapped.status_code, exc_info=(type(mapped), mapped, None))
 
 
 def map_domain_error(e: BaseException) -> ApiError | None:
