@@ -50,15 +50,19 @@ def read_table(
         frame = pd.read_csv(
             path,
             header=None if columns else "infer",
-            names=columns,
             na_values=na_values or None,
             sep=sep,
             skipinitialspace=True,
+            index_col=False,
         )
-    except (pd.errors.ParserError, UnicodeDecodeError) as exc:
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as exc:
         raise DatasetError(f"cannot read {path} as CSV: {exc}") from exc
-    if columns and frame.shape[1] != len(columns):
-        raise DatasetError(f"{path} does not have the {len(columns)} columns --columns names")
+    if columns:
+        if frame.shape[1] != len(columns):
+            raise DatasetError(
+                f"{path} has {frame.shape[1]} columns but --columns names {len(columns)}"
+            )
+        frame.columns = columns
     return frame
 
 
