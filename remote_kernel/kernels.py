@@ -13,6 +13,7 @@ import os
 import queue
 import sys
 import time
+import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -155,10 +156,7 @@ class LocalKernel:
     async def shutdown(self) -> None:
         if self.client is not None:
             self.client.stop_channels()
-        try:
-            await self.manager.shutdown_kernel(now=True)
-        finally:
-            self.manager.cleanup_resources()
+        await self.manager.shutdown_kernel(now=True)  # also removes the connection file
 
     async def is_alive(self) -> bool:
         return bool(await self.manager.is_alive())
@@ -175,7 +173,8 @@ class LocalKernelProvider:
         self.runtime_dir.mkdir(parents=True, exist_ok=True)
         os.chmod(self.runtime_dir, 0o700)
         manager = AsyncKernelManager(
-            connection_file=str(self.runtime_dir / f"kernel-{session_id}.json")
+            # A new file per start: a restarted session must never reuse old ports.
+            connection_file=str(self.runtime_dir / f"kernel-{session_id}-{uuid.uuid4().hex[:8]}.json")
         )
         # Pin the kernel to this Python rather than whatever "python3" spec is installed.
         manager._kernel_spec = KernelSpec(
