@@ -129,6 +129,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dir", default="remote-kernel-demo", help="where the demo datasite lives")
     p.add_argument("--port", type=int, default=8765)
     p.add_argument("--data-dir", default=None, help="folder with the UCI heart-disease files")
+    p.add_argument("--no-lab", action="store_true", help="do not start JupyterLab")
+    p.add_argument("--lab-port", type=int, default=8888)
     p.set_defaults(func=cmd_demo)
     return parser
 
@@ -306,7 +308,7 @@ def cmd_review_decide(args: argparse.Namespace) -> None:
 def cmd_demo(args: argparse.Namespace) -> None:
     from .demo import run_demo
 
-    run_demo(args.dir, args.port, args.data_dir)
+    run_demo(args.dir, args.port, args.data_dir, lab=not args.no_lab, lab_port=args.lab_port)
 
 
 if __name__ == "__main__":

@@ -95,23 +95,13 @@ class BaseHandler(AuthMixin, web.RequestHandler):
         self.finish(json.dumps(value))
 
     def json_body(self) -> dict[str, Any]:
-        try:
-            body = json.loads(self.request.body or b"null")
-        except (ValueError, UnicodeDecodeError) as exc:
-            raise ApiError(400, f"request body is not valid JSON: {exc}") from None
+        body = load_json(self.request.body or b"null", "request body")
         if not isinstance(body, dict):
             raise ApiError(400, "request body must be a JSON object")
         return body
 
     def write_error(self, status_code: int, **kwargs: Any) -> None:
-        exc = kwargs.get("exc_info", (None, None, None))[1]
-        message = getattr(exc, "message", None) or self._reason
-        if status_code >= 500:
-            message = "internal datasite error; the admin can find details in the server log"
-        self.set_header("Content-Type", "application/json")
-        self.finish(json.dumps({"error": {"status": status_code,
-                                          "reason": REASONS.get(status_code, "error"),
-                                          "message": message}}))  # fmt: skip
+        write_json_error(self, status_code, kwargs)
 
     def log_exception(self, typ: Any, value: Any, tb: Any) -> None:
         if isinstance(value, web.HTTPError) and value.status_code < 500:
@@ -125,6 +115,47 @@ class BaseHandler(AuthMixin, web.RequestHandler):
             super()._handle_request_exception(e)
         elif not self._finished:
             self.send_error(mapped.status_code, exc_info=(type(mapped), mapped, None))
+
+
+def load_json(raw: str | bytes, what: str) -> Any:
+    """Parse JSON from a caller; anything it cannot be stored as is a 400, never a 500."""
+    try:
+        value = json.loads(raw)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise ApiError(400, f"{what} is not valid JSON: {exc}") from None
+    except RecursionError:
+        raise ApiError(400, f"{what} is nested too deeply") from None
+    try:
+        # JSON can escape lone surrogates ("\ud800"), which are not Unicode text: the
+        # store, the audit hashes and the code limit all need UTF-8.
+        json.dumps(value, ensure_ascii=False).encode()
+    except RecursionError:
+        raise ApiError(400, f"{what} is nested too deeply") from None
+    except UnicodeEncodeError:
+        raise ApiError(400, f"{what} holds a lone surrogate escape (\\ud800-\\udfff), "
+                            "which is not valid Unicode text") from None  # fmt: skip
+    return value
+
+
+def finish_error(handler: web.RequestHandler, status: int, message: str) -> None:
+    """End a request with the JSON error body every route uses."""
+    handler.set_status(status)
+    handler.set_header("Content-Type", "application/json")
+    handler.finish(json.dumps({"error": {"status": status, "reason": REASONS.get(status, "error"),
+                                         "message": message}}))  # fmt: skip
+
+
+def write_json_error(handler: web.RequestHandler, status: int, kwargs: dict[str, Any]) -> None:
+    """``write_error`` of every handler: tornado's own errors (405, …) become JSON too."""
+    exc = kwargs.get("exc_info", (None, None, None))[1]
+    message = getattr(exc, "message", None)
+    if not message and isinstance(exc, web.HTTPError) and exc.log_message:
+        # tornado's own 4xx (e.g. "Invalid unicode in status: b'\\xff'") say what was wrong
+        message = exc.log_message % exc.args if exc.args else exc.log_message
+    message = message or handler._reason
+    if status >= 500:
+        message = "internal datasite error; the admin can find details in the server log"
+    finish_error(handler, status, message)
 
 
 def map_domain_error(e: BaseException) -> ApiError | None:
@@ -325,21 +356,26 @@ class ChannelHandler(AuthMixin, websocket.WebSocketHandler):
             self.authenticate()
             user = self.require(Role.RESEARCHER)
         except ApiError as exc:
-            self.set_status(exc.status_code)
-            self.set_header("Content-Type", "application/json")
-            self.finish(json.dumps({"error": {"status": exc.status_code,
-                                              "reason": REASONS[exc.status_code],
-                                              "message": exc.message}}))  # fmt: skip
+            finish_error(self, exc.status_code, exc.message)
             return
         session_id = self.path_kwargs.get("session_id") or self.path_args[0]
         try:
             self.datasite.own_session(user, session_id)
         except NotFound as exc:
-            self.set_status(404)
-            self.finish(json.dumps({"error": {"status": 404, "reason": "not_found",
-                                              "message": str(exc)}}))  # fmt: skip
+            finish_error(self, 404, str(exc))
             return
         self.session_id = session_id
+
+    async def get(self, *args: Any, **kwargs: Any) -> None:
+        # tornado answers a plain GET with a text/plain 400; keep errors JSON.
+        if self.request.headers.get("Upgrade", "").lower() != "websocket":
+            finish_error(self, 400, "this route is a websocket: connect with "
+                                    "'Upgrade: websocket' and 'Connection: Upgrade'")  # fmt: skip
+            return
+        await super().get(*args, **kwargs)
+
+    def write_error(self, status_code: int, **kwargs: Any) -> None:
+        write_json_error(self, status_code, kwargs)
 
     def open(self, *args: Any, **kwargs: Any) -> None:
         assert self.user is not None
@@ -360,10 +396,9 @@ class ChannelHandler(AuthMixin, websocket.WebSocketHandler):
     async def on_message(self, message: str | bytes) -> None:
         assert self.user is not None
         try:
-            data = json.loads(message)
-        except (ValueError, UnicodeDecodeError) as exc:
-            self._send({"type": "error", "status": 400,
-                        "message": f"message is not valid JSON: {exc}"})  # fmt: skip
+            data = load_json(message, "message")
+        except ApiError as exc:
+            self._send({"type": "error", "status": exc.status_code, "message": exc.message})
             return
         if not isinstance(data, dict):
             self._send({"type": "error", "status": 400, "message": "message must be an object"})
