@@ -82,8 +82,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("directory")
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=8765)
-    p.add_argument("--insecure-release-all", action="store_true",
-                   help="BENCHMARKS ONLY: release every output without review")  # fmt: skip
+    p.add_argument(
+        "--insecure-release-all",
+        action="store_true",
+        help="BENCHMARKS ONLY: release every output without review",
+    )
     p.set_defaults(func=cmd_serve)
 
     p = site_cmds.add_parser("audit", help="check the hash-chained audit log")
@@ -96,10 +99,16 @@ def build_parser() -> argparse.ArgumentParser:
     review_cmds = review.add_subparsers(title="review commands")
 
     def reviewer_args(p: argparse.ArgumentParser) -> None:
-        p.add_argument("--url", default=os.environ.get("REMOTE_KERNEL_URL"),
-                       help="datasite URL (or REMOTE_KERNEL_URL)")  # fmt: skip
-        p.add_argument("--token", default=os.environ.get("REMOTE_KERNEL_TOKEN"),
-                       help="reviewer token (or REMOTE_KERNEL_TOKEN)")  # fmt: skip
+        p.add_argument(
+            "--url",
+            default=os.environ.get("REMOTE_KERNEL_URL"),
+            help="datasite URL (or REMOTE_KERNEL_URL)",
+        )
+        p.add_argument(
+            "--token",
+            default=os.environ.get("REMOTE_KERNEL_TOKEN"),
+            help="reviewer token (or REMOTE_KERNEL_TOKEN)",
+        )
 
     p = review_cmds.add_parser("list", help="pending outputs")
     reviewer_args(p)
@@ -147,15 +156,29 @@ def cmd_add_dataset(args: argparse.Namespace) -> None:
     config = DatasiteConfig.load(args.directory)
     columns = [c.strip() for c in args.columns.split(",")] if args.columns else None
     entry = add_dataset(
-        config, args.name, args.private, columns=columns, na_values=args.na, sep=args.sep,
-        mock_path=args.mock, description=args.description, seed=args.seed,
-    )  # fmt: skip
+        config,
+        args.name,
+        args.private,
+        columns=columns,
+        na_values=args.na,
+        sep=args.sep,
+        mock_path=args.mock,
+        description=args.description,
+        seed=args.seed,
+    )
     store = Store(config.database_url)
-    store.audit("admin-cli", "dataset.add", f"dataset:{entry.name}",
-                columns=[c.name for c in entry.columns], mock="given" if args.mock else "schema")  # fmt: skip
+    store.audit(
+        "admin-cli",
+        "dataset.add",
+        f"dataset:{entry.name}",
+        columns=[c.name for c in entry.columns],
+        mock="given" if args.mock else "schema",
+    )
     store.close()
     mock = "from " + args.mock if args.mock else "generated (schema only)"
-    print(f"added dataset {entry.name!r} to {config.name}: {len(entry.columns)} columns; mock {mock}")
+    print(
+        f"added dataset {entry.name!r} to {config.name}: {len(entry.columns)} columns; mock {mock}"
+    )
 
 
 def cmd_add_user(args: argparse.Namespace) -> None:
@@ -187,16 +210,26 @@ def cmd_serve(args: argparse.Namespace) -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     filter_name = "insecure-release-all" if args.insecure_release_all else None
     if args.insecure_release_all:
-        print("WARNING: --insecure-release-all releases every output WITHOUT REVIEW. "
-              "Benchmarks only; never with real data.", file=sys.stderr)  # fmt: skip
+        print(
+            "WARNING: --insecure-release-all releases every output WITHOUT REVIEW. "
+            "Benchmarks only; never with real data.",
+            file=sys.stderr,
+        )
 
     def ready(url: str) -> None:
         print(f"datasite serving at {url} (Ctrl-C to stop)", flush=True)
 
     try:
-        asyncio.run(run_server(args.directory, args.host, args.port,
-                               allow_insecure=args.insecure_release_all,
-                               filter_name=filter_name, ready=ready))  # fmt: skip
+        asyncio.run(
+            run_server(
+                args.directory,
+                args.host,
+                args.port,
+                allow_insecure=args.insecure_release_all,
+                filter_name=filter_name,
+                ready=ready,
+            )
+        )
     except InsecureFilterRefused as exc:
         raise CliError(str(exc)) from None
     except OSError as exc:
@@ -209,10 +242,20 @@ def cmd_audit(args: argparse.Namespace) -> int:
     try:
         if args.action == "export":
             for entry in store.audit_entries():
-                print(json.dumps({"id": entry.id, "at": entry.at.isoformat() + "Z",
-                                  "actor": entry.actor, "action": entry.action,
-                                  "target": entry.target, "detail": entry.detail,
-                                  "prev_hash": entry.prev_hash, "hash": entry.hash}))  # fmt: skip
+                print(
+                    json.dumps(
+                        {
+                            "id": entry.id,
+                            "at": entry.at.isoformat() + "Z",
+                            "actor": entry.actor,
+                            "action": entry.action,
+                            "target": entry.target,
+                            "detail": entry.detail,
+                            "prev_hash": entry.prev_hash,
+                            "hash": entry.hash,
+                        }
+                    )
+                )
             return 0
         problems = store.verify_audit()
     finally:
@@ -258,19 +301,23 @@ def cmd_review_list(args: argparse.Namespace) -> None:
     print(f"{'output':>6}  {'request':>7}  {'researcher':<12} {'type':<15} summary")
     for item in queue:
         request = item["request"]
-        print(f"{item['id']:>6}  {request['id']:>7}  {request['user']:<12} "
-              f"{item['msg_type']:<15} {item['summary']}")  # fmt: skip
+        print(
+            f"{item['id']:>6}  {request['id']:>7}  {request['user']:<12} "
+            f"{item['msg_type']:<15} {item['summary']}"
+        )
 
 
 def cmd_review_show(args: argparse.Namespace) -> None:
     site = _reviewer(args)
     output = _remote(lambda: site.output(args.output_id))
-    request = _remote(lambda: site._call("GET", f"/api/requests/{output['request_id']}"))
+    request = _remote(lambda: site.request_json(output["request_id"]))
     if args.json:
         print(json.dumps({"output": output, "request": request}, indent=2))
         return
-    print(f"output {output['id']} of request {request['id']} by {request['user']} "
-          f"- {output['state']} ({output['msg_type']})")  # fmt: skip
+    print(
+        f"output {output['id']} of request {request['id']} by {request['user']} "
+        f"- {output['state']} ({output['msg_type']})"
+    )
     print("\n--- code ---")
     print(request["code"])
     print("\n--- findings ---")

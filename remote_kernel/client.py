@@ -85,11 +85,16 @@ class RemoteOutput:
     @classmethod
     def from_view(cls, view: dict[str, Any]) -> RemoteOutput:
         return cls(
-            id=view["id"], request_id=view["request_id"], seq=view["seq"],
-            msg_type=view["msg_type"], state=view["state"], summary=view.get("summary", ""),
-            decided_by=view.get("decided_by"), comment=view.get("comment") or "",
+            id=view["id"],
+            request_id=view["request_id"],
+            seq=view["seq"],
+            msg_type=view["msg_type"],
+            state=view["state"],
+            summary=view.get("summary", ""),
+            decided_by=view.get("decided_by"),
+            comment=view.get("comment") or "",
             content=view.get("content"),
-        )  # fmt: skip
+        )
 
     @property
     def released(self) -> bool:
@@ -204,14 +209,21 @@ class RemoteRequest:
 class Datasite:
     """A connection to one datasite as one researcher."""
 
-    def __init__(self, url: str, token: str, name: str | None = None,
-                 cache_dir: Path | None = None, timeout: float = 30.0) -> None:  # fmt: skip
+    def __init__(
+        self,
+        url: str,
+        token: str,
+        name: str | None = None,
+        cache_dir: Path | None = None,
+        timeout: float = 30.0,
+    ) -> None:
         self.url = url.rstrip("/")
         self._token = token
         self.http = httpx.Client(
-            base_url=self.url, timeout=timeout,
+            base_url=self.url,
+            timeout=timeout,
             headers={"Authorization": f"Bearer {token}"},
-        )  # fmt: skip
+        )
         me = self._call("GET", "/api/me")
         self.user: str = me["name"]
         self.role: str = me["role"]
@@ -303,20 +315,24 @@ class Datasite:
             ws_url = "ws" + self.url[4:] + f"/api/sessions/{self.session_id}/channel"
             try:
                 self._ws = ws_connect(
-                    ws_url, additional_headers={"Authorization": f"Bearer {self._token}"},
-                    max_size=None, open_timeout=30,
-                )  # fmt: skip
+                    ws_url,
+                    additional_headers={"Authorization": f"Bearer {self._token}"},
+                    max_size=None,
+                    open_timeout=30,
+                )
             except InvalidStatus as exc:
                 raise RequestRejected(
-                    f"{self.url} refused the session channel (HTTP "
-                    f"{exc.response.status_code})", exc.response.status_code,
-                ) from None  # fmt: skip
+                    f"{self.url} refused the session channel (HTTP {exc.response.status_code})",
+                    exc.response.status_code,
+                ) from None
             except (OSError, WebSocketException) as exc:
                 raise DatasiteUnreachable(f"cannot open a channel to {self.url}: {exc}") from None
             self._reader = threading.Thread(
-                target=self._read_loop, args=(self._ws,), daemon=True,
+                target=self._read_loop,
+                args=(self._ws,),
+                daemon=True,
                 name=f"remote_kernel-{self.name}",
-            )  # fmt: skip
+            )
             self._reader.start()
             # Catch up on anything that changed while no channel was open.
             for request in list(self._requests.values()):
@@ -367,14 +383,19 @@ class Datasite:
             self._waiters.pop(ref, None)
         reply = box[0]
         if reply["type"] == "error":
-            raise RequestRejected(f"{self.name} refused the cell: {reply['message']}",
-                                  int(reply.get("status", 400)))  # fmt: skip
+            raise RequestRejected(
+                f"{self.name} refused the cell: {reply['message']}", int(reply.get("status", 400))
+            )
         request = self._handle(reply["request"]["id"])
         request._apply_request(reply["request"])
         return request
 
+    def request_json(self, request_id: int) -> dict[str, Any]:
+        """A request as the datasite shows it to this token (code, status, outputs)."""
+        return dict(self._call("GET", f"/api/requests/{request_id}"))
+
     def _refresh_request(self, request_id: int) -> RemoteRequest:
-        view = self._call("GET", f"/api/requests/{request_id}")
+        view = self.request_json(request_id)
         request = self._handle(request_id)
         request._apply_request(view)
         return request

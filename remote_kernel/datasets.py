@@ -149,9 +149,7 @@ def _without_private_rows(
     return mock.loc[~clash].reset_index(drop=True)
 
 
-def schema_only_mock_rows(
-    frame: pd.DataFrame, rows: int, rng: np.random.Generator
-) -> pd.DataFrame:
+def schema_only_mock_rows(frame: pd.DataFrame, rows: int, rng: np.random.Generator) -> pd.DataFrame:
     return pd.DataFrame({c: _mock_column(frame[c], rows, rng) for c in frame.columns})
 
 
@@ -209,9 +207,21 @@ def add_dataset(
 # --- generated heart-shaped data -------------------------------------------------------------
 
 HEART_COLUMNS = [
-    "age", "sex", "cp", "trestbps", "chol", "fbs", "restecg",
-    "thalach", "exang", "oldpeak", "slope", "ca", "thal", "num",
-]  # fmt: skip
+    "age",
+    "sex",
+    "cp",
+    "trestbps",
+    "chol",
+    "fbs",
+    "restecg",
+    "thalach",
+    "exang",
+    "oldpeak",
+    "slope",
+    "ca",
+    "thal",
+    "num",
+]
 
 
 def synthetic_heart(rows: int = 300, seed: int = 0) -> pd.DataFrame:
@@ -239,9 +249,29 @@ def synthetic_heart(rows: int = 300, seed: int = 0) -> pd.DataFrame:
     risk = -5 + 0.06 * age + 1.2 * sex + 1.4 * exang + 0.5 * oldpeak + rng.normal(0, 1, rows)
     num = np.digitize(risk, [0.5, 1.5, 2.3, 3.0]).astype(int)
     frame = pd.DataFrame(
-        dict(zip(HEART_COLUMNS, [age, sex, cp, trestbps, chol, fbs, restecg, thalach,
-                                 exang, oldpeak, slope, ca, thal, num], strict=True))
-    )  # fmt: skip
+        dict(
+            zip(
+                HEART_COLUMNS,
+                [
+                    age,
+                    sex,
+                    cp,
+                    trestbps,
+                    chol,
+                    fbs,
+                    restecg,
+                    thalach,
+                    exang,
+                    oldpeak,
+                    slope,
+                    ca,
+                    thal,
+                    num,
+                ],
+                strict=True,
+            )
+        )
+    )
     # Missing values, as in the real files.
     for column, rate in (("ca", 0.02), ("thal", 0.01)):
         frame.loc[rng.random(rows) < rate, column] = np.nan
@@ -266,8 +296,10 @@ def find_uci_heart_dir(explicit: str | Path | None = None) -> Path | None:
 
     candidates = [explicit, os.environ.get("REMOTE_KERNEL_HEART_DATA")]
     package_root = Path(__file__).resolve().parents[1]
-    candidates += [package_root.parent / "shared" / "data" / "heart-disease",
-                   Path.cwd().parent / "shared" / "data" / "heart-disease"]  # fmt: skip
+    candidates += [
+        package_root.parent / "shared" / "data" / "heart-disease",
+        Path.cwd().parent / "shared" / "data" / "heart-disease",
+    ]
     for candidate in candidates:
         if candidate and (Path(candidate) / UCI_HEART_FILES["cleveland"]).exists():
             return Path(candidate).resolve()

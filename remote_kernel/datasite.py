@@ -25,8 +25,8 @@ from typing import Any
 from .config import DatasiteConfig
 from .filter import OutputFilter
 from .kernels import KernelDied, KernelHandle, KernelProvider
-from .models import OutputItem, OutputState, RequestStatus, Role
-from .store import Conflict, KernelSession, NotFound, Output, Request, Store, User
+from .models import OutputItem, RequestStatus, Role
+from .store import KernelSession, NotFound, Output, Request, Store, User
 from .views import output_view, request_view
 
 log = logging.getLogger("remote_kernel.datasite")
@@ -273,16 +273,20 @@ class Datasite:
             result = await kernel.execute(request.code, on_output)
         except KernelDied as exc:
             await self._shutdown_kernel(runtime)
-            self._finish(request_id, RequestStatus.FAILED,
-                         f"{exc}; the next request starts a new kernel")  # fmt: skip
+            self._finish(
+                request_id, RequestStatus.FAILED, f"{exc}; the next request starts a new kernel"
+            )
             return
         if result.status == "ok":
             self._finish(request_id, RequestStatus.COMPLETED)
         elif result.status == "aborted":
             self._finish(request_id, RequestStatus.INTERRUPTED, "execution was aborted")
         else:
-            self._finish(request_id, RequestStatus.ERROR,
-                         "the cell raised an exception (the traceback is an output)")  # fmt: skip
+            self._finish(
+                request_id,
+                RequestStatus.ERROR,
+                "the cell raised an exception (the traceback is an output)",
+            )
 
     def _finish(self, request_id: int, status: RequestStatus, message: str = "") -> None:
         with contextlib.suppress(NotFound):
@@ -330,9 +334,6 @@ class Datasite:
             raise PermissionDenied("only reviewers and admins see the review queue")
         return self.store.pending_outputs()
 
-    def is_decided(self, output: Output) -> bool:
-        return OutputState(output.state).decided
-
 
 def _is_our_kernel(pid: int) -> bool:
     try:
@@ -340,7 +341,3 @@ def _is_our_kernel(pid: int) -> bool:
     except OSError:
         return False
     return b"ipykernel_launcher" in cmdline
-
-
-def datasite_path(config: DatasiteConfig, *parts: str) -> Path:
-    return config.directory.joinpath(*parts)

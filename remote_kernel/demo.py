@@ -44,13 +44,25 @@ def prepare_demo(directory: str | Path, data_dir: str | Path | None = None) -> d
     uci = find_uci_heart_dir(data_dir)
     if uci is not None:
         source = uci / UCI_HEART_FILES[SITE]
-        add_dataset(config, "heart", source, columns=HEART_COLUMNS, na_values=["?"],
-                    description="UCI Heart Disease, Cleveland Clinic (CC BY 4.0)", seed=1)  # fmt: skip
+        add_dataset(
+            config,
+            "heart",
+            source,
+            columns=HEART_COLUMNS,
+            na_values=["?"],
+            description="UCI Heart Disease, Cleveland Clinic (CC BY 4.0)",
+            seed=1,
+        )
     else:
         generated = directory / "generated-heart.csv"
         synthetic_heart(303, seed=1).to_csv(generated, index=False)
-        add_dataset(config, "heart", generated, seed=1,
-                    description="generated heart-disease-shaped data (no real patients)")  # fmt: skip
+        add_dataset(
+            config,
+            "heart",
+            generated,
+            seed=1,
+            description="generated heart-disease-shaped data (no real patients)",
+        )
     store = Store(config.database_url)
     tokens = {}
     for name, role in (("alice", Role.RESEARCHER), ("bob", Role.REVIEWER)):
@@ -68,34 +80,50 @@ def quickstart_notebook(url: str, token: str) -> dict:
         return {"cell_type": "markdown", "metadata": {}, "source": text}
 
     def code(text: str) -> dict:
-        return {"cell_type": "code", "metadata": {}, "source": text, "outputs": [],
-                "execution_count": None}  # fmt: skip
+        return {
+            "cell_type": "code",
+            "metadata": {},
+            "source": text,
+            "outputs": [],
+            "execution_count": None,
+        }
 
     cells = [
-        md("# remote_kernel quickstart\n\nConnect to the demo datasite as the researcher "
-           "**alice**. `rk.data(\"heart\")` gives you the **mock** here; at the datasite the "
-           "same call gives the private table."),  # fmt: skip
-        code("%load_ext remote_kernel\nimport remote_kernel as rk\n\n"
-             f"site = rk.connect({url!r}, token={token!r}, name={SITE!r})\n"
-             "df = rk.data(\"heart\")   # the MOCK: same columns and dtypes, no real patient\n"
-             "df.head()"),  # fmt: skip
-        md("A `%%remote` cell runs here on the mock first, then at the datasite. Its output "
-           "shows as *pending review* until the reviewer releases it. Release it from a "
-           "terminal (the demo printed the commands):\n\n"
-           "```\nremote-kernel review list\nremote-kernel review approve OUTPUT_ID\n```"),  # fmt: skip
-        code("%%remote\ndf = rk.data(\"heart\")   # the PRIVATE table, at the datasite\n"
-             "df.groupby(\"sex\").num.mean()"),  # fmt: skip
+        md(
+            "# remote_kernel quickstart\n\nConnect to the demo datasite as the researcher "
+            '**alice**. `rk.data("heart")` gives you the **mock** here; at the datasite the '
+            "same call gives the private table."
+        ),
+        code(
+            "%load_ext remote_kernel\nimport remote_kernel as rk\n\n"
+            f"site = rk.connect({url!r}, token={token!r}, name={SITE!r})\n"
+            'df = rk.data("heart")   # the MOCK: same columns and dtypes, no real patient\n'
+            "df.head()"
+        ),
+        md(
+            "A `%%remote` cell runs here on the mock first, then at the datasite. Its output "
+            "shows as *pending review* until the reviewer releases it. Release it from a "
+            "terminal (the demo printed the commands):\n\n"
+            "```\nremote-kernel review list\nremote-kernel review approve OUTPUT_ID\n```"
+        ),
+        code(
+            '%%remote\ndf = rk.data("heart")   # the PRIVATE table, at the datasite\n'
+            'df.groupby("sex").num.mean()'
+        ),
         md("Without magics, from any Python:"),
         code("request = site.run('rk.data(\"heart\").age.describe()')\nrequest"),
-        code("request.wait(timeout=600)   # returns once a reviewer decided\n"
-             "[o.text for o in request.outputs]"),  # fmt: skip
+        code(
+            "request.wait(timeout=600)   # returns once a reviewer decided\n"
+            "[o.text for o in request.outputs]"
+        ),
     ]
     for number, cell in enumerate(cells):
         cell["id"] = f"quickstart-{number}"
     return {
         "cells": cells,
-        "metadata": {"kernelspec": {"name": "python3", "display_name": "Python 3",
-                                    "language": "python"}},  # fmt: skip
+        "metadata": {
+            "kernelspec": {"name": "python3", "display_name": "Python 3", "language": "python"}
+        },
         "nbformat": 4,
         "nbformat_minor": 5,
     }
@@ -110,7 +138,7 @@ Researcher (alice): open {notebook}
 
     %load_ext remote_kernel
     import remote_kernel as rk
-    site = rk.connect("{url}", token="{tokens['alice']}", name="{SITE}")
+    site = rk.connect("{url}", token="{tokens["alice"]}", name="{SITE}")
     df = rk.data("heart")          # the mock, here
 
     %%remote
@@ -119,7 +147,7 @@ Researcher (alice): open {notebook}
 
 Reviewer (bob), in a terminal:
 
-    export REMOTE_KERNEL_URL={url} REMOTE_KERNEL_TOKEN={tokens['bob']}
+    export REMOTE_KERNEL_URL={url} REMOTE_KERNEL_TOKEN={tokens["bob"]}
     remote-kernel review list
     remote-kernel review show OUTPUT_ID
     remote-kernel review approve OUTPUT_ID     # or: deny OUTPUT_ID --comment "why"
@@ -133,8 +161,15 @@ def start_jupyterlab(directory: Path, port: int) -> subprocess.Popen[bytes] | No
     if importlib.util.find_spec("jupyterlab") is None:
         print("(JupyterLab is not installed: pip install 'remote_kernel[demo]' to get it)")
         return None
-    command = [sys.executable, "-m", "jupyterlab", "--no-browser", f"--port={port}",
-               f"--ServerApp.root_dir={directory}", "--LabApp.default_url=/lab/tree/quickstart.ipynb"]  # fmt: skip
+    command = [
+        sys.executable,
+        "-m",
+        "jupyterlab",
+        "--no-browser",
+        f"--port={port}",
+        f"--ServerApp.root_dir={directory}",
+        "--LabApp.default_url=/lab/tree/quickstart.ipynb",
+    ]
     if hasattr(os, "geteuid") and os.geteuid() == 0:
         command.append("--allow-root")
     return subprocess.Popen(command, start_new_session=True)
@@ -153,8 +188,13 @@ def stop_process(process: subprocess.Popen[bytes] | None) -> None:
         process.wait()
 
 
-def run_demo(directory: str | Path, port: int, data_dir: str | Path | None = None,
-             lab: bool = True, lab_port: int = 8888) -> None:  # fmt: skip
+def run_demo(
+    directory: str | Path,
+    port: int,
+    data_dir: str | Path | None = None,
+    lab: bool = True,
+    lab_port: int = 8888,
+) -> None:
     from .server.app import run_server
 
     directory = Path(directory).resolve()

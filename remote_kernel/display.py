@@ -52,9 +52,13 @@ def output_bundle(request: RemoteRequest, output: RemoteOutput) -> tuple[Bundle,
         text = f"✖ {site}: output {output.seq + 1} denied by {output.decided_by}: {output.comment}"
         return _note(text, "#c62828"), metadata
     if output.state == "blocked":
-        text = f"⛔ {site}: output {output.seq + 1} blocked by the datasite's policy ({output.summary})"
+        number = output.seq + 1
+        text = f"⛔ {site}: output {number} blocked by the datasite's policy ({output.summary})"
         return _note(text, "#6a1b9a"), metadata
-    text = f"⏳ pending review at {site}: output {output.seq + 1} of request {request.id} ({output.summary})"
+    number = output.seq + 1
+    text = (
+        f"⏳ pending review at {site}: output {number} of request {request.id} ({output.summary})"
+    )
     return _note(text, "#f9a825"), metadata
 
 
@@ -89,13 +93,17 @@ def _released(site: str, output: RemoteOutput) -> Bundle:
     content = output.content or {}
     if output.msg_type == "stream":
         text = str(content.get("text", ""))
-        return {"text/plain": f"[{label}]\n{text}",
-                "text/html": header + f"<pre>{html.escape(text)}</pre>"}  # fmt: skip
+        return {
+            "text/plain": f"[{label}]\n{text}",
+            "text/html": header + f"<pre>{html.escape(text)}</pre>",
+        }
     if output.msg_type == "error":
         text = ANSI.sub("", "\n".join(content.get("traceback") or []))
         text = text or f"{content.get('ename')}: {content.get('evalue')}"
-        return {"text/plain": f"[{label}]\n{text}",
-                "text/html": header + f'<pre style="color:#b71c1c">{html.escape(text)}</pre>'}  # fmt: skip
+        return {
+            "text/plain": f"[{label}]\n{text}",
+            "text/html": header + f'<pre style="color:#b71c1c">{html.escape(text)}</pre>',
+        }
     data: dict[str, Any] = dict(content.get("data") or {})
     plain = str(data.get("text/plain", ""))
     if "text/html" in data:

@@ -28,8 +28,20 @@ from .models import OUTPUT_MSG_TYPES, OutputItem
 KERNEL_SETUP_CODE = "import remote_kernel as rk\nimport remote_kernel\n"
 
 #: The only server environment variables a researcher kernel inherits.
-INHERITED_ENV = frozenset({"PATH", "HOME", "LANG", "LC_ALL", "LC_CTYPE", "TZ", "TMPDIR",
-                           "PYTHONPATH", "VIRTUAL_ENV", "MPLBACKEND"})  # fmt: skip
+INHERITED_ENV = frozenset(
+    {
+        "PATH",
+        "HOME",
+        "LANG",
+        "LC_ALL",
+        "LC_CTYPE",
+        "TZ",
+        "TMPDIR",
+        "PYTHONPATH",
+        "VIRTUAL_ENV",
+        "MPLBACKEND",
+    }
+)
 
 OutputCallback = Callable[[OutputItem], Awaitable[None]]
 
@@ -118,8 +130,9 @@ class LocalKernel:
                 self.last_activity = time.monotonic()
 
     async def _execute(self, code: str, on_output: OutputCallback) -> ExecutionResult:
-        msg_id = self.client.execute(code, store_history=True, allow_stdin=False,
-                                     stop_on_error=False)  # fmt: skip
+        msg_id = self.client.execute(
+            code, store_history=True, allow_stdin=False, stop_on_error=False
+        )
         while True:
             try:
                 msg = await self.client.get_iopub_msg(timeout=0.5)
@@ -143,8 +156,9 @@ class LocalKernel:
                 continue
             if reply["parent_header"].get("msg_id") == msg_id:
                 content = reply["content"]
-                return ExecutionResult(content.get("status", "error"),
-                                       content.get("execution_count"))  # fmt: skip
+                return ExecutionResult(
+                    content.get("status", "error"), content.get("execution_count")
+                )
 
     async def interrupt(self) -> None:
         await self.manager.interrupt_kernel()
@@ -174,7 +188,9 @@ class LocalKernelProvider:
         os.chmod(self.runtime_dir, 0o700)
         manager = AsyncKernelManager(
             # A new file per start: a restarted session must never reuse old ports.
-            connection_file=str(self.runtime_dir / f"kernel-{session_id}-{uuid.uuid4().hex[:8]}.json")
+            connection_file=str(
+                self.runtime_dir / f"kernel-{session_id}-{uuid.uuid4().hex[:8]}.json"
+            )
         )
         # Pin the kernel to this Python rather than whatever "python3" spec is installed.
         manager._kernel_spec = KernelSpec(

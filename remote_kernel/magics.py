@@ -41,13 +41,11 @@ class RequestDisplay:
             request = self.request
             for output in request.outputs:
                 self._sync_output(output, new_outputs_allowed)
-            key = (request.status, request.message,
-                   tuple((o.id, o.state) for o in request.outputs))  # fmt: skip
+            key = (request.status, request.message, tuple((o.id, o.state) for o in request.outputs))
             now = time.monotonic()
             if key != self.last_key or (not request.finished and now - self.last_update > 1.0):
                 bundle, metadata = status_bundle(request, now - self.started)
-                update_display(bundle, raw=True, metadata=metadata,
-                               display_id=display_id(request))  # fmt: skip
+                update_display(bundle, raw=True, metadata=metadata, display_id=display_id(request))
                 self.last_key, self.last_update = key, now
 
     def _sync_output(self, output: RemoteOutput, new_outputs_allowed: bool) -> None:
@@ -58,11 +56,13 @@ class RequestDisplay:
         if previous is None:
             if not new_outputs_allowed:
                 return
-            display(bundle, raw=True, metadata=metadata,
-                    display_id=display_id(self.request, output))  # fmt: skip
+            display(
+                bundle, raw=True, metadata=metadata, display_id=display_id(self.request, output)
+            )
         else:
-            update_display(bundle, raw=True, metadata=metadata,
-                           display_id=display_id(self.request, output))  # fmt: skip
+            update_display(
+                bundle, raw=True, metadata=metadata, display_id=display_id(self.request, output)
+            )
         self.shown[output.id] = output.state
 
     def follow_later(self) -> None:
@@ -108,8 +108,12 @@ class RemoteMagics(Magics):
     @magic_arguments()
     @argument("--site", action="append", help="datasite to run at (repeatable; default: all)")
     @argument("--no-local", action="store_true", help="skip the local run on the mock")
-    @argument("--timeout", type=float, default=3600.0,
-              help="seconds to wait for the remote run (not the review) before returning")  # fmt: skip
+    @argument(
+        "--timeout",
+        type=float,
+        default=3600.0,
+        help="seconds to wait for the remote run (not the review) before returning",
+    )
     @cell_magic
     def remote(self, line: str, cell: str) -> None:
         """Run this cell on the mock here, then at the datasite(s); see ``rk`` docs."""
@@ -133,8 +137,7 @@ class RemoteMagics(Magics):
                 print(f"remote_kernel: {site.name}: {exc}")
         self._follow(views, targets, args.timeout)
 
-    def _follow(self, views: list[RequestDisplay], targets: list[Datasite],
-                timeout: float) -> None:  # fmt: skip
+    def _follow(self, views: list[RequestDisplay], targets: list[Datasite], timeout: float) -> None:
         deadline = time.monotonic() + timeout
         try:
             while views and not all(v.request.finished for v in views):

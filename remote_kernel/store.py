@@ -42,7 +42,7 @@ from .models import (
     canonical_json,
 )
 
-TOKEN_PREFIX = "rk_"
+TOKEN_PREFIX = "rk_"  # noqa: S105 (a prefix that makes leaked tokens greppable)
 GENESIS_HASH = "0" * 64
 
 
@@ -158,12 +158,19 @@ class AuditEntry(Base):
     hash: Mapped[str] = mapped_column(String(64))
 
 
-def audit_hash(prev_hash: str, at: datetime, actor: str, action: str, target: str,
-               detail: dict[str, Any]) -> str:  # fmt: skip
+def audit_hash(
+    prev_hash: str, at: datetime, actor: str, action: str, target: str, detail: dict[str, Any]
+) -> str:
     payload = canonical_json(
-        {"prev": prev_hash, "at": at.isoformat(), "actor": actor, "action": action,
-         "target": target, "detail": detail}
-    )  # fmt: skip
+        {
+            "prev": prev_hash,
+            "at": at.isoformat(),
+            "actor": actor,
+            "action": action,
+            "target": target,
+            "detail": detail,
+        }
+    )
     return hashlib.sha256(payload).hexdigest()
 
 
@@ -201,15 +208,19 @@ class Store:
             yield session
 
     # --- audit ---------------------------------------------------------------------------
-    def _audit(self, db: Session, actor: str, action: str, target: str = "",
-               **detail: Any) -> None:  # fmt: skip
+    def _audit(self, db: Session, actor: str, action: str, target: str = "", **detail: Any) -> None:
         last = db.scalars(select(AuditEntry).order_by(AuditEntry.id.desc()).limit(1)).first()
         prev = last.hash if last else GENESIS_HASH
         at = utcnow()
         entry = AuditEntry(
-            at=at, actor=actor, action=action, target=target, detail=detail, prev_hash=prev,
+            at=at,
+            actor=actor,
+            action=action,
+            target=target,
+            detail=detail,
+            prev_hash=prev,
             hash=audit_hash(prev, at, actor, action, target, detail),
-        )  # fmt: skip
+        )
         db.add(entry)
 
     def audit(self, actor: str, action: str, target: str = "", **detail: Any) -> None:
@@ -227,8 +238,9 @@ class Store:
         for entry in self.audit_entries():
             if entry.prev_hash != prev:
                 problems.append(f"entry {entry.id}: chain broken (an entry before it changed)")
-            expected = audit_hash(entry.prev_hash, entry.at, entry.actor, entry.action,
-                                  entry.target, entry.detail)  # fmt: skip
+            expected = audit_hash(
+                entry.prev_hash, entry.at, entry.actor, entry.action, entry.target, entry.detail
+            )
             if expected != entry.hash:
                 problems.append(f"entry {entry.id}: content does not match its hash")
             prev = entry.hash
@@ -304,13 +316,18 @@ class Store:
             db.add(request)
             db.flush()
             self._audit(
-                db, user.name, "request.submit", f"request:{request.id}",
-                session=session_id, code_sha256=hashlib.sha256(code.encode()).hexdigest(),
-            )  # fmt: skip
+                db,
+                user.name,
+                "request.submit",
+                f"request:{request.id}",
+                session=session_id,
+                code_sha256=hashlib.sha256(code.encode()).hexdigest(),
+            )
         return request
 
-    def set_request_status(self, request_id: int, status: RequestStatus,
-                           message: str = "") -> Request:  # fmt: skip
+    def set_request_status(
+        self, request_id: int, status: RequestStatus, message: str = ""
+    ) -> Request:
         with self.transaction() as db:
             request = db.get(Request, request_id)
             if request is None:
@@ -322,8 +339,9 @@ class Store:
                 request.started_at = utcnow()
             elif status.finished:
                 request.finished_at = utcnow()
-            self._audit(db, "datasite", "request.status", f"request:{request_id}",
-                        status=status.value)  # fmt: skip
+            self._audit(
+                db, "datasite", "request.status", f"request:{request_id}", status=status.value
+            )
         return request
 
     def get_request(self, request_id: int) -> Request:
@@ -333,8 +351,9 @@ class Store:
                 raise NotFound(f"no request {request_id}")
             return request
 
-    def list_requests(self, user_id: int | None = None, status: str | None = None,
-                      limit: int = 500) -> list[Request]:  # fmt: skip
+    def list_requests(
+        self, user_id: int | None = None, status: str | None = None, limit: int = 500
+    ) -> list[Request]:
         query = select(Request).order_by(Request.id.desc()).limit(limit)
         if user_id is not None:
             query = query.where(Request.user_id == user_id)
@@ -352,8 +371,14 @@ class Store:
                 row.status = RequestStatus.INTERRUPTED.value
                 row.message = message
                 row.finished_at = utcnow()
-                self._audit(db, "datasite", "request.status", f"request:{row.id}",
-                            status=row.status, reason="server restart")  # fmt: skip
+                self._audit(
+                    db,
+                    "datasite",
+                    "request.status",
+                    f"request:{row.id}",
+                    status=row.status,
+                    reason="server restart",
+                )
             return [row.id for row in rows]
 
     # --- outputs -------------------------------------------------------------------------
@@ -361,21 +386,31 @@ class Store:
         """Record an output before anything else happens to it (pending, unchecked)."""
         body = item.canonical_bytes()
         with self.transaction() as db:
-            seq = db.scalar(
-                select(func.count(Output.id)).where(Output.request_id == request_id)
-            )  # fmt: skip
+            seq = db.scalar(select(func.count(Output.id)).where(Output.request_id == request_id))
             output = Output(
-                request_id=request_id, seq=int(seq or 0), msg_type=item.msg_type,
-                body=body.decode(), sha256=item.sha256(), size=len(body),
-            )  # fmt: skip
+                request_id=request_id,
+                seq=int(seq or 0),
+                msg_type=item.msg_type,
+                body=body.decode(),
+                sha256=item.sha256(),
+                size=len(body),
+            )
             db.add(output)
             db.flush()
-            self._audit(db, "kernel", "output.record", f"output:{output.id}",
-                        request=request_id, sha256=output.sha256, size=output.size)  # fmt: skip
+            self._audit(
+                db,
+                "kernel",
+                "output.record",
+                f"output:{output.id}",
+                request=request_id,
+                sha256=output.sha256,
+                size=output.size,
+            )
         return output
 
-    def apply_filter_decision(self, output_id: int, decision: FilterDecision,
-                              filter_name: str) -> Output:  # fmt: skip
+    def apply_filter_decision(
+        self, output_id: int, decision: FilterDecision, filter_name: str
+    ) -> Output:
         with self.transaction() as db:
             output = self._get_output(db, output_id)
             output.verdict = decision.verdict.value
@@ -386,8 +421,13 @@ class Store:
             elif decision.verdict is Verdict.BLOCK:
                 self._decide(db, output, OutputState.BLOCKED, f"policy:{filter_name}")
             else:
-                self._audit(db, f"policy:{filter_name}", "output.hold", f"output:{output.id}",
-                            findings=len(decision.findings))  # fmt: skip
+                self._audit(
+                    db,
+                    f"policy:{filter_name}",
+                    "output.hold",
+                    f"output:{output.id}",
+                    findings=len(decision.findings),
+                )
         return output
 
     def _get_output(self, db: Session, output_id: int) -> Output:
@@ -396,8 +436,9 @@ class Store:
             raise NotFound(f"no output {output_id}")
         return output
 
-    def _decide(self, db: Session, output: Output, state: OutputState, by: str,
-                comment: str = "") -> None:  # fmt: skip
+    def _decide(
+        self, db: Session, output: Output, state: OutputState, by: str, comment: str = ""
+    ) -> None:
         output.state = state.value
         output.decided_by = by
         output.decided_at = utcnow()
@@ -410,8 +451,9 @@ class Store:
             detail["comment"] = comment
         self._audit(db, by, f"output.{state.value}", f"output:{output.id}", **detail)
 
-    def review_output(self, output_id: int, reviewer: User, approve: bool,
-                      comment: str = "") -> Output:  # fmt: skip
+    def review_output(
+        self, output_id: int, reviewer: User, approve: bool, comment: str = ""
+    ) -> Output:
         with self.transaction() as db:
             output = self._get_output(db, output_id)
             if output.state != OutputState.PENDING.value:
@@ -422,8 +464,11 @@ class Store:
             if output.verdict is None:
                 raise Conflict(f"output {output_id} has not been checked by the filter yet")
             decision = "approve" if approve else "deny"
-            db.add(Review(output_id=output_id, reviewer_id=reviewer.id, decision=decision,
-                          comment=comment))  # fmt: skip
+            db.add(
+                Review(
+                    output_id=output_id, reviewer_id=reviewer.id, decision=decision, comment=comment
+                )
+            )
             state = OutputState.RELEASED if approve else OutputState.DENIED
             self._decide(db, output, state, reviewer.name, comment)
         return output

@@ -71,12 +71,23 @@ class RunningDatasite:
 
     def start(self, timeout: float = 30.0) -> None:
         self.log_path = self.directory.parent / f"{self.name}-server.log"
-        log = open(self.log_path, "ab")  # noqa: SIM115
+        log = open(self.log_path, "ab")
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "remote_kernel.cli", "datasite", "serve", str(self.directory),
-             "--port", str(self.port), *self.extra_args],
-            stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
-        )  # fmt: skip
+            [
+                sys.executable,
+                "-m",
+                "remote_kernel.cli",
+                "datasite",
+                "serve",
+                str(self.directory),
+                "--port",
+                str(self.port),
+                *self.extra_args,
+            ],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
@@ -114,8 +125,9 @@ class RunningDatasite:
         return Store(DatasiteConfig.load(self.directory).database_url)
 
 
-def make_datasite(tmp: Path, name: str = "cleveland", extra_args: list[str] | None = None,
-                  **limits: int) -> RunningDatasite:  # fmt: skip
+def make_datasite(
+    tmp: Path, name: str = "cleveland", extra_args: list[str] | None = None, **limits: int
+) -> RunningDatasite:
     """Create a datasite the way an admin does: init, add-dataset, add users."""
     config = DatasiteConfig.create(tmp / name, name)
     for key, value in limits.items():
@@ -126,12 +138,15 @@ def make_datasite(tmp: Path, name: str = "cleveland", extra_args: list[str] | No
     add_dataset(config, "heart", source, columns=columns, na_values=["?"], seed=0)
     store = Store(config.database_url)
     tokens = {}
-    for user, role in (("alice", Role.RESEARCHER), ("carol", Role.RESEARCHER),
-                       ("bob", Role.REVIEWER), ("admin", Role.ADMIN)):  # fmt: skip
+    for user, role in (
+        ("alice", Role.RESEARCHER),
+        ("carol", Role.RESEARCHER),
+        ("bob", Role.REVIEWER),
+        ("admin", Role.ADMIN),
+    ):
         _, tokens[user] = store.create_user(user, role)
     store.close()
-    return RunningDatasite(config.directory, name, free_port(), tokens,
-                           extra_args=extra_args or [])  # fmt: skip
+    return RunningDatasite(config.directory, name, free_port(), tokens, extra_args=extra_args or [])
 
 
 @pytest.fixture(scope="session")

@@ -51,8 +51,11 @@ def approve_everything(url: str, token: str, stop: threading.Event) -> None:
     while not stop.is_set():
         try:
             for item in httpx.get(f"{url}/api/reviews", headers=headers).json():
-                httpx.post(f"{url}/api/outputs/{item['id']}/review", headers=headers,
-                           json={"decision": "approve"})  # fmt: skip
+                httpx.post(
+                    f"{url}/api/outputs/{item['id']}/review",
+                    headers=headers,
+                    json={"decision": "approve"},
+                )
         except httpx.TransportError:
             pass
         stop.wait(0.3)
@@ -63,10 +66,22 @@ def test_demo_starts_runs_its_notebook_and_stops_cleanly(tmp_path: Path) -> None
     port, lab_port = free_port(), free_port()
     directory = tmp_path / "demo"
     demo = subprocess.Popen(
-        [sys.executable, "-m", "remote_kernel.cli", "demo", "--dir", str(directory),
-         "--port", str(port), "--lab-port", str(lab_port)],
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-    )  # fmt: skip
+        [
+            sys.executable,
+            "-m",
+            "remote_kernel.cli",
+            "demo",
+            "--dir",
+            str(directory),
+            "--port",
+            str(port),
+            "--lab-port",
+            str(lab_port),
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
     url = f"http://127.0.0.1:{port}"
     try:
         wait_http(url + "/api/health")
@@ -84,8 +99,12 @@ def test_demo_starts_runs_its_notebook_and_stops_cleanly(tmp_path: Path) -> None
             notebook = nbformat.read(directory / "quickstart.ipynb", as_version=4)
             env_cache = str(tmp_path / "cache")
             os.environ["XDG_CACHE_HOME"] = env_cache
-            NotebookClient(notebook, timeout=240, kernel_name="python3",
-                           resources={"metadata": {"path": str(tmp_path)}}).execute()  # fmt: skip
+            NotebookClient(
+                notebook,
+                timeout=240,
+                kernel_name="python3",
+                resources={"metadata": {"path": str(tmp_path)}},
+            ).execute()
         finally:
             stop.set()
             reviewer.join()

@@ -25,17 +25,29 @@ from .conftest import RunningDatasite, make_datasite
 
 def review_cli(site: RunningDatasite, *args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "remote_kernel.cli", "review", *args,
-         "--url", site.url, "--token", site.tokens["bob"]],
-        capture_output=True, text=True, timeout=60,
-    )  # fmt: skip
+        [
+            sys.executable,
+            "-m",
+            "remote_kernel.cli",
+            "review",
+            *args,
+            "--url",
+            site.url,
+            "--token",
+            site.tokens["bob"],
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
 
 
 def pending_ids(site: RunningDatasite, request_id: int) -> list[int]:
     listing = review_cli(site, "list", "--json")
     assert listing.returncode == 0, listing.stderr
-    return [item["id"] for item in json.loads(listing.stdout)
-            if item["request"]["id"] == request_id]  # fmt: skip
+    return [
+        item["id"] for item in json.loads(listing.stdout) if item["request"]["id"] == request_id
+    ]
 
 
 def test_the_issue_commands_work_on_a_fresh_directory(tmp_path: Path) -> None:
@@ -199,7 +211,7 @@ def test_remote_magic_in_a_real_kernel(
     shown = texts(messages)
     assert "mock" in shown  # the local run is labelled
     assert private_value.splitlines()[-2] not in shown  # nothing private before release
-    (display_id, text), = placeholders(messages).items()  # fmt: skip
+    ((display_id, text),) = placeholders(messages).items()
     assert "pending review at cleveland" in text
 
     request_id = int(display_id.split("-")[2])
@@ -218,7 +230,7 @@ def test_remote_magic_in_a_real_kernel(
 
     # A denial replaces the placeholder with the reviewer's comment.
     messages = local_kernel.run('%%remote --no-local\nprint("hello")')
-    (display_id, _), = placeholders(messages).items()  # fmt: skip
+    ((display_id, _),) = placeholders(messages).items()
     (output_id,) = pending_ids(site, int(display_id.split("-")[2]))
     denied = review_cli(site, "deny", str(output_id), "--comment", "please aggregate")
     assert denied.returncode == 0

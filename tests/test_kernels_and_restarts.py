@@ -17,8 +17,11 @@ def approve_all(site: RunningDatasite, request: RemoteRequest) -> None:
     request.wait(60, until="finished")
     for output in request.outputs:
         if output.state == "pending":
-            response = httpx.post(f"{site.url}/api/outputs/{output.id}/review",
-                                  json={"decision": "approve"}, headers=headers)  # fmt: skip
+            response = httpx.post(
+                f"{site.url}/api/outputs/{output.id}/review",
+                json={"decision": "approve"},
+                headers=headers,
+            )
             assert response.status_code == 200, response.text
     request.wait(30)
 
@@ -69,8 +72,11 @@ def test_restart_keeps_pending_decisions_and_released_outputs(datasite: RunningD
     outputs = request.outputs
     assert len(outputs) == 2 and all(o.state == "pending" for o in outputs)
     approved = outputs[0]
-    httpx.post(f"{datasite.url}/api/outputs/{approved.id}/review",
-               json={"decision": "approve"}, headers=datasite.headers("bob"))  # fmt: skip
+    httpx.post(
+        f"{datasite.url}/api/outputs/{approved.id}/review",
+        json={"decision": "approve"},
+        headers=datasite.headers("bob"),
+    )
     client.close()
 
     datasite.kill_server_only()  # kill -9: no chance to clean up

@@ -35,7 +35,7 @@ def make_output(store: Store, text: str = "hello\n") -> tuple[int, int]:
 
 
 def test_tokens_are_stored_hashed(tmp_path: Path, store: Store) -> None:
-    user, token = store.create_user("alice", Role.RESEARCHER)
+    _, token = store.create_user("alice", Role.RESEARCHER)
     assert store.user_by_token(token).name == "alice"
     assert store.user_by_token(token + "x") is None
     assert token.encode() not in (tmp_path / "test.db").read_bytes()
@@ -57,7 +57,7 @@ def test_review_state_machine(store: Store) -> None:
         store.review_output(output_id, bob, approve=False, comment="too late")
     # The audit log names the hash of the exact released bytes.
     entries = store.audit_entries()
-    release = [e for e in entries if e.action == "output.released"][0]
+    release = next(e for e in entries if e.action == "output.released")
     assert release.detail["released_sha256"] == store.get_output(output_id).sha256
 
 
@@ -118,15 +118,18 @@ def test_mock_of_a_tiny_table_redraws_rows_equal_to_private_ones() -> None:
 
 def test_add_dataset_formats_and_bad_inputs(tmp_path: Path) -> None:
     config = DatasiteConfig.create(tmp_path / "site", "site")
-    frame = pd.DataFrame({"id": np.arange(20), "group": list("ab") * 10, "v": np.linspace(0, 1, 20)})
+    frame = pd.DataFrame(
+        {"id": np.arange(20), "group": list("ab") * 10, "v": np.linspace(0, 1, 20)}
+    )
     frame.to_csv(tmp_path / "with-header.csv", index=False)
     frame.to_parquet(tmp_path / "table.parquet")
     (tmp_path / "headerless.csv").write_text("1,?,3\n4,5,6\n")
     entry = add_dataset(config, "csv", tmp_path / "with-header.csv")
     assert [c.name for c in entry.columns] == ["id", "group", "v"]
     add_dataset(config, "pq", tmp_path / "table.parquet")
-    entry = add_dataset(config, "raw", tmp_path / "headerless.csv", columns=["a", "b", "c"],
-                        na_values=["?"])  # fmt: skip
+    entry = add_dataset(
+        config, "raw", tmp_path / "headerless.csv", columns=["a", "b", "c"], na_values=["?"]
+    )
     assert [c.dtype for c in entry.columns] == ["int64", "float64", "int64"]
     assert set(DatasiteConfig.load(tmp_path / "site").datasets) == {"csv", "pq", "raw"}
 

@@ -22,8 +22,16 @@ from ..views import output_view, request_view, session_view
 
 log = logging.getLogger("remote_kernel.server")
 
-REASONS = {400: "bad_request", 401: "unauthorized", 403: "forbidden", 404: "not_found",
-           405: "method_not_allowed", 409: "conflict", 413: "too_large", 500: "server_error"}  # fmt: skip
+REASONS = {
+    400: "bad_request",
+    401: "unauthorized",
+    403: "forbidden",
+    404: "not_found",
+    405: "method_not_allowed",
+    409: "conflict",
+    413: "too_large",
+    500: "server_error",
+}
 
 
 class ApiError(web.HTTPError):
@@ -60,9 +68,12 @@ class AuthMixin:
         user = self.datasite.store.user_by_token(token)
         if user is None:
             self.datasite.store.audit(
-                "anonymous", "auth.failed", "", remote_ip=self.request.remote_ip,
+                "anonymous",
+                "auth.failed",
+                "",
+                remote_ip=self.request.remote_ip,
                 path=self.request.path,
-            )  # fmt: skip
+            )
             raise ApiError(401, "invalid or revoked token: ask the datasite admin for a new one")
         self.user = user
 
@@ -70,8 +81,9 @@ class AuthMixin:
         assert self.user is not None
         if self.user.role_enum not in roles:
             allowed = " or ".join(r.value for r in roles)
-            raise ApiError(403, f"this needs the {allowed} role; your token is a "
-                                f"{self.user.role} token")  # fmt: skip
+            raise ApiError(
+                403, f"this needs the {allowed} role; your token is a {self.user.role} token"
+            )
         return self.user
 
 
@@ -132,8 +144,11 @@ def load_json(raw: str | bytes, what: str) -> Any:
     except RecursionError:
         raise ApiError(400, f"{what} is nested too deeply") from None
     except UnicodeEncodeError:
-        raise ApiError(400, f"{what} holds a lone surrogate escape (\\ud800-\\udfff), "
-                            "which is not valid Unicode text") from None  # fmt: skip
+        raise ApiError(
+            400,
+            f"{what} holds a lone surrogate escape (\\ud800-\\udfff), "
+            "which is not valid Unicode text",
+        ) from None
     return value
 
 
@@ -141,8 +156,17 @@ def finish_error(handler: web.RequestHandler, status: int, message: str) -> None
     """End a request with the JSON error body every route uses."""
     handler.set_status(status)
     handler.set_header("Content-Type", "application/json")
-    handler.finish(json.dumps({"error": {"status": status, "reason": REASONS.get(status, "error"),
-                                         "message": message}}))  # fmt: skip
+    handler.finish(
+        json.dumps(
+            {
+                "error": {
+                    "status": status,
+                    "reason": REASONS.get(status, "error"),
+                    "message": message,
+                }
+            }
+        )
+    )
 
 
 def write_json_error(handler: web.RequestHandler, status: int, kwargs: dict[str, Any]) -> None:
@@ -196,8 +220,9 @@ class HealthHandler(BaseHandler):
 class MeHandler(BaseHandler):
     def get(self) -> None:
         assert self.user is not None
-        self.write_json({"name": self.user.name, "role": self.user.role,
-                         "datasite": self.config.name})  # fmt: skip
+        self.write_json(
+            {"name": self.user.name, "role": self.user.role, "datasite": self.config.name}
+        )
 
 
 class DatasetsHandler(BaseHandler):
@@ -280,8 +305,11 @@ class RequestsHandler(BaseHandler):
         views = []
         for request in self.datasite.requests_for(self.user, status):
             outputs = store.outputs_of(request.id) if with_outputs else None
-            views.append(request_view(request, self.user.role_enum,
-                                      store.user_name(request.user_id), outputs))  # fmt: skip
+            views.append(
+                request_view(
+                    request, self.user.role_enum, store.user_name(request.user_id), outputs
+                )
+            )
         self.write_json(views)
 
 
@@ -290,9 +318,14 @@ class RequestHandler(BaseHandler):
         assert self.user is not None
         request = self.datasite.visible_request(self.user, parse_id(request_id, "request"))
         store = self.datasite.store
-        self.write_json(request_view(request, self.user.role_enum,
-                                     store.user_name(request.user_id),
-                                     store.outputs_of(request.id)))  # fmt: skip
+        self.write_json(
+            request_view(
+                request,
+                self.user.role_enum,
+                store.user_name(request.user_id),
+                store.outputs_of(request.id),
+            )
+        )
 
 
 class OutputHandler(BaseHandler):
@@ -310,8 +343,9 @@ class ReviewQueueHandler(BaseHandler):
         for output in self.datasite.pending_for_review(user):
             request = store.get_request(output.request_id)
             view = output_view(output, user.role_enum)
-            view["request"] = request_view(request, user.role_enum,
-                                           store.user_name(request.user_id))  # fmt: skip
+            view["request"] = request_view(
+                request, user.role_enum, store.user_name(request.user_id)
+            )
             items.append(view)
         self.write_json(items)
 
@@ -322,12 +356,13 @@ class ReviewHandler(BaseHandler):
         body = self.json_body()
         decision = body.get("decision")
         if decision not in ("approve", "deny"):
-            raise ApiError(400, "field 'decision' must be \"approve\" or \"deny\"")
+            raise ApiError(400, 'field \'decision\' must be "approve" or "deny"')
         comment = body.get("comment", "")
         if not isinstance(comment, str):
             raise ApiError(400, "field 'comment' must be a string")
-        output = self.datasite.review(user, parse_id(output_id, "output"),
-                                      decision == "approve", comment)  # fmt: skip
+        output = self.datasite.review(
+            user, parse_id(output_id, "output"), decision == "approve", comment
+        )
         self.write_json(output_view(output, user.role_enum))
 
 
@@ -369,8 +404,12 @@ class ChannelHandler(AuthMixin, websocket.WebSocketHandler):
     async def get(self, *args: Any, **kwargs: Any) -> None:
         # tornado answers a plain GET with a text/plain 400; keep errors JSON.
         if self.request.headers.get("Upgrade", "").lower() != "websocket":
-            finish_error(self, 400, "this route is a websocket: connect with "
-                                    "'Upgrade: websocket' and 'Connection: Upgrade'")  # fmt: skip
+            finish_error(
+                self,
+                400,
+                "this route is a websocket: connect with "
+                "'Upgrade: websocket' and 'Connection: Upgrade'",
+            )
             return
         await super().get(*args, **kwargs)
 
@@ -410,8 +449,13 @@ class ChannelHandler(AuthMixin, websocket.WebSocketHandler):
                 if "code" not in data:
                     raise ApiError(400, "missing field 'code'")
                 request = self.datasite.submit(self.user, self.session_id, data["code"])
-                self._send({"type": "accepted", "ref": ref,
-                            "request": request_view(request, Role.RESEARCHER, self.user.name)})  # fmt: skip
+                self._send(
+                    {
+                        "type": "accepted",
+                        "ref": ref,
+                        "request": request_view(request, Role.RESEARCHER, self.user.name),
+                    }
+                )
             elif kind == "interrupt":
                 await self.datasite.interrupt(self.user, self.session_id)
                 self._send({"type": "interrupted", "ref": ref})
@@ -422,8 +466,14 @@ class ChannelHandler(AuthMixin, websocket.WebSocketHandler):
             if mapped is None:
                 log.exception("websocket message failed")
                 mapped = ApiError(500, "internal datasite error")
-            self._send({"type": "error", "ref": ref, "status": mapped.status_code,
-                        "message": mapped.message})  # fmt: skip
+            self._send(
+                {
+                    "type": "error",
+                    "ref": ref,
+                    "status": mapped.status_code,
+                    "message": mapped.message,
+                }
+            )
 
     def check_origin(self, origin: str) -> bool:
         # Authentication is by bearer token, never by cookie, so cross-origin
