@@ -241,6 +241,9 @@ def test_remote_magic_in_a_real_kernel(
 def test_errors_a_researcher_can_act_on(shared_datasite: RunningDatasite) -> None:
     with pytest.raises(rk.AuthenticationError, match="rejected the token"):
         Datasite(shared_datasite.url, "rk_not-a-token")
+    store = shared_datasite.store()
+    assert store.audit_entries()[-1].action == "auth.failed"  # failed logins are audited
+    store.close()
     with pytest.raises(rk.DatasiteUnreachable, match="cannot reach"):
         Datasite("http://127.0.0.1:1", "rk_x")
     site = rk.connect(shared_datasite.url, token=shared_datasite.tokens["alice"], name="cle")

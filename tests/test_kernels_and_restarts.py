@@ -62,6 +62,10 @@ def test_interrupt_reaches_the_remote_kernel(datasite: RunningDatasite) -> None:
     assert request.status == "error"  # KeyboardInterrupt, held for review like any output
     assert [o.msg_type for o in request.outputs] == ["error"]
     assert released_text(datasite, client, "print('alive')") == "alive\n"
+
+    client.run("z = 1").wait(60, until="finished")
+    client.restart()  # a restart reaches the remote kernel: its state is gone
+    assert released_text(datasite, client, "print('z' in dir())") == "False\n"
     client.close()
 
 
