@@ -182,12 +182,20 @@ class Datasite:
 
     async def close_session(self, user: User, session_id: str) -> None:
         self.own_session(user, session_id)
-        runtime = self.runtimes.pop(session_id, None)
-        if runtime is not None:
-            if runtime.worker:
-                runtime.worker.cancel()
-            await self._shutdown_kernel(runtime)
+        # Closed first, before any await, so that submit() refuses from here on.
         self.store.close_session(session_id, user.name)
+        runtime = self.runtimes.pop(session_id, None)
+        if runtime is None:
+            return
+        if runtime.worker:
+            runtime.worker.cancel()
+        while not runtime.queue.empty():
+            self._finish(
+                runtime.queue.get_nowait(),
+                RequestStatus.INTERRUPTED,
+                "the session was closed before this request ran",
+            )
+        await self._shutdown_kernel(runtime)
 
     async def interrupt(self, user: User, session_id: str) -> None:
         self.own_session(user, session_id)
@@ -325,6 +333,9 @@ class Datasite:
 
     # --- queries -------------------------------------------------------------------------
     def requests_for(self, user: User, status: str | None = None) -> list[Request]:
+        if status is not None and status not in {s.value for s in RequestStatus}:
+            known = ", ".join(s.value for s in RequestStatus)
+            raise InputError(f"unknown status {status!r} (known: {known})")
         if user.role_enum is Role.RESEARCHER:
             return self.store.list_requests(user_id=user.id, status=status)
         return self.store.list_requests(status=status)

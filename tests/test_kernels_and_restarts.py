@@ -168,3 +168,27 @@ def test_idle_kernels_are_culled(tmp_path) -> None:
         client.close()
     finally:
         site.stop()
+
+
+def test_closing_a_session_interrupts_its_queue_and_refuses_new_cells(
+    datasite: RunningDatasite,
+) -> None:
+    client = Datasite(datasite.url, datasite.tokens["alice"])
+    running = client.run("import time\ntime.sleep(30)")
+    queued = [client.run(f"print({n})") for n in range(2)]
+    deadline = time.monotonic() + 30
+    while running.status != "running" and time.monotonic() < deadline:
+        time.sleep(0.05)
+    session = client.session_id
+    headers = datasite.headers("alice")
+    assert (
+        httpx.delete(f"{datasite.url}/api/sessions/{session}", headers=headers).status_code == 204
+    )
+    for request in [running, *queued]:
+        assert client.request(request.id).status == "interrupted"
+    assert "closed" in client.request(queued[0].id).message
+    refused = httpx.post(
+        f"{datasite.url}/api/sessions/{session}/requests", headers=headers, json={"code": "1"}
+    )
+    assert refused.status_code == 400 and "closed" in refused.json()["error"]["message"]
+    client.close()
