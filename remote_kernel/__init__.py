@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from . import acro
 from ._version import __version__
 from .client import (
     AuthenticationError,
@@ -27,6 +28,7 @@ from .client import (
     sites,
 )
 from .data import at_datasite, data
+from .query import crosstab, query
 
 __all__ = [
     "AuthenticationError",
@@ -38,11 +40,14 @@ __all__ = [
     "RequestRejected",
     "UnknownDataset",
     "__version__",
+    "acro",
     "at_datasite",
     "connect",
+    "crosstab",
     "data",
     "disconnect",
     "load_ipython_extension",
+    "query",
     "sites",
 ]
 

@@ -35,6 +35,7 @@ from websockets.sync.client import ClientConnection
 from websockets.sync.client import connect as ws_connect
 
 FINISHED = {"completed", "error", "failed", "interrupted"}
+STATUS_ORDER = {"queued": 0, "running": 1, **dict.fromkeys(FINISHED, 2)}
 DECIDED = {"released", "denied", "blocked"}
 
 
@@ -178,7 +179,10 @@ class RemoteRequest:
 
     def _apply_request(self, view: dict[str, Any]) -> None:
         with self._changed:
-            self.status = view["status"]
+            # Views can arrive out of order (a REST refresh racing a live event):
+            # a request never moves back from finished, or from running to queued.
+            if STATUS_ORDER.get(view["status"], 0) >= STATUS_ORDER.get(self.status, 0):
+                self.status = view["status"]
             self.message = view.get("message") or ""
             self.code = view.get("code", self.code)
             for output_view in view.get("outputs") or []:
@@ -350,7 +354,7 @@ class Datasite:
 
     def _dispatch(self, event: dict[str, Any]) -> None:
         kind = event.get("type")
-        if kind == "request":
+        if kind in ("request", "accepted") and "request" in event:
             self._handle(event["request"]["id"])._apply_request(event["request"])
         elif kind == "output":
             self._handle(event["output"]["request_id"])._apply_output(event["output"])
@@ -386,9 +390,7 @@ class Datasite:
             raise RequestRejected(
                 f"{self.name} refused the cell: {reply['message']}", int(reply.get("status", 400))
             )
-        request = self._handle(reply["request"]["id"])
-        request._apply_request(reply["request"])
-        return request
+        return self._handle(reply["request"]["id"])  # the reader thread applied the view
 
     def request_json(self, request_id: int) -> dict[str, Any]:
         """A request as the datasite shows it to this token (code, status, outputs)."""

@@ -42,7 +42,6 @@ def check_name(kind: str, name: str) -> str:
 @dataclass
 class Limits:
     max_code_bytes: int = 1024 * 1024
-    max_output_bytes: int = 1024 * 1024
     max_request_body_bytes: int = 2 * 1024 * 1024
 
 
@@ -82,7 +81,7 @@ class DatasiteConfig:
     name: str
     directory: Path
     db_url: str | None = None
-    output_filter: str = "deny-by-default"
+    output_filter: str = "rules"
     limits: Limits = field(default_factory=Limits)
     kernels: KernelSettings = field(default_factory=KernelSettings)
     datasets: dict[str, DatasetEntry] = field(default_factory=dict)
@@ -165,7 +164,7 @@ class DatasiteConfig:
                 name=check_name("datasite", raw["name"]),
                 directory=directory,
                 db_url=raw.get("db_url"),
-                output_filter=raw.get("output_filter", "deny-by-default"),
+                output_filter=raw.get("output_filter", "rules"),
                 limits=Limits(**(raw.get("limits") or {})),
                 kernels=KernelSettings(**(raw.get("kernels") or {})),
                 datasets=datasets,

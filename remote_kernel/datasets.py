@@ -204,6 +204,14 @@ def add_dataset(
     return entry
 
 
+def load_private_tables(config: DatasiteConfig) -> dict[str, pd.DataFrame]:
+    """Every private dataset of a datasite, for the datasite process itself (never a researcher)."""
+    return {
+        name: pd.read_parquet(config.directory / entry.private)
+        for name, entry in config.datasets.items()
+    }
+
+
 # --- generated heart-shaped data -------------------------------------------------------------
 
 HEART_COLUMNS = [

@@ -10,9 +10,12 @@ store the verdict, then tell the researcher only what the verdict allows.
 from __future__ import annotations
 
 import asyncio
+import builtins
 import contextlib
+import json
 import logging
 import os
+import re
 import signal
 import time
 import uuid
@@ -22,10 +25,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import pandas as pd
+
+from . import sqltier
 from .config import DatasiteConfig
-from .filter import OutputFilter
+from .datasets import load_private_tables
+from .errors import InputError, PermissionDenied
+from .filter import QUERY_MIME, CheckContext, OutputFilter
 from .kernels import KernelDied, KernelHandle, KernelProvider
-from .models import OutputItem, RequestStatus, Role
+from .models import Finding, OutputItem, RequestStatus, Role
+from .policy import Policy
+from .server.kernel_api import KernelApi
 from .store import KernelSession, NotFound, Output, Request, Store, User
 from .views import output_view, request_view
 
@@ -37,14 +47,6 @@ RESTART_MESSAGE = (
     "the datasite server stopped while this request was queued or running; "
     "its kernel state is gone, so run the cells it needs again"
 )
-
-
-class PermissionDenied(Exception):
-    """The caller's role or ownership does not allow this."""
-
-
-class InputError(ValueError):
-    """The request is malformed or over a limit; nothing was changed."""
 
 
 @dataclass
@@ -86,14 +88,19 @@ class Datasite:
         store: Store,
         output_filter: OutputFilter,
         kernels: KernelProvider,
+        policy: Policy | None = None,
+        private_tables: dict[str, pd.DataFrame] | None = None,
     ) -> None:
         self.config = config
         self.store = store
         self.filter = output_filter
         self.kernels = kernels
+        self.policy = policy or Policy()
         self.events = EventBus()
         self.runtimes: dict[str, SessionRuntime] = {}
         self._culler: asyncio.Task[None] | None = None
+        self._private_tables = private_tables
+        self.kernel_api = KernelApi(self)
 
     # --- life cycle ----------------------------------------------------------------------
     async def start(self) -> None:
@@ -104,6 +111,7 @@ class Datasite:
             log.warning("marked %d unfinished request(s) interrupted", len(interrupted))
         for output in self.store.unchecked_outputs():
             self._check_and_store(output)
+        self.kernel_api.start()
         self._culler = asyncio.create_task(self._cull_loop())
 
     async def stop(self) -> None:
@@ -113,6 +121,13 @@ class Datasite:
             if runtime.worker:
                 runtime.worker.cancel()
             await self._shutdown_kernel(runtime)
+        self.kernel_api.stop()
+
+    def private_tables(self) -> dict[str, pd.DataFrame]:
+        """The private datasets, loaded once (the leak index and the SQL tier read them)."""
+        if self._private_tables is None:
+            self._private_tables = load_private_tables(self.config)
+        return self._private_tables
 
     def _kill_orphan_kernels(self) -> None:
         """Kernels of a server that was killed keep running; end them (they hold private data)."""
@@ -260,6 +275,7 @@ class Datasite:
             env = {
                 "REMOTE_KERNEL_SITE": self.config.name,
                 "REMOTE_KERNEL_DATASETS": str(self.config.datasets_dir),
+                **self.kernel_api.kernel_env(runtime.session_id),
             }
             runtime.kernel = await self.kernels.start(runtime.session_id, cwd, env)
             self.store.set_kernel_pid(runtime.session_id, runtime.kernel.pid)
@@ -290,11 +306,9 @@ class Datasite:
         elif result.status == "aborted":
             self._finish(request_id, RequestStatus.INTERRUPTED, "execution was aborted")
         else:
-            self._finish(
-                request_id,
-                RequestStatus.ERROR,
-                "the cell raised an exception (the traceback is an output)",
-            )
+            errors = [o for o in self.store.outputs_of(request_id) if o.msg_type == "error"]
+            content = errors[-1].item.content if errors else {}
+            self._finish(request_id, RequestStatus.ERROR, error_summary(content, request.code))
 
     def _finish(self, request_id: int, status: RequestStatus, message: str = "") -> None:
         with contextlib.suppress(NotFound):
@@ -305,12 +319,54 @@ class Datasite:
         # 1. The exact bytes are durable before anything else happens to them.
         output = self.store.add_output(request.id, item)
         # 2-4. Check the stored bytes, store the verdict, tell the owner what it allows.
-        self._check_and_store(output)
+        self._check_and_store(output, request.user_id)
 
-    def _check_and_store(self, output: Output) -> None:
-        decision = self.filter.check(output.item)
+    def _check_and_store(
+        self, output: Output, user_id: int | None = None, query_findings: tuple[Finding, ...] = ()
+    ) -> None:
+        if user_id is None:
+            user_id = self.store.get_request(output.request_id).user_id
+        context = CheckContext(
+            researcher=self.store.user_name(user_id),
+            origin=output.origin,
+            query_findings=query_findings,
+        )
+        decision = self.filter.check(output.item, context)
         output = self.store.apply_filter_decision(output.id, decision, self.filter.name)
-        self._publish_output(output)
+        self._publish_output(output, user_id)
+
+    async def run_query(self, session_id: str, sql: str) -> dict[str, Any]:
+        """``rk.query`` from a kernel: run it here, record the table as an output, check it.
+
+        The table is released on the datasite's own evidence (cell counts,
+        dominance, ...), never on anything the kernel said; the kernel gets the
+        true result back for further work, and whatever it then prints is an
+        ordinary kernel output.
+        """
+        runtime = self.runtimes.get(session_id)
+        request_id = runtime.current_request if runtime else None
+        if request_id is None:
+            raise InputError("rk.query works only while a remote cell is running")
+        request = self.store.get_request(request_id)
+        thresholds = self.policy.for_researcher(self.store.user_name(request.user_id))
+        size = len(sql.encode())
+        if size > self.config.limits.max_code_bytes:
+            raise InputError(f"query is {size} bytes, over this datasite's limit")
+        try:
+            outcome = await asyncio.to_thread(
+                sqltier.run_query, sql, self.private_tables(), thresholds
+            )
+        except sqltier.QueryRejected as exc:
+            raise InputError(str(exc)) from None
+        shown = outcome.released if outcome.released is not None else outcome.result
+        output = self.store.add_output(request_id, query_output_item(sql, shown), origin="query")
+        verdict_finding = Finding("sound-tier", outcome.verdict, outcome.summary)
+        self._check_and_store(output, request.user_id, (*outcome.findings, verdict_finding))
+        return {
+            "output_id": output.id,
+            "summary": self.store.get_output(output.id).summary,
+            "result": json.loads(outcome.result.to_json(orient="split", index=False)),
+        }
 
     def review(self, reviewer: User, output_id: int, approve: bool, comment: str) -> Output:
         if reviewer.role_enum is not Role.REVIEWER:
@@ -326,10 +382,11 @@ class Datasite:
         event = {"type": "request", "request": request_view(request, Role.RESEARCHER, name)}
         self.events.publish(request.user_id, event)
 
-    def _publish_output(self, output: Output) -> None:
-        request = self.store.get_request(output.request_id)
+    def _publish_output(self, output: Output, user_id: int | None = None) -> None:
+        if user_id is None:
+            user_id = self.store.get_request(output.request_id).user_id
         event = {"type": "output", "output": output_view(output, Role.RESEARCHER)}
-        self.events.publish(request.user_id, event)
+        self.events.publish(user_id, event)
 
     # --- queries -------------------------------------------------------------------------
     def requests_for(self, user: User, status: str | None = None) -> list[Request]:
@@ -344,6 +401,48 @@ class Datasite:
         if user.role_enum is Role.RESEARCHER:
             raise PermissionDenied("only reviewers and admins see the review queue")
         return self.store.pending_outputs()
+
+
+def query_output_item(sql: str, table: pd.DataFrame) -> OutputItem:
+    """A datasite-made table as a display_data item: text, HTML and JSON of the same cells."""
+    split = json.loads(table.to_json(orient="split", index=False))
+    data = {
+        "text/plain": table.to_string(index=False),
+        "text/html": table.to_html(index=False, na_rep="suppressed"),
+        QUERY_MIME: {"sql": sql, "columns": split["columns"], "data": split["data"]},
+    }
+    return OutputItem("display_data", {"data": data, "metadata": {}, "transient": {}})
+
+
+#: Exception names the researcher may see at once (ename is chosen by researcher code,
+#: so an arbitrary class name could carry private values; these cannot).
+KNOWN_EXCEPTIONS = frozenset(
+    name
+    for name, value in vars(builtins).items()
+    if isinstance(value, type) and issubclass(value, BaseException)
+) | {
+    "ParserError", "MergeError", "IndexingError", "InvalidIndexError", "OutOfBoundsDatetime",
+    "LinAlgError", "AxisError", "NotFittedError", "QueryRejected", "UnknownDataset",
+    "RemoteKernelError", "BinderException", "CatalogException", "ParserException",
+}  # fmt: skip
+CELL_LINE = re.compile(r"Cell In\[\d+\], line (\d+)")
+ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
+
+
+def error_summary(content: dict[str, Any], code: str) -> str:
+    """What a researcher learns at once about an exception: its type and their line.
+
+    Only a known exception name and a line number within the cell: both come
+    from kernel output, so both are limited to values that cannot carry data
+    beyond a few bits. The message and traceback are an output like any other.
+    """
+    ename = str(content.get("ename", ""))
+    name = ename if ename in KNOWN_EXCEPTIONS else "an exception"
+    lines = len(code.splitlines()) or 1
+    traceback = ANSI.sub("", "\n".join(str(t) for t in content.get("traceback") or []))
+    numbers = [int(n) for n in CELL_LINE.findall(traceback) if 1 <= int(n) <= lines]
+    where = f" at line {numbers[-1]} of your cell" if numbers else ""
+    return f"{name}{where}; the message and traceback are checked like any other output"
 
 
 def _is_our_kernel(pid: int) -> bool:

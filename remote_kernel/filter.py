@@ -1,17 +1,48 @@
-"""The output filter interface and the filters that exist today.
+"""The output filter: every output item gets findings and a verdict, outside the kernel.
 
 A filter sees one output item at a time, in the datasite server process,
-outside the researcher's kernel (invariant 2), and says ``release``,
-``review`` or ``block`` with findings a person can read. The rule-based
-filter (ACRO-style thresholds, leak detection against the private data)
-implements the same interface.
+never in the researcher's kernel (invariant 2), and answers ``release``,
+``review`` or ``block`` with findings a person can read. The item's verdict
+is the worst of its findings, and no findings at all means review: deny by
+default.
+
+Two origins of items reach the filter:
+
+* ``kernel``: anything the researcher's kernel emitted. Researcher code could
+  have computed it from anything and labelled it anything, so it is never
+  released automatically (unless the policy's ``trust_kernel_evidence`` lets an
+  ACRO "pass" hint through); the filter's job is to block what it can prove is a
+  leak and to explain the rest to the reviewer.
+* ``query``: aggregate tables the datasite computed itself (the sound tier,
+  :mod:`remote_kernel.sqltier`), whose evidence the datasite also computed; their
+  verdict comes with them and is combined with the leak scan.
 """
 
 from __future__ import annotations
 
-from typing import Protocol
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol
 
 from .models import OUTPUT_MSG_TYPES, FilterDecision, Finding, OutputItem, Verdict
+from .policy import Policy, Thresholds
+
+#: Mime types whose full content the leak scan reads.
+TEXT_MIME_TYPES = frozenset(
+    {"text/plain", "text/html", "text/markdown", "text/latex", "application/json"}
+)
+#: The datasite's own table format for sound-tier results.
+QUERY_MIME = "application/vnd.remote-kernel.query+json"
+
+
+@dataclass(frozen=True)
+class CheckContext:
+    """What the filter knows about the item besides its bytes."""
+
+    researcher: str = ""
+    origin: str = "kernel"  # "kernel" or "query"
+    #: For query results: the sound tier's own verdict and findings.
+    query_findings: tuple[Finding, ...] = field(default_factory=tuple)
 
 
 class OutputFilter(Protocol):
@@ -19,46 +50,127 @@ class OutputFilter(Protocol):
 
     name: str
 
-    def check(self, item: OutputItem) -> FilterDecision: ...
+    def check(self, item: OutputItem, context: CheckContext) -> FilterDecision: ...
+
+
+class LeakScanner(Protocol):
+    def scan_item(self, item: OutputItem) -> list[Finding]: ...
+
+
+def decision(findings: Sequence[Finding]) -> FilterDecision:
+    return FilterDecision(Verdict.worst([f.verdict for f in findings]), tuple(findings))
+
+
+def size_findings(item: OutputItem, limit: int) -> list[Finding]:
+    size = len(item.canonical_bytes())
+    if size > limit:
+        message = f"output is {size} bytes, over the datasite's limit of {limit} bytes"
+        return [Finding("size", Verdict.BLOCK, message)]
+    return []
+
+
+def type_findings(item: OutputItem) -> list[Finding]:
+    if item.msg_type not in OUTPUT_MSG_TYPES:
+        return [Finding("type", Verdict.BLOCK, f"unknown output type {item.msg_type!r}")]
+    return []
 
 
 class DenyByDefaultFilter:
-    """Every output goes to a human reviewer. The safe default; blocks what is too big."""
+    """Every output goes to a human reviewer; only oversized or unknown items are blocked."""
 
     name = "deny-by-default"
 
     def __init__(self, max_output_bytes: int = 1024 * 1024) -> None:
         self.max_output_bytes = max_output_bytes
 
-    def check(self, item: OutputItem) -> FilterDecision:
-        size = len(item.canonical_bytes())
-        if size > self.max_output_bytes:
-            return FilterDecision(
-                Verdict.BLOCK,
-                (
-                    Finding(
-                        "size",
-                        Verdict.BLOCK,
-                        f"output is {size} bytes, over the datasite's limit of "
-                        f"{self.max_output_bytes} bytes",
-                    ),
-                ),
-            )
-        if item.msg_type not in OUTPUT_MSG_TYPES:
-            return FilterDecision(
-                Verdict.BLOCK,
-                (Finding("type", Verdict.BLOCK, f"unknown output type {item.msg_type!r}"),),
-            )
-        return FilterDecision(
-            Verdict.REVIEW,
-            (
-                Finding(
-                    "deny-by-default",
-                    Verdict.REVIEW,
-                    "every output is reviewed by a person under this datasite's policy",
-                ),
-            ),
-        )
+    def check(self, item: OutputItem, context: CheckContext | None = None) -> FilterDecision:
+        findings = size_findings(item, self.max_output_bytes) + type_findings(item)
+        if not findings:
+            findings.append(
+                Finding("deny-by-default", Verdict.REVIEW,
+                        "every output is reviewed by a person under this datasite's policy")
+            )  # fmt: skip
+        return decision(findings)
+
+
+class RuleBasedFilter:
+    """Policy-driven checks: size, type, leak scan, images, kernel evidence, sound tier."""
+
+    name = "rules"
+
+    def __init__(self, policy: Policy, scanner: LeakScanner | None) -> None:
+        self.policy = policy
+        self.scanner = scanner
+
+    def check(self, item: OutputItem, context: CheckContext | None = None) -> FilterDecision:
+        context = context or CheckContext()
+        thresholds = self.policy.for_researcher(context.researcher)
+        findings = size_findings(item, thresholds.max_output_bytes) + type_findings(item)
+        if any(f.verdict is Verdict.BLOCK for f in findings):
+            return decision(findings)  # do not scan what is never going out anyway
+        if self.scanner is not None:
+            findings += self.scanner.scan_item(item)
+        if context.origin == "query":
+            findings += list(context.query_findings)
+            if not context.query_findings:
+                findings.append(
+                    Finding("sound-tier", Verdict.REVIEW,
+                            "the datasite's own evidence for this table was lost (restart)")
+                )  # fmt: skip
+        else:
+            findings += mime_findings(item) + kernel_origin_findings(item, thresholds)
+        return decision(findings)
+
+
+def mime_findings(item: OutputItem) -> list[Finding]:
+    """Images go to a person; mime types the scan cannot read are never auto-released."""
+    data: dict[str, Any] = item.content.get("data") or {}
+    findings = []
+    for mime in sorted(data):
+        if mime.startswith("image/"):
+            findings.append(
+                Finding("image", Verdict.REVIEW,
+                        f"images are always reviewed by a person ({mime})", location=mime)
+            )  # fmt: skip
+        elif mime not in TEXT_MIME_TYPES and mime != QUERY_MIME:
+            findings.append(
+                Finding("uncheckable", Verdict.REVIEW,
+                        f"the filter cannot read {mime}; a person must", location=mime)
+            )  # fmt: skip
+    return findings
+
+
+def kernel_origin_findings(item: OutputItem, thresholds: Thresholds) -> list[Finding]:
+    """Kernel output is reviewed; an ACRO hint is shown, and trusted only if the policy says so."""
+    hint = acro_hint(item)
+    if hint is not None:
+        status, summary = hint
+        trusted = thresholds.trust_kernel_evidence and status == "pass"
+        verdict = Verdict.RELEASE if trusted else Verdict.REVIEW
+        source = "trusted by this datasite's policy" if trusted else "a hint, not verified"
+        return [
+            Finding("acro-hint", verdict,
+                    f"ACRO in the researcher's kernel says {status!r}: {summary} ({source})")
+        ]  # fmt: skip
+    return [
+        Finding("kernel-output", Verdict.REVIEW,
+                "computed in the researcher's kernel, which could compute anything: "
+                "a person decides (aggregate queries through rk.query can be released "
+                "automatically)")
+    ]  # fmt: skip
+
+
+def acro_hint(item: OutputItem) -> tuple[str, str] | None:
+    """An ACRO status and summary the researcher's kernel attached to an output, if any."""
+    hint = (item.metadata or {}).get("acro")
+    if hint is None:
+        hint = (item.content.get("metadata") or {}).get("acro")
+    if not isinstance(hint, dict):
+        return None
+    status, summary = hint.get("status"), hint.get("summary", "")
+    if status not in ("pass", "review", "fail") or not isinstance(summary, str):
+        return None
+    return status, summary[:500]
 
 
 class InsecureReleaseAllFilter:
@@ -66,21 +178,28 @@ class InsecureReleaseAllFilter:
 
     name = "insecure-release-all"
 
-    def check(self, item: OutputItem) -> FilterDecision:
-        return FilterDecision(
-            Verdict.RELEASE,
-            (Finding("insecure-release-all", Verdict.RELEASE, "benchmark-only policy"),),
-        )
+    def check(self, item: OutputItem, context: CheckContext | None = None) -> FilterDecision:
+        return decision([Finding("insecure-release-all", Verdict.RELEASE, "benchmark-only policy")])
 
 
 class InsecureFilterRefused(RuntimeError):
     pass
 
 
-def make_filter(name: str, max_output_bytes: int, allow_insecure: bool = False) -> OutputFilter:
+FILTER_NAMES = ("rules", "deny-by-default", "insecure-release-all")
+
+
+def make_filter(
+    name: str,
+    policy: Policy,
+    scanner: LeakScanner | None = None,
+    allow_insecure: bool = False,
+) -> OutputFilter:
     """Build the filter a datasite config names."""
+    if name == RuleBasedFilter.name:
+        return RuleBasedFilter(policy, scanner)
     if name == DenyByDefaultFilter.name:
-        return DenyByDefaultFilter(max_output_bytes)
+        return DenyByDefaultFilter(policy.thresholds.max_output_bytes)
     if name == InsecureReleaseAllFilter.name:
         if not allow_insecure:
             raise InsecureFilterRefused(
@@ -88,4 +207,4 @@ def make_filter(name: str, max_output_bytes: int, allow_insecure: bool = False) 
                 "it exists only for benchmarks and needs --insecure-release-all"
             )
         return InsecureReleaseAllFilter()
-    raise ValueError(f"unknown output filter {name!r} (known: deny-by-default)")
+    raise ValueError(f"unknown output filter {name!r} (known: {', '.join(FILTER_NAMES)})")

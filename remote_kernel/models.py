@@ -126,10 +126,17 @@ class FilterDecision:
     findings: tuple[Finding, ...]
 
     def summary(self) -> str:
-        """A content-free sentence safe to show the researcher."""
+        """A content-free sentence safe to show the researcher: check names and counts only.
+
+        Finding messages and locations may quote the output (a table cell, a value),
+        so they go to reviewers only.
+        """
         if self.verdict is Verdict.RELEASE:
             return "released by policy"
-        count = sum(1 for f in self.findings if f.verdict is self.verdict)
-        checks = sorted({f.check for f in self.findings if f.verdict is self.verdict})
+        counts: dict[str, int] = {}
+        for finding in self.findings:
+            if finding.verdict is self.verdict:
+                counts[finding.check] = counts.get(finding.check, 0) + 1
         what = "blocked" if self.verdict is Verdict.BLOCK else "held for review"
-        return f"{what}: {count} finding(s) from {', '.join(checks) or 'policy'}"
+        reasons = ", ".join(f"{check} ({n})" if n > 1 else check for check, n in counts.items())
+        return f"{what}: {reasons or 'policy'}"

@@ -32,6 +32,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
 
+from .errors import Conflict, NotFound
 from .models import (
     FilterDecision,
     OutputItem,
@@ -57,18 +58,6 @@ def hash_token(token: str) -> str:
 
 def new_token() -> str:
     return TOKEN_PREFIX + secrets.token_urlsafe(32)
-
-
-class StoreError(Exception):
-    """A store operation that cannot be done as asked (bad state, unknown id)."""
-
-
-class NotFound(StoreError):
-    pass
-
-
-class Conflict(StoreError):
-    pass
 
 
 class Base(DeclarativeBase):
@@ -117,6 +106,8 @@ class Output(Base):
     request_id: Mapped[int] = mapped_column(ForeignKey("requests.id"), index=True)
     seq: Mapped[int] = mapped_column(Integer)
     msg_type: Mapped[str] = mapped_column(String(32))
+    # "kernel" (emitted by the researcher's kernel) or "query" (made by the datasite).
+    origin: Mapped[str] = mapped_column(String(16), default="kernel")
     # The exact canonical bytes checked and released (invariant 2), as UTF-8 text.
     body: Mapped[str] = mapped_column(Text)
     sha256: Mapped[str] = mapped_column(String(64))
@@ -198,6 +189,7 @@ class Store:
 
         Base.metadata.create_all(self.engine)
         self._sessions = sessionmaker(self.engine, expire_on_commit=False)
+        self._user_names: dict[int, str] = {}
 
     def close(self) -> None:
         self.engine.dispose()
@@ -382,7 +374,7 @@ class Store:
             return [row.id for row in rows]
 
     # --- outputs -------------------------------------------------------------------------
-    def add_output(self, request_id: int, item: OutputItem) -> Output:
+    def add_output(self, request_id: int, item: OutputItem, origin: str = "kernel") -> Output:
         """Record an output before anything else happens to it (pending, unchecked)."""
         body = item.canonical_bytes()
         with self.transaction() as db:
@@ -391,6 +383,7 @@ class Store:
                 request_id=request_id,
                 seq=int(seq or 0),
                 msg_type=item.msg_type,
+                origin=origin,
                 body=body.decode(),
                 sha256=item.sha256(),
                 size=len(body),
@@ -499,9 +492,15 @@ class Store:
             return list(db.scalars(query))
 
     def user_name(self, user_id: int) -> str:
-        with self._sessions() as db:
-            user = db.get(User, user_id)
-            return user.name if user else f"user-{user_id}"
+        """Names never change once created, so they are cached (a hot path)."""
+        name = self._user_names.get(user_id)
+        if name is None:
+            with self._sessions() as db:
+                user = db.get(User, user_id)
+            if user is None:
+                return f"user-{user_id}"
+            name = self._user_names[user_id] = user.name
+        return name
 
     def counts(self) -> dict[str, int]:
         """Row counts per table, used by tests to prove that bad input changed nothing."""

@@ -249,7 +249,7 @@ def channel(world: World, session_id: str, caller: str) -> ClientConnection:
 CELLS = {
     "released": f"print('-'.join(['released', 'marker', {TAG!r}]))",
     "pending": "df = rk.data('heart')\n"
-    f"print('-'.join(['pending', 'marker', {TAG!r}]), df.iloc[0].tolist())",
+    f"print('-'.join(['pending', 'marker', {TAG!r}]), round(df.chol.mean(), 6))",
     "target": "print('review target')",
 }
 

@@ -19,6 +19,7 @@ from jupyter_client.manager import KernelManager
 
 import remote_kernel as rk
 from remote_kernel.client import Datasite
+from remote_kernel.config import DatasiteConfig
 
 from .conftest import RunningDatasite, make_datasite
 
@@ -113,7 +114,7 @@ def test_client_path_approve(shared_datasite: RunningDatasite, private_heart: pd
 
 def test_client_path_deny(shared_datasite: RunningDatasite) -> None:
     site = Datasite(shared_datasite.url, shared_datasite.tokens["alice"])
-    request = site.run("print(rk.data('heart').head(3))")
+    request = site.run("print(rk.data('heart').shape)")
     request.wait(60, until="finished")
     (output_id,) = pending_ids(shared_datasite, request.id)
     no_comment = review_cli(shared_datasite, "deny", str(output_id))
@@ -263,9 +264,8 @@ def test_errors_a_researcher_can_act_on(shared_datasite: RunningDatasite) -> Non
 
 def test_insecure_policy_is_refused_without_its_flag(tmp_path: Path) -> None:
     site = make_datasite(tmp_path)
-    config_path = site.directory / "datasite.yaml"
-    config_path.write_text(
-        config_path.read_text().replace("deny-by-default", "insecure-release-all")
-    )
+    config = DatasiteConfig.load(site.directory)
+    config.output_filter = "insecure-release-all"
+    config.save()
     with pytest.raises(RuntimeError, match="needs --insecure-release-all"):
         site.start(timeout=20)

@@ -15,6 +15,7 @@ from remote_kernel.config import ConfigError, DatasiteConfig
 from remote_kernel.datasets import DatasetError, add_dataset, schema_only_mock, synthetic_heart
 from remote_kernel.filter import DenyByDefaultFilter, InsecureFilterRefused, make_filter
 from remote_kernel.models import FilterDecision, Finding, OutputItem, Role, Verdict
+from remote_kernel.policy import Policy
 from remote_kernel.store import Conflict, Store
 
 
@@ -82,7 +83,7 @@ def test_filter_is_deny_by_default_and_blocks_oversized_outputs() -> None:
     big = check.check(OutputItem("stream", {"name": "stdout", "text": "x" * 200}))
     assert big.verdict is Verdict.BLOCK and "limit" in big.findings[0].message
     with pytest.raises(InsecureFilterRefused):
-        make_filter("insecure-release-all", 100)
+        make_filter("insecure-release-all", Policy())
     assert Verdict.worst([]) is Verdict.REVIEW  # no findings is not a release
     held = FilterDecision(Verdict.REVIEW, (Finding("a", Verdict.REVIEW, "SECRET-42"),))
     assert "held for review" in held.summary() and "SECRET" not in held.summary()

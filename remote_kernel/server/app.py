@@ -13,9 +13,12 @@ from tornado import web
 from tornado.httpserver import HTTPServer
 
 from ..config import DatasiteConfig
+from ..datasets import load_private_tables
 from ..datasite import Datasite
-from ..filter import make_filter
+from ..filter import RuleBasedFilter, make_filter
 from ..kernels import LocalKernelProvider
+from ..leaks import PrivateIndex
+from ..policy import load_policy
 from ..store import Store
 from . import handlers as h
 
@@ -63,14 +66,17 @@ def body_limit(config: DatasiteConfig) -> int:
 
 
 def build_datasite(config: DatasiteConfig, allow_insecure: bool = False) -> Datasite:
-    store = Store(config.database_url)
-    output_filter = make_filter(
-        config.output_filter, config.limits.max_output_bytes, allow_insecure=allow_insecure
-    )
+    """Everything a datasite needs, from its directory: store, policy, leak index, kernels."""
+    policy = load_policy(config.directory)
+    tables = load_private_tables(config)
+    scanner = None
+    if config.output_filter == RuleBasedFilter.name:
+        scanner = PrivateIndex.build(tables, policy.datasets)
+    output_filter = make_filter(config.output_filter, policy, scanner, allow_insecure)
     provider = LocalKernelProvider(
         config.directory / "runtime", config.kernels.startup_timeout_seconds
     )
-    return Datasite(config, store, output_filter, provider)
+    return Datasite(config, Store(config.database_url), output_filter, provider, policy, tables)
 
 
 async def run_server(

@@ -9,16 +9,19 @@ from __future__ import annotations
 
 import json
 import logging
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from tornado import web, websocket
 
 from .._version import __version__
 from ..config import DatasiteConfig
-from ..datasite import Datasite, InputError, PermissionDenied
+from ..errors import Conflict, InputError, NotFound, PermissionDenied, StoreError
 from ..models import Role
-from ..store import Conflict, NotFound, StoreError, User
+from ..store import User
 from ..views import output_view, request_view, session_view
+
+if TYPE_CHECKING:
+    from ..datasite import Datasite
 
 log = logging.getLogger("remote_kernel.server")
 
@@ -418,6 +421,8 @@ class ChannelHandler(AuthMixin, websocket.WebSocketHandler):
 
     def open(self, *args: Any, **kwargs: Any) -> None:
         assert self.user is not None
+        # Events are small and latency matters (a 40 ms delayed ACK otherwise).
+        self.set_nodelay(True)
         self.datasite.events.subscribe(self.user.id, self._forward)
 
     def on_close(self) -> None:

@@ -1,0 +1,102 @@
+"""The datasite's API for researcher kernels, on a Unix socket.
+
+A kernel at the datasite cannot release anything itself; it can only *ask* the
+datasite to run an aggregate query (``rk.query``) whose result the datasite
+checks and releases on its own evidence. That request travels over a Unix
+socket in a private directory (not TCP), so it keeps working when kernels are
+cut off from the network, and each kernel authenticates with a token issued
+for its session at start-up.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import shutil
+import tempfile
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from tornado import web
+from tornado.httpserver import HTTPServer
+from tornado.netutil import bind_unix_socket
+
+from .handlers import ApiError, load_json, map_domain_error, write_json_error
+
+if TYPE_CHECKING:
+    from ..datasite import Datasite
+
+SOCKET_ENV = "REMOTE_KERNEL_API_SOCKET"
+TOKEN_ENV = "REMOTE_KERNEL_API_TOKEN"  # noqa: S105 (the variable's name, not a token)
+
+
+class KernelApi:
+    """Issues per-session kernel tokens and serves kernel requests on a Unix socket."""
+
+    def __init__(self, datasite: Datasite) -> None:
+        self.datasite = datasite
+        self._tokens: dict[str, str] = {}
+        self._directory = Path(tempfile.mkdtemp(prefix="rk-kapi-"))
+        os.chmod(self._directory, 0o700)
+        self.socket_path = self._directory / "kernel-api.sock"
+        self._server: HTTPServer | None = None
+
+    def start(self) -> None:
+        app = web.Application([(r"/kernel/query", QueryHandler, {"api": self})])
+        self._server = HTTPServer(app, max_body_size=self.datasite.config.limits.max_code_bytes * 2)
+        self._server.add_socket(bind_unix_socket(str(self.socket_path), mode=0o600))
+
+    def stop(self) -> None:
+        if self._server is not None:
+            self._server.stop()
+        shutil.rmtree(self._directory, ignore_errors=True)
+
+    def kernel_env(self, session_id: str) -> dict[str, str]:
+        """Environment for a new kernel of ``session_id`` (a fresh token per start)."""
+        self.revoke(session_id)
+        token = secrets.token_urlsafe(32)
+        self._tokens[token] = session_id
+        return {SOCKET_ENV: str(self.socket_path), TOKEN_ENV: token}
+
+    def revoke(self, session_id: str) -> None:
+        for token, owner in list(self._tokens.items()):
+            if owner == session_id:
+                del self._tokens[token]
+
+    def session_for(self, token: str | None) -> str:
+        session_id = self._tokens.get(token or "")
+        if session_id is None:
+            raise ApiError(401, "unknown kernel token")
+        return session_id
+
+
+class QueryHandler(web.RequestHandler):
+    def initialize(self, api: KernelApi) -> None:
+        self.api = api
+
+    def check_xsrf_cookie(self) -> None:
+        return None
+
+    async def post(self) -> None:
+        header = self.request.headers.get("Authorization", "")
+        session_id = self.api.session_for(header.removeprefix("Bearer ").strip())
+        body = load_json(self.request.body or b"null", "request body")
+        if not isinstance(body, dict):
+            raise ApiError(400, "request body must be a JSON object")
+        sql = body.get("sql")
+        if not isinstance(sql, str):
+            raise ApiError(400, "field 'sql' must be a string")
+        result = await self.api.datasite.run_query(session_id, sql)
+        self.set_header("Content-Type", "application/json")
+        self.finish(json.dumps(result))
+
+    def write_error(self, status_code: int, **kwargs: Any) -> None:
+        write_json_error(self, status_code, kwargs)
+
+    def _handle_request_exception(self, e: BaseException) -> None:
+        mapped = map_domain_error(e)
+        if mapped is None:
+            super()._handle_request_exception(e)
+        elif not self._finished:
+            self.send_error(mapped.status_code, exc_info=(type(mapped), mapped, None))
