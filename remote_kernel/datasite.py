@@ -360,8 +360,10 @@ class Datasite:
             raise InputError(str(exc)) from None
         shown = outcome.released if outcome.released is not None else outcome.result
         output = self.store.add_output(request_id, query_output_item(sql, shown), origin="query")
-        verdict_finding = Finding("sound-tier", outcome.verdict, outcome.summary)
-        self._check_and_store(output, request.user_id, (*outcome.findings, verdict_finding))
+        findings = tuple(outcome.findings) or (
+            Finding("sound-tier", outcome.verdict, outcome.summary),
+        )
+        self._check_and_store(output, request.user_id, findings)
         return {
             "output_id": output.id,
             "summary": self.store.get_output(output.id).summary,

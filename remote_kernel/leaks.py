@@ -2,117 +2,144 @@
 
 The datasite indexes its private tables once, at start (:meth:`PrivateIndex.build`),
 and scans every output item in time linear in the output's size
-(:meth:`PrivateIndex.scan_item`). Three checks, each explained to the reviewer
-without quoting more private data than the output already holds:
+(:meth:`PrivateIndex.scan_item`, :meth:`PrivateIndex.scan_text`). Four checks,
+each explained to the reviewer without quoting private values:
 
 ``leak-record`` (block)
     a private *record* in the output: a table row, a text line, a JSON object or
-    a run of values that matches one private row.
+    a run of values that matches one private row (rule below).
 ``leak-identifier`` (block)
     a value of a declared identifier column (patient id, name, date of birth)
     anywhere in the output.
+``leak-record-suspected`` (review)
+    a match that falls short of the record rule by less than
+    ``SUSPECT_MARGIN_BITS`` (6) bits: worth a reviewer's look, not a proof.
 ``record-like-table`` (review)
-    a table that looks like records of a dataset (many rows of values from the
-    dataset's columns under a header naming them), even though no row is a
-    private one: the mock, perturbed rows, synthetic rows. A person decides.
+    a table that looks like records of a dataset (many rows of the dataset's
+    values under a header naming its columns) while no row was proven private:
+    the mock, perturbed or synthetic rows. A person decides.
 
 Tokens and values
 -----------------
-Text is case-folded and cut into tokens: maximal runs of letters, digits and
-``_ . -`` (and any non-ASCII character), with a trailing ``.`` or ``-`` dropped.
-Whitespace therefore never matters ("Anna   Berg" is the two tokens ``anna``
-``berg``). Every token is hashed to 64 bits in bulk with numpy; Python never
-touches a token of a large output.
+Text is cut into tokens: maximal runs of letters, digits and ``_ . -`` (and any
+non-ASCII character), case-folded, with a trailing ``.`` or ``-`` dropped. So
+whitespace and case never matter ("Anna   BERG" is the tokens ``anna`` ``berg``).
+Tokens are hashed to 64 bits in bulk with numpy (a byte-class ``bytes.translate``,
+an unaligned uint64 view for the token bytes); no Python code runs per token.
+HTML and SVG are tokenized with tags as separators and row-ending tags
+(``</tr>``, ``<br>``, ``</p>``...) as line ends; markup with entities is
+unescaped first (:func:`html_to_text`). Wrapped pandas reprs (a notebook's
+``print(df)`` splits wide frames into column blocks) are joined back into whole
+rows first (:func:`unwrap_pandas`).
 
 Private values are normalised when the index is built, not when text is
-scanned: a number gets every spelling an output is likely to use (``63``,
-``63.0`` ... ``63.000000``; ``2.3``, ``2.30`` ...; ``0.333333`` and the
-shortest repr for values with more than six decimals; ``.7`` for ``0.7``), so
-``63``, ``63.0`` and ``"63.00"`` all map to one value id. Strings are case-folded
-and whitespace-collapsed; a multi-word value is matched as a sequence of tokens.
-Dates get ISO, ``/``-separated, day-first, month-first and epoch (to_json)
-spellings. The index keeps only hashes (sorted ``uint64``/``uint32`` arrays and an
-``int32``/``uint16`` matrix of value ids), never the strings.
+scanned: a number gets the spellings outputs use (``63``, ``63.0`` ...
+``63.000000``; ``2.3``, ``2.30`` ...; ``0.333333`` and the shortest repr for
+values with more decimals; ``.7`` for ``0.7``), so ``63``, ``63.0`` and
+``"63.00"`` map to one value id. Strings are case-folded and
+whitespace-collapsed, a multi-word value is matched as a token sequence
+(n-gram hash). Dates get ISO, ``Y/m/d``, ``d/m/Y``, ``m/d/Y``, ``d.m.Y`` and epoch
+seconds / milliseconds (``to_json``) spellings. The index keeps hashes and ids
+only: sorted ``uint64``/``uint32`` key arrays, Bloom filters, and the private
+rows as a ``uint16`` (or ``int32``) matrix of value ids, never strings.
 
 The record rule (``leak-record``)
 ---------------------------------
-*Units.* The scanned text is cut at line ends, ``)``, ``]`` and ``}`` (so a JSON
-object, a JSON array, a tuple, a table line and, for HTML, a ``<tr>``, are each
-a unit). Consecutive units carrying at most two values of the dataset (the
-lines of a printed Series ``age 63.0`` / ``sex 1.0``, a pretty-printed JSON
-object) are merged into one unit. Within a unit a *window* is at most
-``L = min(C + 4, 48)`` values wide, ``C`` being the dataset's number of value
-columns; only tokens that are values of the dataset count towards ``L``, so
-labels, keys and prose between values do not break a window.
+*Units.* The text is cut at line ends, ``)``, ``]`` and ``}`` (a table line, an
+HTML ``<tr>``, a JSON object or array, a tuple are each a unit); consecutive
+units holding at most two values of the dataset (the lines of a printed Series
+``age 63.0``, a pretty-printed JSON object) are merged into one unit. Only
+tokens that are values of the dataset count below; labels, keys, prose and
+numbers that are no private value are skipped, so they never break a run.
+Matches never span two units.
 
-*Matching.* A window matches private row ``r`` on the set ``M`` of columns whose
-value it contains, counted as a multiset (a row holding ``0`` in four columns
-needs four ``0`` tokens) and ignoring which column a token sits in (so a row
-printed in another column order, or through an f-string, still matches).
+*Matching.* A window of a unit matches private row ``r`` on the set ``M`` of
+``r``'s columns whose value it holds, counted as a multiset (a row with ``0`` in
+four columns needs four ``0`` tokens) and regardless of position (another column
+order, an f-string, a dict still match). Only *dense* windows count: at most
+``SPAN_SLACK`` (2) of their values may be something other than ``r``'s. A printed
+record is dense; a row whose values are scattered over an aggregate table is not.
 
-*Evidence.* Each matched value weighs ``bits = log2((N+1)/(n+1))``, where ``n``
-is the number of private rows that contain that value at least that many times
-in any column, and ``N`` the number of private rows. Small codes that every row
-holds weigh almost nothing; a cholesterol of 233 weighs about 7 bits in the
-UCI data. A window is a leaked record when either
+*Evidence.* A matched value weighs ``bits = log2((N+1)/(n+1))``, ``n`` being the
+number of private rows holding that value at least that many times in any
+column, ``N`` the number of rows: a code every row holds weighs almost nothing,
+a cholesterol of 233 about 7 bits in the UCI data. With ``T = log2(N) +
+log2(max(1, H/C))`` (``H`` values of the dataset in the output, ``C`` its value
+columns: a bound on the chance matches among ``N`` rows and ``H/C`` windows), a
+dense window is a leaked record when
 
-* (full) ``M`` covers every non-null quasi-identifier column of ``r`` (every
-  value column when the policy declares none) and ``bits(M) >=
-  max(FULL_MIN_BITS, log2(N) + FULL_MARGIN_BITS)``; or
-* (partial, only when the policy declares no quasi-identifiers) ``M`` has at
-  least ``PARTIAL_MIN_COLUMNS`` columns and ``bits(M) >= max(PARTIAL_MIN_BITS,
-  log2(N) + PARTIAL_MARGIN_BITS)``: this catches a wrapped or truncated
-  ``print(df)`` that shows ten of fourteen columns, or ``df[[...]]`` of a few
-  informative columns.
+* (full) ``M`` covers every non-null quasi-identifier of ``r`` (every value
+  column when the policy declares none) and ``bits(M) >= max(FULL_MIN_BITS,
+  T + FULL_MARGIN_BITS)`` (12 and 4 bits); or
+* (partial; only when the policy declares no quasi-identifiers) ``M`` has at
+  least 4 columns, 2 of them *rare* (a column with more than ``CODE_LEVELS`` (12)
+  distinct values, a value held by at most 1/16 of the rows), and the bits of
+  its high-cardinality columns alone reach ``max(PARTIAL_MIN_BITS, T +
+  PARTIAL_MARGIN_BITS)`` (20 and 10 bits). This catches ``df[[a few columns]]``
+  and truncated prints; codes are left out because they agree by chance all the
+  time, and the margin is larger because the match chose its own columns.
 
-The ``log2(N)`` term is what keeps a coincidence from being called a record: the
-more private rows there are, the more likely one of them shares a few values
-with any table, so the more evidence a match needs. "0 1 1" weighs about one bit
-and is never a record; a describe() or a crosstab holds private values but not
-the *combination* of one row's values inside one window.
+So "0 1 1" (about one bit) is never a record, and neither is a describe(), a
+min/max table or a crosstab: they hold private values, but not one row's values
+densely. The margins were set on the UCI data and generated data: no block on 870
+null outputs (aggregates as text and HTML, mock tables in five layouts, perturbed
+rows), while 99 % of single rows printed in full are blocked.
 
-*Candidates, in linear time.* Verifying every private row against every window
-would be quadratic, so each private row is filed under anchors: the unordered
-pairs of its ``ANCHOR_VALUES`` rarest values (six pairs for four values), as
-32-bit hashes in one sorted array. The scan forms the pairs of rare-ish values
-at most ``L`` apart inside a unit (at most ``L`` pairs per value), looks them up
-with one ``searchsorted``, and verifies only the rows found, all in numpy.
+*Finding the candidates in linear time.* Two indexes, neither compared with
+every private row:
+
+* an exact multiset hash per row (the sum of 64-bit hashes of its values): the
+  hash of every run of ``k`` consecutive values of a unit is a difference of
+  prefix sums, one pass per distinct ``k``, looked up through a Bloom filter.
+  This finds whole rows at any ``N``;
+* anchors for everything else (partial matches, extra values in the run,
+  declared quasi-identifiers): each row is filed under the unordered pairs of its
+  ``ANCHOR_VALUES`` (4) rarest values (six 32-bit pair hashes, one sorted array);
+  pairs shared by more than ``ANCHOR_MAX_ROWS`` (32) rows are dropped (they
+  anchor nothing rare). The scan forms the pairs of values at most ``L = min(C +
+  4, 48)`` apart inside a unit, looks them up with one ``searchsorted`` per
+  distance, drops candidates that cannot reach the threshold (too few values in
+  the unit, too few bits in the row, a needed value missing from the window's
+  64-bit signature), and verifies the rest in numpy batches.
 
 The identifier rule (``leak-identifier``)
 -----------------------------------------
-Every value of every declared identifier column is indexed (as the hash of its
-token sequence, with the spellings above) and any occurrence as a whole token
-sequence anywhere in the output blocks it. Values that are also ordinary
-tokens would block harmless outputs, so a value is *not* indexed when, after
-normalisation, it has fewer than ``MIN_IDENTIFIER_CHARS`` (4) characters, is a
-number below ``MIN_IDENTIFIER_NUMBER`` (10000: counts, years and codes look like
-that), or is a common word of outputs (``none``, ``nan``, ``true``, ``mean``, ...).
-The count of such values is in :attr:`PrivateIndex.stats`; declare identifiers
-with a prefix ("P-000123") to have them all protected.
+Every value of every declared identifier column is indexed, with the spellings
+above, as the hash of its token sequence; an occurrence of that sequence
+anywhere in the output blocks it (case, whitespace and markup do not matter).
+A value that is also an ordinary token would block harmless outputs, so it is
+*not* indexed when, normalised, it has fewer than ``MIN_IDENTIFIER_CHARS`` (4)
+non-space characters, is a number below ``MIN_IDENTIFIER_NUMBER`` (10000: counts,
+years and codes look like that), or is a common word of outputs (``none``,
+``nan``, ``true``, ``mean``...). :attr:`PrivateIndex.stats` counts those per
+column; identifiers with a prefix ("P-000123") are all protected.
 
 The record-like rule (``record-like-table``)
 --------------------------------------------
-A unit is record-like for a dataset when it carries at least ``min(C, 4)``
-values of the dataset, those make up at least 75 % of its numbers, and it is
-not labelled as a statistic (``count``, ``mean``, ``std``, ``min``, ``25%``...).
-An output with at least ``RECORD_LIKE_MIN_ROWS`` (5) record-like units that
-also names at least ``min(C, 3)`` of the dataset's columns goes to review.
+A unit is record-like for a dataset when it holds at least ``min(C, 4)`` values
+of the dataset, those are at least 75 % of its numbers, and it is not labelled as
+a statistic (``count``, ``mean``, ``std``, ``min``, ``25%``...). An output with at
+least 5 record-like units that also names at least ``min(C, 3)`` of the dataset's
+columns goes to review.
 
 Known blind spots (what an attacker can still do)
 -------------------------------------------------
-Everything here is pattern matching on text, so any transformation the index
-did not anticipate defeats it: encodings (base64, hex, rot13, a value per
-character, zero-padding ``063``), arithmetic (``age + 1``, scaled values,
-rounding to a precision the index did not spell, scientific notation, thousands
-separators), values spread wider than a window (interleaving ``L`` other values
-of the dataset between them, or one value per output over many outputs),
-transposed or column-wise dumps (``df.T``, ``to_json()``'s default
-``orient="columns"``, ``to_dict()``: flagged as record-like for review when
-they carry column names, not blocked), column subsets avoiding a row's rarest
-values, identifier values glued to other characters (``xP-000123``) or below
-the minimum length, and images. Every output is still reviewed by a person
-unless the datasite's own aggregate tier released it; this module exists to
-block what it can prove and to point the reviewer at what it suspects.
+Everything here is pattern matching on text, so a transformation the index did
+not anticipate defeats it: encodings (base64, hex, rot13, one character per
+output, zero-padding ``063``), arithmetic (``age + 1``, scaling, a rounding the
+index did not spell, scientific notation, thousands separators), interleaving
+more than ``SPAN_SLACK`` foreign values into a row, splitting a row over units
+(two lines of three values each, several outputs), transposed or column-wise
+dumps (``df.T``, ``to_json()``'s default ``orient="columns"``, ``to_dict()``:
+reviewed as record-like when they name columns, not blocked), partial views of
+low-information rows (a truncated ``print(df)`` of the UCI data is often only
+suspected), rows whose values are all common (about 1 % of UCI rows cannot be
+told from chance), a value glued to other text (``xP-000123``), identifiers below
+the minimum length, and images. With a million private rows the thresholds rise
+by the ``log2(N)`` term, so only whole rows of informative columns are proven.
+Every output not released by the datasite's own aggregate tier is still seen by
+a person: this module blocks what it can prove and points the reviewer at what
+it suspects.
 """
 
 from __future__ import annotations
@@ -191,12 +218,14 @@ _CASE_TABLE = bytes.maketrans(_UPPER, _LOWER)
 
 #: Byte classes: 1 token character, 2 unit boundary, 0 separator.
 _CLASS = np.zeros(256, dtype=np.uint8)
-for _c in b"abcdefghijklmnopqrstuvwxyz0123456789_.-":
-    _CLASS[_c] = 1
+for _c in b"abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_.-":
+    _CLASS[_c] = 1  # classes are read from the text before case folding
 _CLASS[128:] = 1
 for _c in b"\n)]}":
     _CLASS[_c] = 2
 _CLASS_TABLE = _CLASS.tobytes()
+#: In markup only row-ending tags end units (line breaks and brackets are text).
+_MARKUP_CLASS_TABLE = np.where(_CLASS == 2, 0, _CLASS).astype(np.uint8).tobytes()
 _IS_DIGIT = np.zeros(256, dtype=bool)
 _IS_DIGIT[48:58] = True
 _WORD_MASKS = np.array([(1 << (8 * k)) - 1 for k in range(8)] + [(1 << 64) - 1], dtype=np.uint64)
@@ -240,7 +269,8 @@ class _Tokens:
     boundaries: np.ndarray  # byte offsets of unit ends: newline ) ] }
     #: For text rewritten before scanning (unwrapped pandas blocks): scanned line -> original.
     line_map: list[int] | None = None
-    _newlines: np.ndarray | None = None
+    #: Where lines end; None: at newlines (for markup: at row-ending tags).
+    line_breaks: np.ndarray | None = None
 
     def __len__(self) -> int:
         return len(self.starts)
@@ -257,16 +287,20 @@ class _Tokens:
     def numeric(self) -> np.ndarray:
         """Whether each token is a number (a digit first, or ``-``/``.`` and then a digit)."""
         buf = np.frombuffer(self.padded, dtype=np.uint8)
-        first, second, third = buf[self.starts], buf[self.starts + 1], buf[self.starts + 2]
-        sign = (first == 45) | (first == 46)
-        numeric = _IS_DIGIT[first] | (sign & _IS_DIGIT[second])
-        return numeric | ((first == 45) & (second == 46) & _IS_DIGIT[third])
+        first = buf[self.starts]
+        numeric = _IS_DIGIT[first]
+        signed = np.flatnonzero((first == 45) | (first == 46))
+        if len(signed):
+            at = self.starts[signed]
+            second, third = buf[at + 1], buf[at + 2]
+            numeric[signed] = _IS_DIGIT[second] | ((second == 46) & _IS_DIGIT[third])
+        return numeric
 
     def line_of(self, token_index: int | np.integer) -> int:
         """1-based line number of a token (lines of the text as scanned)."""
-        if self._newlines is None:
-            self._newlines = np.flatnonzero(np.frombuffer(self.padded, dtype=np.uint8) == 10)
-        line = int(np.searchsorted(self._newlines, self.starts[token_index])) + 1
+        if self.line_breaks is None:
+            self.line_breaks = np.flatnonzero(np.frombuffer(self.padded, dtype=np.uint8) == 10)
+        line = int(np.searchsorted(self.line_breaks, self.starts[token_index])) + 1
         if self.line_map is not None and line <= len(self.line_map):
             return self.line_map[line - 1]
         return line
@@ -279,21 +313,42 @@ class _Tokens:
         return h
 
 
-def _tokenize(text: str) -> _Tokens:
+def _tokenize(text: str, markup: bool = False) -> _Tokens:
     """Cut ``text`` into tokens and hash them, with numpy over the bytes: linear, no loop per token.
 
     Byte classes come from one ``bytes.translate``; each token's hash mixes its
     length and its bytes read eight at a time (an unaligned uint64 view of the
     buffer), so the only Python loop is over the eight-byte words of the longest
     token (at most MAX_TOKEN_BYTES / 8).
+
+    With ``markup`` (HTML, SVG) tags are separators and row-ending tags end
+    units and lines, as if :func:`html_to_text` had run, without building that
+    text; markup with entities or non-ASCII text takes the :func:`html_to_text` way.
     """
+    if markup and not text.isascii():
+        return _tokenize(html_to_text(text))
     if not text.isascii():
         text = text.casefold()
     raw = text.encode("utf-8", "replace")
     data = raw.translate(_CASE_TABLE)
+    n = len(data)
     padded = data + _PAD
     buf = np.frombuffer(padded, dtype=np.uint8)
-    cls = np.frombuffer(b"\x00" + raw.translate(_CLASS_TABLE) + b"\x00", dtype=np.uint8)
+    line_breaks = None
+    if markup:
+        opens, ends, line_end = _tags(buf, n)
+        inside = _inside_tags(n, opens, ends)
+        amps = np.flatnonzero(buf[:n] == 38)
+        if len(amps) and not inside[amps].all():
+            return _tokenize(html_to_text(text))  # entities in the text: unescape first
+        cls = np.zeros(n + 2, dtype=np.uint8)
+        cls[1:-1] = np.frombuffer(raw.translate(_MARKUP_CLASS_TABLE), dtype=np.uint8)
+        cls[1:-1] *= ~inside
+        line_breaks = opens[line_end]
+        cls[1:-1][line_breaks] = 2
+    else:
+        cls = np.zeros(n + 2, dtype=np.uint8)
+        cls[1:-1] = np.frombuffer(raw.translate(_CLASS_TABLE), dtype=np.uint8)
     is_tok = cls == 1
     edges = np.flatnonzero(is_tok[1:] != is_tok[:-1])
     starts = edges[0::2].astype(np.int64)
@@ -312,7 +367,7 @@ def _tokenize(text: str) -> _Tokens:
         starts, lens = starts[keep], lens[keep]
     hashes = _hash_spans(padded, starts, lens)
     boundaries = np.flatnonzero(cls[1:-1] == 2)
-    return _Tokens(padded, starts, hashes, boundaries)
+    return _Tokens(padded, starts, hashes, boundaries, line_breaks=line_breaks)
 
 
 def _hash_spans(padded: bytes, starts: np.ndarray, lens: np.ndarray) -> np.ndarray:
@@ -424,6 +479,9 @@ def _column_spellings(column: pd.Series) -> tuple[np.ndarray, list[tuple[str, li
     return np.asarray(codes, dtype=np.int64), out
 
 
+_ISO_DATE = re.compile(r"\d{4}-\d{2}-\d{2}")
+
+
 def _object_spellings(value: Any) -> tuple[str, list[str]] | None:
     if value is None or (isinstance(value, float) and math.isnan(value)):
         return None
@@ -436,6 +494,12 @@ def _object_spellings(value: Any) -> tuple[str, list[str]] | None:
     text = " ".join(str(value).casefold().split())
     if not text:
         return None
+    if _ISO_DATE.fullmatch(text):  # a date kept as text: spell it as a date too
+        try:
+            canonical, spellings = _date_spellings(pd.Timestamp(text))
+        except ValueError:
+            return text, [text]
+        return canonical, [text, *spellings]
     try:
         number = float(text)
     except ValueError:
@@ -582,12 +646,17 @@ class _DatasetIndex:
     rows: np.ndarray  # (n_rows, C) value ids, -1 for null
     occ_keys: np.ndarray  # int64 sorted: vid * C + occurrence rank
     occ_bits: np.ndarray  # float32
+    bits_table: np.ndarray | None  # float32 per (vid * C + rank) when that is small
     anchor_keys: np.ndarray  # uint32 sorted, unique
     anchor_offsets: np.ndarray  # int64: rows of anchor_keys[i] are anchor_rows[off[i]:off[i+1]]
     anchor_rows: np.ndarray  # int32
+    key_min_needed: np.ndarray  # int16 per anchor key: fewest values a full match of its rows needs
+    key_full_max: np.ndarray  # float32 per anchor key: most bits any of its rows has
+    key_partial_max: np.ndarray  # float32 per anchor key: most high-cardinality bits
     is_value: np.ndarray  # bool per global vid
     is_anchor: np.ndarray  # bool per global vid
     row_needed: np.ndarray  # int16: non-null quasi-identifier values of each row
+    row_sig: np.ndarray  # uint64: one bit per needed value (a 64-bit Bloom filter of them)
     row_full_max: np.ndarray  # float32: bits of all of a row's values
     row_partial_max: np.ndarray  # float32: bits of its high-cardinality values
     vid_partial_max: np.ndarray  # float32 per global vid: best row_partial_max it anchors
@@ -609,9 +678,13 @@ class _DatasetIndex:
             self.anchor_keys,
             self.anchor_offsets,
             self.anchor_rows,
+            self.key_min_needed,
+            self.key_full_max,
+            self.key_partial_max,
             self.is_value,
             self.is_anchor,
             self.row_needed,
+            self.row_sig,
             self.row_full_max,
             self.row_partial_max,
             self.vid_partial_max,
@@ -634,6 +707,32 @@ _VALUE_SALT = np.uint64(0x2545F4914F6CDD1D)
 def _value_hash(vids: np.ndarray) -> np.ndarray:
     """A random-looking 64-bit number per value id; sums of them hash multisets."""
     return _mix(vids.astype(np.uint64) + _VALUE_SALT)
+
+
+_LOW6 = np.uint64(63)
+_ONE = np.uint64(1)
+
+
+def _signature(value_hashes: np.ndarray) -> np.ndarray:
+    """One of 64 bits per value: ORed over a row or a window, a tiny Bloom filter."""
+    return _ONE << (value_hashes & _LOW6)
+
+
+def _window_signatures(sig: np.ndarray, lo: np.ndarray, hi: np.ndarray) -> np.ndarray:
+    """OR of ``sig[lo:hi]`` for many windows at once, through a sparse table of ORs."""
+    levels = [sig]
+    longest = int((hi - lo).max()) if len(lo) else 1
+    while (1 << len(levels)) <= longest:
+        prev, step = levels[-1], 1 << (len(levels) - 1)
+        levels.append(prev[:-step] | prev[step:] if len(prev) > step else prev[:0])
+    length = np.maximum(hi - lo, 1)
+    level = np.floor(np.log2(length)).astype(np.int64)
+    out = np.zeros(len(lo), dtype=np.uint64)
+    for k, table in enumerate(levels):
+        pick = np.flatnonzero(level == k)
+        if len(pick):
+            out[pick] = table[lo[pick]] | table[hi[pick] - (1 << k)]
+    return out
 
 
 def _exact_key(sums: np.ndarray, lengths: np.ndarray) -> np.ndarray:
@@ -676,24 +775,77 @@ def _plural(n: int, word: str) -> str:
 # --- extracting text from output items -------------------------------------------------------
 
 _ANSI = re.compile(r"\x1b\[[0-?]*[ -/]*[@-~]|\x1b\][^\x07]*\x07")
-_HTML_ROW_END = re.compile(
-    r"</\s*(?:tr|p|li|div|h[1-6]|caption|thead|tbody|table|pre|dt|dd)\s*>|<\s*br\s*/?\s*>",
-    re.IGNORECASE,
+_NEWLINES_TO_SPACES = bytes.maketrans(b"\r\n", b"  ")
+#: Tags that end a row or block of visible text: they become line ends.
+_HTML_LINE_TAGS = [
+    *"/tr /p /li /div /h1 /h2 /h3 /h4 /h5 /h6 /caption /thead /tbody /table /pre /dt /dd".split(),
+    *("br", "br/", "br /"),
+]
+_HTML_LINE_WORDS = np.array(
+    [int.from_bytes(t.encode()[:8].ljust(8, b"\x00"), "little") for t in _HTML_LINE_TAGS],
+    dtype=np.uint64,
 )
-_HTML_TAG = re.compile(r"<!--.*?-->|<[^>]*>", re.DOTALL)
 _TEXT_LIKE_SUFFIXES = ("+json", "+xml", "/json", "/xml", "/javascript", "/csv")
+
+
+def _tags(buf: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Tags of markup in ``buf[:n]``: where each starts (``<``) and ends (``>``), and
+    whether it ends a line of visible text (``</tr>``, ``<br>``, ``</p>``...)."""
+    opens = np.flatnonzero(buf[:n] == 60)
+    closes = np.flatnonzero(buf[:n] == 62)
+    if len(opens) == 0:
+        return opens, opens, np.zeros(0, dtype=bool)
+    if len(opens) == len(closes) and (opens < closes).all() and (closes[:-1] < opens[1:]).all():
+        ends = closes  # well-formed: every "<" closed before the next opens
+    else:
+        at = np.searchsorted(closes, opens)
+        ends = np.where(at < len(closes), closes[np.minimum(at, len(closes) - 1)], n - 1)
+        # A "<" inside an earlier tag (an attribute value) is not a tag of its own.
+        keep = np.ones(len(opens), dtype=bool)
+        keep[1:] = opens[1:] > ends[:-1]
+        opens, ends = opens[keep], ends[keep]
+    # Only "</..." and "<br" can end a line. Closing tags carry no attributes, so the
+    # name is all of the tag: compare its first eight bytes, lower-cased.
+    second = buf[opens + 1] | 0x20
+    maybe = np.flatnonzero((second == 0x2F) | (second == 0x62))
+    words = np.ndarray((len(buf) - 7,), dtype="<u8", buffer=buf, strides=(1,))
+    word = words[opens[maybe] + 1] | np.uint64(0x2020202020202020)
+    length = np.clip(ends[maybe] - opens[maybe] - 1, 0, 8)
+    line_end = np.zeros(len(opens), dtype=bool)
+    line_end[maybe] = np.isin(word & _WORD_MASKS[length], _HTML_LINE_WORDS)
+    return opens, ends, line_end
+
+
+def _inside_tags(n: int, opens: np.ndarray, ends: np.ndarray) -> np.ndarray:
+    """Boolean mask of the bytes that belong to a tag: runs of False and True, repeated."""
+    if len(opens) == 0:
+        return np.zeros(n, dtype=bool)
+    bounds = np.empty(2 * len(opens) + 2, dtype=np.int64)
+    bounds[0] = 0
+    bounds[1:-1:2] = opens
+    bounds[2:-1:2] = ends + 1
+    bounds[-1] = n
+    flags = np.zeros(2 * len(opens) + 1, dtype=bool)
+    flags[1::2] = True
+    return np.repeat(flags, np.diff(bounds))
 
 
 def html_to_text(markup: str) -> str:
     """Visible text of HTML with one line per table row (cells of a row stay on its line).
 
     Line breaks inside the markup are layout, not content (pandas puts every
-    ``<td>`` on its own line), so they become spaces; row and block ends become
-    line ends; tags become spaces; entities are unescaped.
+    ``<td>`` on its own line), so they become spaces; row and block ends
+    (``</tr>``, ``<br>``, ``</p>``...) become line ends; every other tag becomes a
+    space; entities are unescaped. The scan itself does not build this text when
+    the markup has no entities: it tokenizes the markup with tags as separators.
     """
-    text = markup.replace("\r", " ").replace("\n", " ")
-    text = _HTML_ROW_END.sub("\n", text)
-    text = _HTML_TAG.sub(" ", text)
+    data = markup.encode("utf-8", "surrogatepass").translate(_NEWLINES_TO_SPACES)
+    n = len(data)
+    buf = np.frombuffer(data + b"\x00" * 16, dtype=np.uint8)
+    opens, ends, line_end = _tags(buf, n)
+    out = np.where(_inside_tags(n, opens, ends), np.uint8(32), buf[:n])
+    out[opens[line_end]] = 10
+    text = out.tobytes().decode("utf-8", "replace")
     if "&" in text:
         text = html.unescape(text)
     return text
@@ -754,6 +906,34 @@ def _is_text_mime(mime: str) -> bool:
     return mime.startswith("text/") or mime.endswith(_TEXT_LIKE_SUFFIXES)
 
 
+def _item_parts(item: OutputItem) -> list[tuple[str, str, bool]]:
+    """``(where, text, is_markup)`` for every piece of text an output item carries."""
+    content = item.content or {}
+    out: list[tuple[str, str, bool]] = []
+    if item.msg_type == "stream":
+        text = content.get("text")
+        if isinstance(text, str):
+            out.append((f"stream {content.get('name', 'stdout')}", _ANSI.sub("", text), False))
+    elif item.msg_type == "error":
+        parts = [str(content.get("ename", "")), str(content.get("evalue", ""))]
+        traceback = content.get("traceback") or []
+        if isinstance(traceback, list):
+            parts += [str(line) for line in traceback]
+        out.append(("traceback", _ANSI.sub("", "\n".join(parts)), False))
+    data = content.get("data")
+    if isinstance(data, Mapping):
+        for mime in sorted(data):
+            value = data[mime]
+            if not _is_text_mime(mime):
+                continue
+            if isinstance(value, str):
+                text = value
+            else:
+                text = json.dumps(value, ensure_ascii=False, default=str)
+            out.append((mime, text, "html" in mime or mime.endswith("xml")))
+    return out
+
+
 def item_texts(item: OutputItem) -> list[tuple[str, str]]:
     """Every piece of text an output item carries, as ``(where, text)`` pairs.
 
@@ -762,32 +942,9 @@ def item_texts(item: OutputItem) -> list[tuple[str, str]]:
     terminal colour codes removed. Binary mime types (base64 images) carry no
     text and are left to the rules that send images to a person.
     """
-    content = item.content or {}
-    out: list[tuple[str, str]] = []
-    if item.msg_type == "stream":
-        text = content.get("text")
-        if isinstance(text, str):
-            out.append((f"stream {content.get('name', 'stdout')}", _ANSI.sub("", text)))
-    elif item.msg_type == "error":
-        parts = [str(content.get("ename", "")), str(content.get("evalue", ""))]
-        traceback = content.get("traceback") or []
-        if isinstance(traceback, list):
-            parts += [str(line) for line in traceback]
-        out.append(("traceback", _ANSI.sub("", "\n".join(parts))))
-    data = content.get("data")
-    if isinstance(data, Mapping):
-        for mime in sorted(data):
-            value = data[mime]
-            if not _is_text_mime(mime):
-                continue
-            if mime.endswith("json") or not isinstance(value, str):
-                text = value if isinstance(value, str) else json.dumps(value, ensure_ascii=False)
-            else:
-                text = value
-            if "html" in mime or mime.endswith("xml"):
-                text = html_to_text(text)
-            out.append((mime, text))
-    return out
+    return [
+        (where, html_to_text(text) if markup else text) for where, text, markup in _item_parts(item)
+    ]
 
 
 # --- the index -------------------------------------------------------------------------------
@@ -834,6 +991,7 @@ class PrivateIndex:
         ident_labels: list[int] = []
         ident_owners: list[tuple[str, str]] = []
         skipped: dict[str, int] = {}
+        indexed = 0
 
         for name, frame in frames.items():
             policy = policies.get(name, DatasetPolicy())
@@ -861,6 +1019,7 @@ class PrivateIndex:
                         if not _identifier_worth_indexing(item[0]):
                             skipped[f"{name}.{col_name}"] = skipped.get(f"{name}.{col_name}", 0) + 1
                             continue
+                        indexed += 1
                         ident_strings.extend(item[1])
                         ident_labels.extend([label] * len(item[1]))
                     continue
@@ -877,10 +1036,9 @@ class PrivateIndex:
                         spell_strings.extend(spellings)
                         spell_vids.extend([vid] * len(spellings))
                     vid_of_unique[u] = vid
-                vid_columns.append(vid_of_unique[codes])
-                levels.append(
-                    sum(item is not None for item in spelled)
-                )  # code -1 picks the trailing -1
+                # A null's code is -1, which picks the trailing -1 of vid_of_unique.
+                vid_columns.append(vid_of_unique.astype(np.int32)[codes])
+                levels.append(sum(item is not None for item in spelled))
             prepared.append((name, value_columns, vid_columns, levels, policy))
 
         n_vids = len(canon_ids)
@@ -893,17 +1051,17 @@ class PrivateIndex:
         ikeep = ilengths > 0
         identifiers = _KeyTable.build(ikeys[ikeep], ilabels[ikeep], ilengths[ikeep])
 
-        datasets = [
-            _build_dataset(name, columns, vids, levels, policy, n_vids)
-            for name, columns, vids, levels, policy in prepared
-            if columns and len(vids[0])  # no value columns or no rows: nothing to match
-        ]
+        datasets = []
+        while prepared:  # popped, so each dataset's columns are freed once indexed
+            name, columns, vids, levels, policy = prepared.pop(0)
+            if columns and len(vids[0]):  # no value columns or no rows: nothing to match
+                datasets.append(_build_dataset(name, columns, vids, levels, policy, n_vids))
         stats = {
             "datasets": {
                 d.name: {"rows": d.n_rows, "value_columns": len(d.columns)} for d in datasets
             },
             "distinct_values": n_vids,
-            "identifier_values": int(ikeep.sum()),
+            "identifier_values": indexed,
             "identifier_values_not_indexed": skipped,
             "bytes": int(vocab.nbytes + identifiers.nbytes + sum(d.nbytes for d in datasets)),
         }
@@ -914,28 +1072,39 @@ class PrivateIndex:
     def scan_item(self, item: OutputItem) -> list[Finding]:
         """Findings for every piece of text in one output item (see :func:`item_texts`)."""
         findings: list[Finding] = []
-        for where, text in item_texts(item):
-            findings += self.scan_text(text, where=where)
+        for where, text, markup in _item_parts(item):
+            findings += self.scan_text(text, where=where, markup=markup)
         return findings
 
-    def scan_text(self, text: str, where: str = "output") -> list[Finding]:
-        """Findings for one text: leaked records, identifier values, record-like tables."""
-        if not text or not self._datasets:
+    def scan_text(self, text: str, where: str = "output", markup: bool = False) -> list[Finding]:
+        """Findings for one text: leaked records, identifier values, record-like tables.
+
+        ``markup``: the text is HTML (or XML); tags are skipped and table rows are
+        its lines. ``where`` names the text in messages ("stream stdout", "text/html").
+        """
+        if not text or (not self._datasets and len(self._identifiers.keys) == 0):
             return []
         line_map = None
-        if "\\\n" in text:
+        if not markup and "\\\n" in text:
             text, line_map = unwrap_pandas(text)
-        tokens = _tokenize(text)
+        tokens = _tokenize(text, markup=markup)
         tokens.line_map = line_map
         if len(tokens) == 0:
             return []
         findings = self._identifier_findings(tokens, where)
-        vids = np.full(len(tokens), -1, dtype=np.int64)
-        for _, positions, labels in self._vocab.lookup(tokens):
-            vids[positions] = labels  # n grows: a multi-word value wins over a word of it
-        if (vids >= 0).any():
-            for dataset in self._datasets:
-                findings += self._dataset_findings(dataset, tokens, vids, where)
+        found = list(self._vocab.lookup(tokens))
+        if len(found) == 1:
+            positions, labels = found[0][1], found[0][2].astype(np.int64)
+        elif found:
+            vids = np.full(len(tokens), -1, dtype=np.int64)
+            for _, at, labels in found:
+                vids[at] = labels  # n grows: a multi-word value wins over a word of it
+            positions = np.flatnonzero(vids >= 0)
+            labels = vids[positions]
+        else:
+            return findings
+        for dataset in self._datasets:
+            findings += self._dataset_findings(dataset, tokens, positions, labels, where)
         return findings
 
     def _identifier_findings(self, tokens: _Tokens, where: str) -> list[Finding]:
@@ -953,22 +1122,26 @@ class PrivateIndex:
                 Finding(
                     "leak-identifier",
                     Verdict.BLOCK,
-                    f"{_plural(hits.count, 'value')} of identifier column {column!r} of "
-                    f"dataset {dataset!r} appear in the {where} ({hits.where()}); identifier "
-                    "values may appear in no output",
+                    f"values of identifier column {column!r} of dataset {dataset!r} in the "
+                    f"{where}, {hits.count} time(s) ({hits.where()}); identifier values may "
+                    "appear in no output",
                     location=f"{where} {hits.where()}",
                 )
             )
         return findings
 
     def _dataset_findings(
-        self, ds: _DatasetIndex, tokens: _Tokens, vids: np.ndarray, where: str
+        self,
+        ds: _DatasetIndex,
+        tokens: _Tokens,
+        positions: np.ndarray,
+        labels: np.ndarray,
+        where: str,
     ) -> list[Finding]:
-        token_pos = np.flatnonzero(vids >= 0)
-        token_pos = token_pos[ds.is_value[vids[token_pos]]]
+        mine = ds.is_value[labels]
+        token_pos, hit_vids = positions[mine], labels[mine]
         if len(token_pos) == 0:
             return []
-        hit_vids = vids[token_pos]
         hit_units = tokens.units_of(token_pos)
         findings = []
         proven, suspected = _match_records(ds, tokens, token_pos, hit_vids, hit_units)
@@ -1012,12 +1185,13 @@ def _record_message(
         else f"{best['bits']:.0f} bits of evidence from its high-cardinality columns where "
         f"{best['needed']:.0f} rule out chance"
     )
-    lines = _plural(hits.count, "line or row")
+    lines = _plural(hits.count, "line")
+    capped = "at least " if best.get("capped") else ""
     if proven:
         return Finding(
             "leak-record",
             Verdict.BLOCK,
-            f"{lines} of the {where} hold private records of dataset {ds.name!r} "
+            f"private records of dataset {ds.name!r} in {capped}{lines} of the {where} "
             f"({hits.where()}): the strongest matches one private row on {best['columns']} of "
             f"{len(ds.columns)} columns ({coverage}) with {strength}",
             location=f"{where} {hits.where()}",
@@ -1025,7 +1199,7 @@ def _record_message(
     return Finding(
         "leak-record-suspected",
         Verdict.REVIEW,
-        f"{lines} of the {where} may hold private records of dataset {ds.name!r} "
+        f"possible private records of dataset {ds.name!r} in {lines} of the {where} "
         f"({hits.where()}): the strongest matches one private row on {best['columns']} of "
         f"{len(ds.columns)} columns ({coverage}), {strength}; too little to block, "
         "worth a reviewer's look",
@@ -1059,111 +1233,139 @@ def _build_dataset(
     qi = set(policy.quasi_identifiers) - set(policy.identifiers)
     qi_declared = bool(qi)
     qi_mask = np.array([(c in qi) if qi_declared else True for c in columns], dtype=bool)
-    # Column by column (contiguous arrays): which occurrence of its value each cell is.
+    # Column by column (contiguous arrays, nothing N x C but the packed rows): which
+    # occurrence of its value each cell is, then how many rows hold value v at least
+    # k + 1 times, counted over the (v, k) cells.
     cols = [np.asarray(c, dtype=np.int32) for c in vid_columns]
     valid_cols = [c >= 0 for c in cols]
-    rank_cols = []
-    for c, col in enumerate(cols):
-        rank = np.zeros(n_rows, dtype=np.int8)
+
+    def occurrences(c: int) -> np.ndarray:
+        rank = np.zeros(n_rows, dtype=np.int64)
         for d in range(c):
-            rank += cols[d] == col
-        rank_cols.append(rank)
-    # How many rows hold value v at least k+1 times: count the (v, k) cells.
-    occ_cols = [
-        col.astype(np.int64) * n_cols + rank for col, rank in zip(cols, rank_cols, strict=True)
-    ]
+            rank += cols[d] == cols[c]
+        return np.where(valid_cols[c], cols[c].astype(np.int64) * n_cols + rank, -1)
+
     dense = n_vids * n_cols <= 1 << 26
     if dense:
         counts = np.zeros(n_vids * n_cols, dtype=np.int64)
-        for occ, ok in zip(occ_cols, valid_cols, strict=True):
-            counts += np.bincount(occ[ok], minlength=n_vids * n_cols)
+        for c in range(n_cols):
+            occ = occurrences(c)
+            counts += np.bincount(occ[occ >= 0], minlength=n_vids * n_cols)
         occ_keys = np.flatnonzero(counts).astype(np.int64)
         occ_counts = counts[occ_keys]
-        bits_table = np.log2((n_rows + 1) / (counts + 1)).astype(np.float32)
+        bits_table: np.ndarray | None = np.log2((n_rows + 1) / (counts + 1)).astype(np.float32)
+        del counts
     else:
-        occ_keys, occ_counts = np.unique(
-            np.concatenate([occ[ok] for occ, ok in zip(occ_cols, valid_cols, strict=True)]),
-            return_counts=True,
-        )
+        bits_table = None
+        every = np.concatenate([occ[occ >= 0] for occ in map(occurrences, range(n_cols))])
+        occ_keys, occ_counts = np.unique(every, return_counts=True)
+        del every
     occ_bits = np.log2((n_rows + 1) / (occ_counts + 1)).astype(np.float32)
-    # Bits of every cell, for choosing each row's anchors.
-    cell_bits = np.empty((n_rows, n_cols), dtype=np.float32)
-    for c, (occ, ok) in enumerate(zip(occ_cols, valid_cols, strict=True)):
-        safe = np.where(ok, occ, 0)
+
+    # Per row: evidence bounds, and its ANCHOR_VALUES rarest values (kept incrementally).
+    distinctive = np.array([n > CODE_LEVELS for n in levels], dtype=bool)
+    row_full_max = np.zeros(n_rows, dtype=np.float32)
+    row_partial_max = np.zeros(n_rows, dtype=np.float32)
+    row_needed = np.zeros(n_rows, dtype=np.int16)
+    n_anchor = min(ANCHOR_VALUES, n_cols)
+    top_bits = np.full((n_rows, n_anchor), -1.0, dtype=np.float32)
+    top_vids = np.full((n_rows, n_anchor), -1, dtype=np.int32)
+    every_row = np.arange(n_rows)
+    for c in range(n_cols):
+        occ = occurrences(c)
+        safe = np.maximum(occ, 0)
         if dense:
             bits = bits_table[safe]
         else:
             bits = occ_bits[np.minimum(np.searchsorted(occ_keys, safe), len(occ_keys) - 1)]
-        cell_bits[:, c] = np.where(ok, bits, -1.0)
-    del occ_cols, rank_cols
-    rows = _pack_rows(cols, valid_cols, n_vids)
-    # Upper bounds on the evidence any window can show for a row, to skip hopeless candidates.
-    distinctive = np.array([n > CODE_LEVELS for n in levels], dtype=bool)
-    known = np.maximum(cell_bits, 0.0)
-    row_full_max = known.sum(axis=1, dtype=np.float32)
-    row_partial_max = (known * distinctive[None, :]).sum(axis=1, dtype=np.float32)
-    del known
-    row_needed = np.zeros(n_rows, dtype=np.int16)
-    for c, ok in enumerate(valid_cols):
+        bits = np.where(occ >= 0, bits, np.float32(-1.0))
+        known = np.maximum(bits, 0.0)
+        row_full_max += known
+        if distinctive[c]:
+            row_partial_max += known
         if qi_mask[c]:
-            row_needed += ok
-    n_anchor = min(ANCHOR_VALUES, n_cols)
+            row_needed += valid_cols[c]
+        slot = top_bits.argmin(axis=1)
+        better = np.flatnonzero(bits > top_bits[every_row, slot])
+        top_bits[better, slot[better]] = bits[better]
+        top_vids[better, slot[better]] = cols[c][better]
+    del every_row
+    rows = _pack_rows(cols, valid_cols, n_vids)
+
+    is_value = np.zeros(n_vids, dtype=bool)
+    lengths = np.zeros(n_rows, dtype=np.int16)
+    sums = np.zeros(n_rows, dtype=np.uint64)
+    row_sig = np.zeros(n_rows, dtype=np.uint64)
+    for c, (col, ok) in enumerate(zip(cols, valid_cols, strict=True)):
+        is_value[col[ok]] = True
+        lengths += ok
+        value_hash = np.where(ok, _value_hash(col), np.uint64(0))
+        sums += value_hash
+        if qi_mask[c]:
+            row_sig |= np.where(ok, _signature(value_hash), np.uint64(0))
+    exact = _exact_key(sums, lengths)
+    del sums
+    has = np.flatnonzero(lengths > 0)
+    exact = exact[has]
+    order = np.argsort(exact)
+    exact_keys = exact[order]
+    exact_rows = has.astype(np.int32)[order]
+    del exact, order
+    cols.clear()
+    valid_cols.clear()
+    vid_columns.clear()  # the caller's copies: the packed rows hold it all now
+
     is_anchor = np.zeros(n_vids, dtype=bool)
     vid_partial_max = np.zeros(n_vids, dtype=np.float32)
     anchor_keys = np.zeros(0, dtype=np.uint32)
     anchor_offsets = np.zeros(1, dtype=np.int64)
     anchor_rows = np.zeros(0, dtype=np.int32)
+    key_min_needed = np.zeros(0, dtype=np.int16)
+    key_full_max = np.zeros(0, dtype=np.float32)
+    key_partial_max = np.zeros(0, dtype=np.float32)
     if n_anchor >= 2:
-        top = np.argpartition(-cell_bits, n_anchor - 1, axis=1)[:, :n_anchor]
-        top_ok = np.take_along_axis(cell_bits, top, axis=1) >= 0
-        top_vids = _unpack(np.take_along_axis(rows, top, axis=1))
-        del top, cell_bits
-        row_ids = np.arange(n_rows, dtype=np.uint64)
-        packed = []
-        for i in range(n_anchor):
-            for j in range(i + 1, n_anchor):
-                ok = top_ok[:, i] & top_ok[:, j]
-                key = _pair_keys(top_vids[ok, i], top_vids[ok, j]).astype(np.uint64)
-                packed.append((key << _S32) | row_ids[ok])
-        # One sort of (key, row) packed in 64 bits is much faster than an argsort.
-        both = np.sort(np.concatenate(packed))
-        anchor_keys = (both >> _S32).astype(np.uint32)
+        top_ok = top_bits >= 0
+        del top_bits
+        pairs = [(i, j) for i in range(n_anchor) for j in range(i + 1, n_anchor)]
+        ok_pairs = [top_ok[:, i] & top_ok[:, j] for i, j in pairs]
+        # (key, row) packed in 64 bits and sorted in place: one array, no argsort.
+        both = np.empty(sum(int(ok.sum()) for ok in ok_pairs), dtype=np.uint64)
+        at = 0
+        for (i, j), ok in zip(pairs, ok_pairs, strict=True):
+            key = _pair_keys(top_vids[ok, i], top_vids[ok, j]).astype(np.uint64)
+            both[at : at + len(key)] = (key << _S32) | np.flatnonzero(ok).astype(np.uint64)
+            at += len(key)
+        del ok_pairs
+        both.sort()
+        keys = (both >> _S32).astype(np.uint32)
         # A pair of values shared by many rows anchors nothing worth verifying; those
         # rows are still found whole by the exact multiset hash.
-        change = np.ones(len(anchor_keys), dtype=bool)
-        change[1:] = anchor_keys[1:] != anchor_keys[:-1]
+        change = np.ones(len(keys), dtype=bool)
+        change[1:] = keys[1:] != keys[:-1]
         starts = np.flatnonzero(change)
-        sizes = np.diff(np.append(starts, len(anchor_keys)))
-        keep = np.repeat(sizes <= ANCHOR_MAX_ROWS, sizes)
-        anchor_rows = (both[keep] & np.uint64(0xFFFFFFFF)).astype(np.int32)
+        sizes = np.diff(np.append(starts, len(keys)))
         kept = sizes <= ANCHOR_MAX_ROWS
-        anchor_keys = anchor_keys[starts[kept]]
+        anchor_rows = (both[np.repeat(kept, sizes)] & np.uint64(0xFFFFFFFF)).astype(np.int32)
+        anchor_keys = keys[starts[kept]]
         anchor_offsets = np.concatenate([[0], np.cumsum(sizes[kept])]).astype(np.int64)
+        # Per key, the best its rows could do, so hopeless keys are never expanded.
+        if len(anchor_rows):
+            key_starts = anchor_offsets[:-1]
+            key_min_needed = np.minimum.reduceat(row_needed[anchor_rows], key_starts)
+            key_full_max = np.maximum.reduceat(row_full_max[anchor_rows], key_starts)
+            key_partial_max = np.maximum.reduceat(row_partial_max[anchor_rows], key_starts)
+        del both, keys, change, starts, sizes, kept
         anchored = np.zeros(n_rows, dtype=bool)
         anchored[anchor_rows] = True
         used = top_ok & anchored[:, None]
-        is_anchor[top_vids[used]] = True
+        used_vids = top_vids[used]
+        is_anchor[used_vids] = True
         # Per value: the most a partial match through it could show (max over its rows).
         part = np.broadcast_to(row_partial_max[:, None], used.shape)[used]
-        by_vid = np.lexsort((part, top_vids[used]))
-        ordered = top_vids[used][by_vid]
-        last = np.ones(len(ordered), dtype=bool)
-        last[:-1] = ordered[1:] != ordered[:-1]
-        vid_partial_max[ordered[last]] = part[by_vid][last]
-        del used, part, by_vid, ordered, last
-        del both, packed, top_vids, top_ok, anchored
-    is_value = np.zeros(n_vids, dtype=bool)
-    lengths = np.zeros(n_rows, dtype=np.int64)
-    sums = np.zeros(n_rows, dtype=np.uint64)
-    for col, ok in zip(cols, valid_cols, strict=True):
-        is_value[col[ok]] = True
-        lengths += ok
-        sums += np.where(ok, _value_hash(col), np.uint64(0))
-    exact = _exact_key(sums, lengths)
-    has = lengths > 0
-    order = np.argsort(exact[has], kind="stable")
-    exact_keys = exact[has][order]
-    exact_rows = np.flatnonzero(has).astype(np.int32)[order]
+        np.maximum.at(vid_partial_max, used_vids, part)
+        del used, used_vids, part, anchored, top_ok
+    del top_vids
+
     name_keys, name_lengths = _hash_strings([" ".join(str(c).casefold().split()) for c in columns])
     window = min(n_cols + WINDOW_SLACK, MAX_WINDOW)
     log_n = math.log2(max(n_rows, 1))
@@ -1177,19 +1379,24 @@ def _build_dataset(
         rows=rows,
         occ_keys=occ_keys,
         occ_bits=occ_bits,
+        bits_table=bits_table if dense and n_vids * n_cols <= 1 << 22 else None,
         anchor_keys=anchor_keys,
         anchor_offsets=anchor_offsets,
         anchor_rows=anchor_rows,
+        key_min_needed=key_min_needed,
+        key_full_max=key_full_max,
+        key_partial_max=key_partial_max,
         is_value=is_value,
         is_anchor=is_anchor,
         row_needed=row_needed,
+        row_sig=row_sig,
         row_full_max=row_full_max,
         row_partial_max=row_partial_max,
         vid_partial_max=vid_partial_max,
         min_needed=int(row_needed[row_needed > 0].min()) if (row_needed > 0).any() else 0,
         exact_keys=exact_keys,
         exact_rows=exact_rows,
-        exact_lengths=np.unique(lengths[has]),
+        exact_lengths=np.unique(lengths[has]).astype(np.int64),
         exact_bloom=_Bloom(exact_keys),
         column_names=_KeyTable.build(
             name_keys[name_lengths > 0],
@@ -1269,26 +1476,29 @@ class _Evidence:
 
 
 def _verify(
-    ds: _DatasetIndex, win: np.ndarray, vals: np.ndarray, full_t: float, partial_t: float
+    ds: _DatasetIndex,
+    win: np.ndarray,
+    win_sig: np.ndarray,
+    vals: np.ndarray,
+    full_t: float,
+    partial_t: float,
 ) -> _Evidence:
     """Measure the evidence that windows ``win`` (K, W) hold private rows ``vals`` (K, C).
 
-    First on the whole window, an upper bound that is cheap; candidates below
-    ``full_t`` and ``partial_t`` there stop. The rest are measured on every
+    First on the window's 64-bit signature, then on the whole window (upper
+    bounds, cheap); candidates below ``full_t`` and ``partial_t`` there stop.
+    The rest are measured on every
     *dense* sub-window: one in which at most SPAN_SLACK values are not values of
     the row. A printed record is dense; a row whose values are scattered over
     an aggregate table is not.
     """
-    n_cand, n_cols = vals.shape
+    n_cand = len(vals)
     ranks = _occurrence_ranks(vals)
     nonnull = vals >= 0
-    occ = np.where(nonnull, vals * n_cols + ranks, 0)
-    at = np.minimum(np.searchsorted(ds.occ_keys, occ), len(ds.occ_keys) - 1)
-    cell_bits = np.where(nonnull & (ds.occ_keys[at] == occ), ds.occ_bits[at], 0.0)
+    cell_bits = _cell_bits(ds, vals, ranks)
     qi_needed = nonnull & ds.qi_mask[None, :]
     rare = ds.distinctive[None, :] & (cell_bits >= RARE_BITS)
     distinct_bits = cell_bits * ds.distinctive[None, :]
-    eq = vals[:, :, None] == win[:, None, :]  # (K, C, W)
 
     def measure(present: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         covers = (present | ~qi_needed).all(axis=1) & qi_needed.any(axis=1)
@@ -1304,12 +1514,21 @@ def _verify(
         partial = np.where(partial_ok, (present * distinct_bits).sum(axis=1), -1.0)
         return full, partial, n_present
 
-    full, partial, n_present = measure((eq.sum(axis=2) > ranks) & nonnull)
     out = _Evidence(
         full=np.full(n_cand, -1.0),
         partial=np.full(n_cand, -1.0),
         columns=np.zeros(n_cand, dtype=np.int64),
     )
+    maybe = (win_sig[:, None] & _signature(_value_hash(np.maximum(vals, 0)))) != 0
+    full, partial, _ = measure(maybe & nonnull)
+    hopeful = np.flatnonzero((full >= full_t) | (partial >= partial_t))
+    if len(hopeful) == 0:
+        return out
+    win, vals, ranks, nonnull = win[hopeful], vals[hopeful], ranks[hopeful], nonnull[hopeful]
+    cell_bits, qi_needed = cell_bits[hopeful], qi_needed[hopeful]
+    rare, distinct_bits = rare[hopeful], distinct_bits[hopeful]
+    eq = vals[:, :, None] == win[:, None, :]  # (K, C, W)
+    full, partial, n_present = measure((eq.sum(axis=2) > ranks) & nonnull)
     survivors = np.flatnonzero((full >= full_t) | (partial >= partial_t))
     if len(survivors) == 0:
         return out
@@ -1340,10 +1559,21 @@ def _verify(
         best_cols = np.where(stronger, n_present, best_cols)
         best_full = np.maximum(best_full, full)
         best_partial = np.maximum(best_partial, partial)
-    out.full[survivors] = best_full
-    out.partial[survivors] = best_partial
-    out.columns[survivors] = best_cols
+    chosen = hopeful[survivors]
+    out.full[chosen] = best_full
+    out.partial[chosen] = best_partial
+    out.columns[chosen] = best_cols
     return out
+
+
+def _cell_bits(ds: _DatasetIndex, vals: np.ndarray, ranks: np.ndarray) -> np.ndarray:
+    """Bits of each cell of some private rows (0 for null)."""
+    nonnull = vals >= 0
+    occ = np.where(nonnull, vals * len(ds.columns) + ranks, 0)
+    if ds.bits_table is not None:
+        return np.where(nonnull, ds.bits_table[occ], np.float32(0.0))
+    at = np.minimum(np.searchsorted(ds.occ_keys, occ), len(ds.occ_keys) - 1)
+    return np.where(nonnull & (ds.occ_keys[at] == occ), ds.occ_bits[at], np.float32(0.0))
 
 
 def _match_records(
@@ -1380,6 +1610,7 @@ def _match_records(
     # reach the (output-size dependent) threshold through this value.
     seg_len = seg_end - seg_start
     usable = ds.is_anchor[hit_vids] & (seg_len >= max(ds.min_needed, 2))
+    full_floor = full_t - SUSPECT_MARGIN_BITS
     partial_floor = partial_t - SUSPECT_MARGIN_BITS
     if not ds.qi_declared:
         usable |= (
@@ -1388,16 +1619,27 @@ def _match_records(
             & (ds.vid_partial_max[hit_vids] >= partial_floor)
         )
     comp = np.flatnonzero(usable)
+    # For each usable value: how many more usable values its unit holds after it.
+    after = np.zeros(len(comp), dtype=np.int64)
+    if len(comp):
+        comp_seg = seg_start[comp]
+        new_run = np.ones(len(comp), dtype=bool)
+        new_run[1:] = comp_seg[1:] != comp_seg[:-1]
+        run_start = np.flatnonzero(new_run)
+        run_end = np.append(run_start[1:], len(comp))
+        after = np.repeat(run_end, run_end - run_start) - np.arange(len(comp)) - 1
     cand_lo: list[np.ndarray] = []
     cand_hi: list[np.ndarray] = []
     cand_row: list[np.ndarray] = []
+    active = np.arange(len(comp))
     for k in range(1, window + 1):
-        if len(comp) <= k:
+        active = active[after[active] >= k]  # pairs k apart inside one unit
+        if len(active) == 0:
             break
-        i, j = comp[:-k], comp[k:]
-        ok = (j - i <= window) & (seg_start[i] == seg_start[j])
+        i, j = comp[active], comp[active + k]
+        ok = j - i <= window
         if not ok.any():
-            break  # later pairs are further apart still
+            continue
         i, j = i[ok], j[ok]
         keys = _pair_keys(hit_vids[i], hit_vids[j])
         at = np.minimum(np.searchsorted(ds.anchor_keys, keys), len(ds.anchor_keys) - 1)
@@ -1405,6 +1647,12 @@ def _match_records(
         if not found.any():
             continue
         i, j, at = i[found], j[found], at[found]
+        # Keys none of whose rows could reach a threshold here are not expanded.
+        room = seg_end[i] - seg_start[i]
+        feasible = (room >= ds.key_min_needed[at]) & (ds.key_full_max[at] >= full_floor)
+        if not ds.qi_declared:
+            feasible |= ds.key_partial_max[at] >= partial_floor
+        i, j, at = i[feasible], j[feasible], at[feasible]
         lo, hi = ds.anchor_offsets[at], ds.anchor_offsets[at + 1]
         counts = hi - lo
         rep_i = np.repeat(i, counts)
@@ -1426,23 +1674,44 @@ def _match_records(
     # Cheap upper bounds first: a full match needs as many values as the row has, a
     # partial one four; neither can beat the bits the row has at all.
     length = hi_all - lo_all
-    hopeful = (length >= ds.row_needed[row_all]) & (
-        ds.row_full_max[row_all] >= full_t - SUSPECT_MARGIN_BITS
-    )
+    hopeful = (length >= ds.row_needed[row_all]) & (ds.row_full_max[row_all] >= full_floor)
     if not ds.qi_declared:
-        hopeful |= (length >= PARTIAL_MIN_COLUMNS) & (
-            ds.row_partial_max[row_all] >= partial_t - SUSPECT_MARGIN_BITS
-        )
+        hopeful |= (length >= PARTIAL_MIN_COLUMNS) & (ds.row_partial_max[row_all] >= partial_floor)
     lo_all, hi_all, row_all = lo_all[hopeful], hi_all[hopeful], row_all[hopeful]
+    # One bit per value: a 64-bit signature of each window, to test "has all of the
+    # row's needed values" before comparing any values.
+    sig_all = _window_signatures(_signature(_value_hash(hit_vids)), lo_all, hi_all)
+    hopeful = (ds.row_sig[row_all] & ~sig_all) == 0
+    if not ds.qi_declared:
+        hopeful |= (hi_all - lo_all >= PARTIAL_MIN_COLUMNS) & (
+            ds.row_partial_max[row_all] >= partial_floor
+        )
+    lo_all, hi_all, row_all, sig_all = (
+        lo_all[hopeful],
+        hi_all[hopeful],
+        row_all[hopeful],
+        sig_all[hopeful],
+    )
 
     padded = np.append(hit_vids, -2)
-    span = np.arange(2 * window + 1)
+    # Verify in batches of similar window length, each as wide as its longest window.
+    by_length = np.argsort(hi_all - lo_all, kind="stable")
+    lo_all, hi_all, row_all = lo_all[by_length], hi_all[by_length], row_all[by_length]
+    sig_all = sig_all[by_length]
     for b in range(0, len(row_all), VERIFY_BATCH):
         lo, hi = lo_all[b : b + VERIFY_BATCH], hi_all[b : b + VERIFY_BATCH]
+        span = np.arange(int((hi - lo).max()))
         idx = lo[:, None] + span[None, :]
         win = padded[np.where(idx < hi[:, None], idx, n_hits)]
         rows = _row_vids(ds, row_all[b : b + VERIFY_BATCH])
-        ev = _verify(ds, win, rows, full_t - SUSPECT_MARGIN_BITS, partial_t - SUSPECT_MARGIN_BITS)
+        ev = _verify(
+            ds,
+            win,
+            sig_all[b : b + VERIFY_BATCH],
+            rows,
+            full_t - SUSPECT_MARGIN_BITS,
+            partial_t - SUSPECT_MARGIN_BITS,
+        )
         leak = (ev.full >= full_t) | (ev.partial >= partial_t)
         suspect = ~leak & (
             (ev.full >= full_t - SUSPECT_MARGIN_BITS)
@@ -1455,10 +1724,10 @@ def _match_records(
             suspected.append((lo[suspect], _take(ev, suspect)))
         if n_proven >= MAX_CONFIRMED:
             break  # proven many times over; stop spending time on it
-    return (
-        _summarise(proven, token_pos, hit_units, full_t, partial_t),
-        _summarise(suspected, token_pos, hit_units, full_t, partial_t),
-    )
+    result = _summarise(proven, token_pos, hit_units, full_t, partial_t)
+    if result is not None and n_proven >= MAX_CONFIRMED:
+        result.detail["capped"] = True
+    return result, _summarise(suspected, token_pos, hit_units, full_t, partial_t)
 
 
 def _exact_matches(
@@ -1490,11 +1759,8 @@ def _exact_matches(
             continue
         starts, rows = at_start[maybe[found]], ds.exact_rows[at[found]]
         vals = _row_vids(ds, rows)
-        ranks = _occurrence_ranks(vals)
         nonnull = vals >= 0
-        occ = np.where(nonnull, vals * len(ds.columns) + ranks, 0)
-        pos = np.minimum(np.searchsorted(ds.occ_keys, occ), len(ds.occ_keys) - 1)
-        bits = np.where(nonnull & (ds.occ_keys[pos] == occ), ds.occ_bits[pos], 0.0).sum(axis=1)
+        bits = _cell_bits(ds, vals, _occurrence_ranks(vals)).sum(axis=1)
         covers = (nonnull & ds.qi_mask[None, :]).any(axis=1)
         yield (
             starts,

@@ -1100,7 +1100,7 @@ def judge(
 
     failures = [
         _Failure(
-            "small_cells",
+            "small-cells",
             small,
             contributors_text,
             f"suppressed: fewer than {t.min_cell_count} contributors",
@@ -1117,7 +1117,7 @@ def judge(
             "that are zero",
         ),
         _Failure(
-            "negative_values",
+            "negative-values",
             negative,
             lambda i, j: (
                 f"{agg_names[j]}: the column has negative values in this cell, so dominance "
@@ -1127,7 +1127,7 @@ def judge(
             "with negative values",
         ),
         _Failure(
-            "nk_dominance",
+            "nk-dominance",
             dominated,
             lambda i, j: (
                 f"{agg_names[j]}: the {t.dominance_n} largest contributors hold more than "
@@ -1138,7 +1138,7 @@ def judge(
             "dominated (N-K)",
         ),
         _Failure(
-            "p_percent",
+            "p-percent",
             p_fail,
             lambda i, j: (
                 f"{agg_names[j]}: without its two largest contributions, less than "
@@ -1149,7 +1149,7 @@ def judge(
             "failing p-percent",
         ),
         _Failure(
-            "all_values_same",
+            "all-values-same",
             same,
             lambda i, j: (
                 f"{agg_names[j]}: every contributor has the same value, so the cell reveals "
@@ -1178,7 +1178,7 @@ def judge(
     if parsed.has_where and not t.allow_where:
         table.append(
             Finding(
-                "where_clause",
+                "where-clause",
                 Verdict.REVIEW,
                 "The query filters rows (WHERE). Two filtered queries whose row sets differ "
                 "by one person can be subtracted to reveal that person's values, even when "
@@ -1191,7 +1191,7 @@ def judge(
     if computed and not t.allow_where:
         table.append(
             Finding(
-                "computed_group_key",
+                "computed-group-key",
                 Verdict.REVIEW,
                 "Grouping by a computed expression carves out subsets just as WHERE does "
                 "(GROUP BY age > 50 AND chol <> 233 isolates one person by differencing); "
@@ -1205,7 +1205,7 @@ def judge(
         if rules.too_many_levels([levels], t.max_levels)[0]:
             table.append(
                 Finding(
-                    "too_many_levels",
+                    "too-many-levels",
                     Verdict.REVIEW,
                     f"{key.text} has {levels} distinct values in the table; the policy allows "
                     f"{t.max_levels} (a key with very many levels is close to an identifier)",
@@ -1253,7 +1253,7 @@ def judge(
     if mode != "review" and order_altered and parsed.has_limit:
         table.append(
             Finding(
-                "order_reveals_suppressed",
+                "order-reveals-suppressed",
                 Verdict.REVIEW,
                 "The query orders by an aggregate and keeps only the first rows (LIMIT); which "
                 "rows survive depends on values that would be suppressed or rounded.",
@@ -1322,7 +1322,7 @@ def _hold_or_release(
     if small_groups is not None and small_groups.any():
         findings += rules.mask_findings(
             small_groups,
-            check="small_cells",
+            check="small-cells",
             verdict=Verdict.REVIEW,
             message=lambda i, j: (
                 f"the group has {cell_size[i]:g} rows; the policy needs at least "
@@ -1337,7 +1337,7 @@ def _hold_or_release(
         return QueryOutcome(parsed.sql, result, None, Verdict.REVIEW, findings, summary)
     cells = len(result) * max(len(parsed.aggregates), 1)
     passed = Finding(
-        "sound_tier",
+        "sound-tier",
         Verdict.RELEASE,
         f"all {cells} cell(s) passed: at least {t.min_cell_count} contributors, "
         f"{'zeros, ' if t.zeros == 'review' else ''}N-K dominance ({t.dominance_n}, "
@@ -1382,12 +1382,12 @@ def _release_altered(
     # Reasons shown for a blank cell; "small" and "zero" read the same on purpose.
     small_or_zero = f"fewer than {t.min_cell_count} contributors, or none"
     labels = {
-        "small_cells": small_or_zero,
+        "small-cells": small_or_zero,
         "zeros": small_or_zero,
-        "negative_values": "negative values (dominance cannot be assessed)",
-        "nk_dominance": "dominated by its largest contributors (N-K rule)",
-        "p_percent": "the largest contributor could be estimated (p-percent rule)",
-        "all_values_same": "all contributors have the same value",
+        "negative-values": "negative values (dominance cannot be assessed)",
+        "nk-dominance": "dominated by its largest contributors (N-K rule)",
+        "p-percent": "the largest contributor could be estimated (p-percent rule)",
+        "all-values-same": "all contributors have the same value",
     }
     reasons = np.full(primary.shape, "", dtype=object)
     for index, failure in enumerate(failures):

@@ -408,7 +408,7 @@ def test_strict_summary_does_not_answer_questions_about_a_person() -> None:
     assert present.verdict is absent.verdict is Verdict.REVIEW
     assert present.summary == absent.summary == "held for review: computed group key needs review"
     # The reviewer still sees everything.
-    assert any(f.check == "small_cells" for f in present.findings)
+    assert any(f.check == "small-cells" for f in present.findings)
 
 
 def test_binder_errors_become_query_rejected() -> None:
@@ -432,12 +432,12 @@ def test_group_by_an_identifier_is_never_released() -> None:
     assert "3000 cell(s) below 10" in outcome.summary
     assert "P0" not in outcome.summary
     checks = {f.check for f in outcome.findings}
-    assert {"small_cells", "too_many_levels"} <= checks
+    assert {"small-cells", "too-many-levels"} <= checks
     # A reviewer sees where; the list stays readable.
     assert (
-        sum(f.check == "small_cells" for f in outcome.findings) == rules.DEFAULT_FINDING_LIMIT + 1
+        sum(f.check == "small-cells" for f in outcome.findings) == rules.DEFAULT_FINDING_LIMIT + 1
     )
-    located = [f.location for f in outcome.findings if f.check == "small_cells" and f.location]
+    located = [f.location for f in outcome.findings if f.check == "small-cells" and f.location]
     assert len(located) == rules.DEFAULT_FINDING_LIMIT
     assert all(re.fullmatch(r"row \d+ \(pid=P\d{5}\), column n", loc) for loc in located)
 
@@ -469,7 +469,7 @@ def test_group_by_an_identifier_is_never_released() -> None:
 def test_isolating_one_person_is_held(sql) -> None:
     outcome = run_query(sql, {"heart": with_ids(SYNTHETIC)}, ACRO)
     assert outcome.verdict is Verdict.REVIEW and outcome.released is None
-    assert any(f.check == "small_cells" for f in outcome.findings)
+    assert any(f.check == "small-cells" for f in outcome.findings)
 
 
 def test_real_small_cells_are_held_and_located() -> None:
@@ -481,7 +481,7 @@ def test_real_small_cells_are_held_and_located() -> None:
     counts = data.groupby(["sex", "num"]).size()
     small = counts[counts < 10]
     assert outcome.summary == f"held for review: {len(small)} cell(s) below 10"
-    located = [f.location for f in outcome.findings if f.check == "small_cells"]
+    located = [f.location for f in outcome.findings if f.check == "small-cells"]
     for (sex, num), _ in small.items():
         assert any(f"(sex={sex:g}, num={num:g}), column n" in loc for loc in located)
 
@@ -496,9 +496,9 @@ def test_dominance() -> None:
     data = _group_frame({"a": [1_000_000.0] + [10.0] * 19, "b": [10.0 + i for i in range(20)]})
     outcome = run_query("SELECT g, SUM(v) AS s FROM t GROUP BY g", {"t": data}, ACRO)
     assert outcome.verdict is Verdict.REVIEW
-    (finding,) = [f for f in outcome.findings if f.check == "nk_dominance"]
+    (finding,) = [f for f in outcome.findings if f.check == "nk-dominance"]
     assert "g=a" in finding.location and "column s" in finding.location
-    assert "also fails: p_percent" in finding.message
+    assert "also fails: p-percent" in finding.message
     assert outcome.summary == "held for review: 1 cell(s) dominated (N-K)"
 
 
@@ -509,7 +509,7 @@ def test_p_percent_alone() -> None:
     data = _group_frame({"a": [100.0, 50.0] + [0.5] * 10, "b": [10.0 + i for i in range(12)]})
     outcome = run_query("SELECT g, AVG(v) AS m FROM t GROUP BY g", {"t": data}, thresholds)
     assert outcome.verdict is Verdict.REVIEW
-    assert [f.check for f in outcome.findings] == ["p_percent"]
+    assert [f.check for f in outcome.findings] == ["p-percent"]
     assert "g=a" in outcome.findings[0].location
 
 
@@ -526,13 +526,13 @@ def test_zeros_negative_and_same_values() -> None:
     assert outcome.verdict is Verdict.REVIEW
     where = {f.check: f.location for f in outcome.findings}
     assert "g=zero" in where["zeros"]
-    assert "g=neg" in where["negative_values"]
-    assert "g=same" in where["all_values_same"]
+    assert "g=neg" in where["negative-values"]
+    assert "g=same" in where["all-values-same"]
     assert not any("g=fine" in (f.location or "") for f in outcome.findings)
     # opensafely releases zeros (their risk is its policy's call); negatives stay held.
     relaxed = dataclasses.replace(ACRO, zeros="release")
     outcome = run_query("SELECT g, SUM(v) AS s FROM t GROUP BY g", {"t": data}, relaxed)
-    assert {f.check for f in outcome.findings} == {"negative_values"}
+    assert {f.check for f in outcome.findings} == {"negative-values"}
 
 
 def test_zero_counts_read_like_small_counts() -> None:
@@ -573,7 +573,7 @@ def test_too_many_levels() -> None:
     data = pd.DataFrame({"k": np.repeat(np.arange(50), 20)})
     outcome = run_query("SELECT k, COUNT(*) AS n FROM t GROUP BY k", {"t": data}, ACRO)
     assert outcome.verdict is Verdict.REVIEW
-    assert [f.check for f in outcome.findings] == ["too_many_levels"]
+    assert [f.check for f in outcome.findings] == ["too-many-levels"]
     assert "50 distinct values" in outcome.findings[0].message
     more = dataclasses.replace(ACRO, max_levels=50)
     assert (
@@ -591,12 +591,12 @@ def test_strict_sends_filters_and_computed_keys_to_review() -> None:
     )
     assert where.verdict is Verdict.REVIEW and where.released is None
     (finding,) = where.findings
-    assert finding.check == "where_clause" and "differ" in finding.message
+    assert finding.check == "where-clause" and "differ" in finding.message
     computed = run_query(
         f"SELECT {BAND_SQL} AS band, COUNT(*) AS n FROM heart GROUP BY band", tables, STRICT
     )
     assert computed.verdict is Verdict.REVIEW
-    assert [f.check for f in computed.findings] == ["computed_group_key"]
+    assert [f.check for f in computed.findings] == ["computed-group-key"]
 
 
 def test_suppress_blanks_failing_cells_exactly() -> None:
@@ -643,7 +643,7 @@ def test_suppress_resorts_when_the_order_depended_on_a_blank() -> None:
     assert np.isnan(outcome.released["s"].iloc[1])
     held = run_query(sql + " LIMIT 1", {"t": data}, SUPPRESS)
     assert held.verdict is Verdict.REVIEW
-    assert any(f.check == "order_reveals_suppressed" for f in held.findings)
+    assert any(f.check == "order-reveals-suppressed" for f in held.findings)
 
 
 def test_redact_round_is_opensafely_exact() -> None:
@@ -908,7 +908,7 @@ def test_datasite_evidence_agrees_with_the_numpy_reference(rows, n) -> None:
     flagged = {
         f.location.split("(g=")[1].split(")")[0]
         for f in outcome.findings
-        if f.check in ("nk_dominance", "p_percent")
+        if f.check in ("nk-dominance", "p-percent")
     }
     assert flagged == expected
     assert (outcome.verdict is Verdict.RELEASE) == (not expected)
@@ -919,7 +919,7 @@ def test_mask_findings_locations_and_limit() -> None:
     mask = np.array([[False, True], [False, False], [True, False]])
     findings = rules.mask_findings(
         mask,
-        check="small_cells",
+        check="small-cells",
         verdict=Verdict.REVIEW,
         message="m",
         keys=keys,
