@@ -19,6 +19,9 @@ from .config import ColumnSchema, DatasetEntry, DatasiteConfig, check_name
 #: reveal the private table's size.
 DEFAULT_MOCK_ROWS = 300
 
+#: A text value must be held by at least this many private rows to appear in a mock.
+MIN_CATEGORY_ROWS = 10
+
 #: Integer columns with at most this many distinct values are treated as codes.
 CATEGORICAL_MAX_LEVELS = 12
 
@@ -120,8 +123,7 @@ def _mock_column(column: pd.Series, rows: int, rng: np.random.Generator) -> pd.S
         low, high = observed.min().value, observed.max().value
         values = pd.to_datetime(rng.integers(low, high + 1, size=rows))
     else:
-        categories = observed.astype(str).unique()
-        values = rng.choice(categories, size=rows)
+        values = rng.choice(_public_categories(column.name, observed), size=rows)
     series = pd.Series(values)
     if missing_rate > 0:
         series = series.where(rng.random(rows) >= missing_rate)
@@ -129,6 +131,20 @@ def _mock_column(column: pd.Series, rows: int, rng: np.random.Generator) -> pd.S
         return series.astype(column.dtype)
     except (TypeError, ValueError):
         return series
+
+
+def _public_categories(name: object, observed: pd.Series) -> np.ndarray:
+    """Category values a mock may show: only those shared by many rows.
+
+    A value held by few rows (a rare diagnosis, and every patient id, name or
+    date of birth) would identify people, so it never reaches the mock; a
+    column with no common value gets made-up placeholders instead.
+    """
+    counts = observed.astype(str).value_counts()
+    common = counts[counts >= MIN_CATEGORY_ROWS].index.to_numpy()
+    if len(common) == 0:
+        return np.array([f"{name}-{i:04d}" for i in range(1, 101)])
+    return common
 
 
 def _row_keys(frame: pd.DataFrame) -> pd.Series:

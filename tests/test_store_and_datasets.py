@@ -149,3 +149,15 @@ def test_add_dataset_formats_and_bad_inputs(tmp_path: Path) -> None:
     assert "m" not in DatasiteConfig.load(tmp_path / "site").datasets
     with pytest.raises(ConfigError, match="not a datasite directory"):
         DatasiteConfig.load(tmp_path)
+
+
+def test_mocks_never_carry_identifiers_or_rare_categories() -> None:
+    from tests.test_exfiltration import patients_table
+
+    private = patients_table(300)
+    private["diagnosis"] = ["common"] * 290 + [f"rare-{i}" for i in range(10)]
+    mock = schema_only_mock(private, rows=300, seed=2)
+    for column in ("patient_id", "name", "dob", "diagnosis"):
+        leaked = set(mock[column]) & set(private[column]) - {"common"}
+        assert not leaked, f"{column}: {sorted(leaked)[:3]}"
+    assert set(mock["diagnosis"]) == {"common"}
