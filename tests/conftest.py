@@ -13,7 +13,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -37,6 +37,17 @@ def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
+
+
+def wait_finished(get: Callable[[str], dict], request_id: int, timeout: float = 120) -> dict:
+    """Poll GET /api/requests/{id} (through ``get``) until the request has finished."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        view = get(f"/api/requests/{request_id}")
+        if view["status"] in {"completed", "error", "failed", "interrupted"}:
+            return view
+        time.sleep(0.2)
+    raise TimeoutError(f"request {request_id} did not finish")
 
 
 def heart_source(site: str, tmp: Path) -> tuple[Path, list[str] | None]:

@@ -13,7 +13,6 @@ import inspect
 import io
 import json
 import re
-import time
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -33,7 +32,7 @@ from websockets.sync.client import connect as ws_connect
 
 from remote_kernel.server.app import routes
 
-from .conftest import RunningDatasite
+from .conftest import RunningDatasite, wait_finished
 
 DOC_PATH = Path(__file__).resolve().parent.parent / "docs" / "openapi.yaml"
 DOC: dict[str, Any] = yaml.safe_load(DOC_PATH.read_text())
@@ -231,14 +230,8 @@ class World:
         assert response.status_code == status, response.text
         return response.json() if response.content else None
 
-    def wait_finished(self, request_id: int, timeout: float = 120) -> dict[str, Any]:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            view = self.ok("GET", f"/api/requests/{request_id}", "alice")
-            if view["status"] in FINISHED:
-                return view
-            time.sleep(0.2)
-        raise TimeoutError(f"request {request_id} did not finish")
+    def wait_finished(self, request_id: int) -> dict[str, Any]:
+        return wait_finished(lambda path: self.ok("GET", path, "alice"), request_id)
 
 
 def channel(world: World, session_id: str, caller: str) -> ClientConnection:

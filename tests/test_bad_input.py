@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import socket
-import time
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -30,7 +29,7 @@ from remote_kernel.config import DatasiteConfig
 from remote_kernel.server.app import body_limit
 from remote_kernel.store import Store
 
-from .conftest import RunningDatasite, make_datasite
+from .conftest import RunningDatasite, make_datasite, wait_finished
 
 CODE_LIMIT = 1000
 FINISHED = {"completed", "error", "failed", "interrupted"}
@@ -59,14 +58,8 @@ class Site:
             rows = {t: db.execute(text(f"SELECT * FROM {t} ORDER BY 1")).all() for t in TABLES}
         return self.store.counts(), rows
 
-    def wait_finished(self, request_id: int, timeout: float = 120) -> dict[str, Any]:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            view = self.ok("GET", f"/api/requests/{request_id}", "alice")
-            if view["status"] in FINISHED:
-                return view
-            time.sleep(0.2)
-        raise TimeoutError(f"request {request_id} did not finish")
+    def wait_finished(self, request_id: int) -> dict[str, Any]:
+        return wait_finished(lambda path: self.ok("GET", path, "alice"), request_id)
 
     def channel(self, session: str) -> ClientConnection:
         url = f"ws://127.0.0.1:{self.site.port}/api/sessions/{self.ids[session]}/channel"

@@ -90,7 +90,27 @@ class AuthMixin:
         return self.user
 
 
-class BaseHandler(AuthMixin, web.RequestHandler):
+class JsonErrorsMixin(web.RequestHandler):
+    """Every error is a JSON body; domain errors (not found, forbidden, bad input,
+    conflict) become 4xx with their message; only 5xx are logged as failures."""
+
+    def write_error(self, status_code: int, **kwargs: Any) -> None:
+        write_json_error(self, status_code, kwargs)
+
+    def log_exception(self, typ: Any, value: Any, tb: Any) -> None:
+        if isinstance(value, web.HTTPError) and value.status_code < 500:
+            return
+        super().log_exception(typ, value, tb)
+
+    def _handle_request_exception(self, e: BaseException) -> None:
+        mapped = map_domain_error(e)
+        if mapped is None:
+            super()._handle_request_exception(e)
+        elif not self._finished:
+            self.send_error(mapped.status_code, exc_info=(type(mapped), mapped, None))
+
+
+class BaseHandler(AuthMixin, JsonErrorsMixin):
     def initialize(self, datasite: Datasite) -> None:
         self.datasite = datasite
 
@@ -114,22 +134,6 @@ class BaseHandler(AuthMixin, web.RequestHandler):
         if not isinstance(body, dict):
             raise ApiError(400, "request body must be a JSON object")
         return body
-
-    def write_error(self, status_code: int, **kwargs: Any) -> None:
-        write_json_error(self, status_code, kwargs)
-
-    def log_exception(self, typ: Any, value: Any, tb: Any) -> None:
-        if isinstance(value, web.HTTPError) and value.status_code < 500:
-            return
-        super().log_exception(typ, value, tb)
-
-    def _handle_request_exception(self, e: BaseException) -> None:
-        """Domain errors (not found, forbidden, bad input, conflict) become JSON 4xx."""
-        mapped = map_domain_error(e)
-        if mapped is None:
-            super()._handle_request_exception(e)
-        elif not self._finished:
-            self.send_error(mapped.status_code, exc_info=(type(mapped), mapped, None))
 
 
 def load_json(raw: str | bytes, what: str) -> Any:

@@ -16,13 +16,13 @@ import secrets
 import shutil
 import tempfile
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from tornado import web
 from tornado.httpserver import HTTPServer
 from tornado.netutil import bind_unix_socket
 
-from .handlers import ApiError, load_json, map_domain_error, write_json_error
+from .handlers import ApiError, JsonErrorsMixin, load_json
 
 if TYPE_CHECKING:
     from ..datasite import Datasite
@@ -71,7 +71,7 @@ class KernelApi:
         return session_id
 
 
-class QueryHandler(web.RequestHandler):
+class QueryHandler(JsonErrorsMixin):
     def initialize(self, api: KernelApi) -> None:
         self.api = api
 
@@ -90,13 +90,3 @@ class QueryHandler(web.RequestHandler):
         result = await self.api.datasite.run_query(session_id, sql)
         self.set_header("Content-Type", "application/json")
         self.finish(json.dumps(result))
-
-    def write_error(self, status_code: int, **kwargs: Any) -> None:
-        write_json_error(self, status_code, kwargs)
-
-    def _handle_request_exception(self, e: BaseException) -> None:
-        mapped = map_domain_error(e)
-        if mapped is None:
-            super()._handle_request_exception(e)
-        elif not self._finished:
-            self.send_error(mapped.status_code, exc_info=(type(mapped), mapped, None))
