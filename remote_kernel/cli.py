@@ -12,6 +12,7 @@ import asyncio
 import json
 import os
 import sys
+from pathlib import Path
 from typing import Any
 
 from .config import ConfigError, DatasiteConfig
@@ -119,6 +120,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("output_id", type=int)
     reviewer_args(p)
     p.add_argument("--json", action="store_true")
+    p.add_argument(
+        "--save-images",
+        metavar="DIR",
+        help="write the output's images (plots) to DIR to look at them",
+    )
     p.set_defaults(func=cmd_review_show)
 
     p = review_cmds.add_parser("approve", help="release an output to its researcher")
@@ -326,6 +332,33 @@ def cmd_review_show(args: argparse.Namespace) -> None:
         print(f"[{finding['verdict']}] {finding['check']}: {finding['message']}{where}")
     print("\n--- content ---")
     print(render_text(output["msg_type"], output.get("content") or {}))
+    if args.save_images:
+        for path in save_images(output, Path(args.save_images)):
+            print(f"image written to {path}")
+
+
+IMAGE_SUFFIXES = {
+    "image/png": ".png",
+    "image/jpeg": ".jpg",
+    "image/gif": ".gif",
+    "image/svg+xml": ".svg",
+}
+
+
+def save_images(output: dict[str, Any], directory: Path) -> list[Path]:
+    """Write an output's images to files so a reviewer can look at them."""
+    import base64
+
+    data = (output.get("content") or {}).get("data") or {}
+    written = []
+    for mime, suffix in IMAGE_SUFFIXES.items():
+        if mime in data:
+            directory.mkdir(parents=True, exist_ok=True)
+            path = directory / f"output-{output['id']}{suffix}"
+            value = str(data[mime])
+            path.write_bytes(value.encode() if mime == "image/svg+xml" else base64.b64decode(value))
+            written.append(path)
+    return written
 
 
 def render_text(msg_type: str, content: dict[str, Any]) -> str:

@@ -269,3 +269,23 @@ def test_trusted_kernel_evidence_releases_an_acro_pass(tmp_path: Path) -> None:
             client.close()
     finally:
         running.stop()
+
+
+def test_reviewers_see_images_through_the_cli(
+    site: RunningDatasite, alice: Datasite, tmp_path: Path
+) -> None:
+    import subprocess
+    import sys
+
+    png_cell = dict((name, code) for name, code, _ in ATTACKS)["scatter of raw points as an image"]
+    request = run(alice, png_cell)
+    (output,) = request.outputs
+    assert output.state == "pending" and "image" in output.summary
+    shown = subprocess.run(
+        [sys.executable, "-m", "remote_kernel.cli", "review", "show", str(output.id),
+         "--url", site.url, "--token", site.tokens["bob"], "--save-images", str(tmp_path)],
+        capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert shown.returncode == 0, shown.stderr
+    image = tmp_path / f"output-{output.id}.png"
+    assert image.read_bytes().startswith(b"\x89PNG") and str(image) in shown.stdout
