@@ -15,7 +15,11 @@ import pandas as pd
 from .client import RemoteKernelError, UnknownDataset, sites
 from .config import NAME_PATTERN
 
+# The environment a datasite gives its kernels (set in datasite.py, read here and in query.py).
 DATASETS_ENV = "REMOTE_KERNEL_DATASETS"
+SITE_ENV = "REMOTE_KERNEL_SITE"
+API_SOCKET_ENV = "REMOTE_KERNEL_API_SOCKET"
+API_TOKEN_ENV = "REMOTE_KERNEL_API_TOKEN"  # noqa: S105 (the variable's name, not a token)
 
 
 def at_datasite() -> bool:

@@ -29,6 +29,7 @@ import pandas as pd
 
 from . import sqltier
 from .config import DatasiteConfig
+from .data import DATASETS_ENV, SITE_ENV
 from .datasets import load_private_tables
 from .errors import InputError, PermissionDenied
 from .filter import QUERY_MIME, CheckContext, OutputFilter
@@ -273,8 +274,8 @@ class Datasite:
             cwd = self.config.scratch_dir / runtime.session_id
             cwd.mkdir(parents=True, exist_ok=True)
             env = {
-                "REMOTE_KERNEL_SITE": self.config.name,
-                "REMOTE_KERNEL_DATASETS": str(self.config.datasets_dir),
+                SITE_ENV: self.config.name,
+                DATASETS_ENV: str(self.config.datasets_dir),
                 **self.kernel_api.kernel_env(runtime.session_id),
             }
             runtime.kernel = await self.kernels.start(runtime.session_id, cwd, env)

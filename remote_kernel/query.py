@@ -21,8 +21,7 @@ import httpx
 import pandas as pd
 
 from .client import RemoteKernelError, sites
-from .data import at_datasite
-from .server.kernel_api import SOCKET_ENV, TOKEN_ENV
+from .data import API_SOCKET_ENV, API_TOKEN_ENV, at_datasite
 from .sqltier import QueryRejected, crosstab_sql, run_query
 
 
@@ -63,12 +62,12 @@ def crosstab(
 
 
 def _ask_datasite(sql: str) -> pd.DataFrame:
-    transport = httpx.HTTPTransport(uds=os.environ[SOCKET_ENV])
+    transport = httpx.HTTPTransport(uds=os.environ[API_SOCKET_ENV])
     with httpx.Client(transport=transport, base_url="http://datasite", timeout=600) as http:
         response = http.post(
             "/kernel/query",
             json={"sql": sql},
-            headers={"Authorization": f"Bearer {os.environ[TOKEN_ENV]}"},
+            headers={"Authorization": f"Bearer {os.environ[API_TOKEN_ENV]}"},
         )
     body: dict[str, Any] = response.json()
     if response.status_code != 200:

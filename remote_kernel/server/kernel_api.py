@@ -22,13 +22,11 @@ from tornado import web
 from tornado.httpserver import HTTPServer
 from tornado.netutil import bind_unix_socket
 
+from ..data import API_SOCKET_ENV, API_TOKEN_ENV
 from .handlers import ApiError, JsonErrorsMixin, load_json
 
 if TYPE_CHECKING:
     from ..datasite import Datasite
-
-SOCKET_ENV = "REMOTE_KERNEL_API_SOCKET"
-TOKEN_ENV = "REMOTE_KERNEL_API_TOKEN"  # noqa: S105 (the variable's name, not a token)
 
 
 class KernelApi:
@@ -57,7 +55,7 @@ class KernelApi:
         self.revoke(session_id)
         token = secrets.token_urlsafe(32)
         self._tokens[token] = session_id
-        return {SOCKET_ENV: str(self.socket_path), TOKEN_ENV: token}
+        return {API_SOCKET_ENV: str(self.socket_path), API_TOKEN_ENV: token}
 
     def revoke(self, session_id: str) -> None:
         for token, owner in list(self._tokens.items()):
