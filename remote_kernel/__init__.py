@@ -18,6 +18,7 @@ from .client import (
     AuthenticationError,
     Datasite,
     DatasiteUnreachable,
+    NoValue,
     RemoteKernelError,
     RemoteOutput,
     RemoteRequest,
@@ -28,15 +29,20 @@ from .client import (
     sites,
 )
 from .data import at_datasite, data
+from .fanout import RemoteResult, last, run_everywhere
 from .query import crosstab, query
+from .values import PickledValue
 
 __all__ = [
     "AuthenticationError",
     "Datasite",
     "DatasiteUnreachable",
+    "NoValue",
+    "PickledValue",
     "RemoteKernelError",
     "RemoteOutput",
     "RemoteRequest",
+    "RemoteResult",
     "RequestRejected",
     "UnknownDataset",
     "__version__",
@@ -46,10 +52,23 @@ __all__ = [
     "crosstab",
     "data",
     "disconnect",
+    "last",
     "load_ipython_extension",
     "query",
+    "requests",
+    "run_everywhere",
     "sites",
 ]
+
+
+def requests(*args: Any, **kwargs: Any) -> Any:
+    """Past requests at every connected site, with released outputs shown again.
+
+    See :func:`remote_kernel.magics.requests` (imported lazily: it needs IPython).
+    """
+    from .magics import requests as show_requests
+
+    return show_requests(*args, **kwargs)
 
 
 def load_ipython_extension(ipython: Any) -> None:

@@ -15,6 +15,7 @@ released outputs arrive without polling.
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import hashlib
 import io
@@ -35,6 +36,8 @@ from websockets.sync.client import ClientConnection
 from websockets.sync.client import connect as ws_connect
 
 FINISHED = {"completed", "error", "failed", "interrupted"}
+#: Tables the datasite computed itself (sound tier); mirrors filter.QUERY_MIME.
+QUERY_MIME = "application/vnd.remote-kernel.query+json"
 STATUS_ORDER = {"queued": 0, "running": 1, **dict.fromkeys(FINISHED, 2)}
 DECIDED = {"released", "denied", "blocked"}
 
@@ -54,6 +57,10 @@ class DatasiteUnreachable(RemoteKernelError):
 class UnknownDataset(RemoteKernelError, KeyError):
     def __str__(self) -> str:  # KeyError would repr() the message
         return str(self.args[0]) if self.args else ""
+
+
+class NoValue(RemoteKernelError, LookupError):
+    """A cell's value is not (yet) released; the message says why."""
 
 
 class RequestRejected(RemoteKernelError):
@@ -102,6 +109,11 @@ class RemoteOutput:
         return self.state == "released"
 
     @property
+    def data(self) -> dict[str, Any]:
+        """The released mime bundle ({} for streams, errors and unreleased outputs)."""
+        return dict((self.content or {}).get("data") or {})
+
+    @property
     def text(self) -> str:
         """The released content as plain text ('' until released)."""
         if self.content is None:
@@ -122,6 +134,8 @@ class RemoteRequest:
     code: str = ""
     status: str = "queued"
     message: str = ""
+    #: The live channel to the datasite dropped before this request finished.
+    connection_lost: bool = False
     _outputs: dict[int, RemoteOutput] = field(default_factory=dict)
     _changed: threading.Condition = field(default_factory=threading.Condition)
     _listeners: list[Callable[[RemoteRequest, RemoteOutput | None], None]] = field(
@@ -142,6 +156,41 @@ class RemoteRequest:
     def decided(self) -> bool:
         """Finished running and every output released, denied or blocked."""
         return self.finished and all(o.state in DECIDED for o in self.outputs)
+
+    def value(self) -> Any:
+        """The cell's last value as a Python object, once released.
+
+        The value of the last expression (a DataFrame comes back as a DataFrame,
+        a fitted model as a :class:`~remote_kernel.values.PickledValue`); for a cell
+        whose last value is a datasite table (``rk.query``), that released table.
+        Raises :class:`NoValue` saying what stands in the way.
+        """
+        from .values import VALUE_MIME, decode_value
+
+        outputs = self.outputs
+        results = [o for o in outputs if o.msg_type == "execute_result"]
+        queries = [o for o in outputs if o.released and QUERY_MIME in o.data]
+        if results:
+            last = results[-1]
+            if last.released and VALUE_MIME in last.data:
+                return decode_value(last.data[VALUE_MIME], self.site)
+            if last.released:
+                raise NoValue(f"the value at {self.site} was released only as text")
+            if last.state == "denied":
+                raise NoValue(
+                    f"the value at {self.site} was denied by {last.decided_by}: {last.comment}"
+                )
+            if last.state == "blocked":
+                raise NoValue(f"the value at {self.site} was blocked: {last.summary}")
+            raise NoValue(f"the value at {self.site} is pending review ({last.summary})")
+        if queries:
+            table = queries[-1].data[QUERY_MIME]
+            return pd.DataFrame(table["data"], columns=table["columns"])
+        if not self.finished:
+            raise NoValue(f"the cell is still {self.status} at {self.site}")
+        if self.status != "completed":
+            raise NoValue(f"the cell {self.status} at {self.site}: {self.message}")
+        raise NoValue(f"the cell at {self.site} has no value (its last line is not an expression)")
 
     def on_update(self, listener: Callable[[RemoteRequest, RemoteOutput | None], None]) -> None:
         """Call ``listener(request, output_or_None)`` on every later change (reader thread)."""
@@ -183,6 +232,7 @@ class RemoteRequest:
             # a request never moves back from finished, or from running to queued.
             if STATUS_ORDER.get(view["status"], 0) >= STATUS_ORDER.get(self.status, 0):
                 self.status = view["status"]
+            self.connection_lost = False
             self.message = view.get("message") or ""
             self.code = view.get("code", self.code)
             for output_view in view.get("outputs") or []:
@@ -196,6 +246,14 @@ class RemoteRequest:
             self._outputs[output.id] = output
             self._changed.notify_all()
         self._notify(output)
+
+    def _lose_connection(self) -> None:
+        with self._changed:
+            if self.finished:
+                return
+            self.connection_lost = True
+            self._changed.notify_all()
+        self._notify(None)
 
     def _notify(self, output: RemoteOutput | None) -> None:
         for listener in list(self._listeners):
@@ -220,6 +278,7 @@ class Datasite:
         name: str | None = None,
         cache_dir: Path | None = None,
         timeout: float = 30.0,
+        known_identity: tuple[str, str] | None = None,
     ) -> None:
         self.url = url.rstrip("/")
         self._token = token
@@ -228,11 +287,17 @@ class Datasite:
             timeout=timeout,
             headers={"Authorization": f"Bearer {token}"},
         )
-        me = self._call("GET", "/api/me")
-        self.user: str = me["name"]
-        self.role: str = me["role"]
-        self.name: str = name or me["datasite"]
-        self.remote_name: str = me["datasite"]
+        self.user: str
+        self.role: str
+        if name and known_identity:
+            # A saved connection: who we are is known, the site is contacted only when used.
+            self.user, self.role = known_identity
+            self.name = self.remote_name = name
+        else:
+            me = self._call("GET", "/api/me")
+            self.user, self.role = me["name"], me["role"]
+            self.name = name or me["datasite"]
+            self.remote_name = me["datasite"]
         self.cache_dir = (cache_dir or default_cache_dir()) / _cache_key(self.url, self.name)
         self._session_id: str | None = None
         self._requests: dict[int, RemoteRequest] = {}
@@ -351,6 +416,10 @@ class Datasite:
                 self._dispatch(json.loads(raw))
         except (ConnectionClosed, OSError, ValueError):
             pass
+        if ws is self._ws:
+            # Not a close we asked for: whatever was still running may never report back.
+            for request in list(self._requests.values()):
+                request._lose_connection()
 
     def _dispatch(self, event: dict[str, Any]) -> None:
         kind = event.get("type")
@@ -373,14 +442,24 @@ class Datasite:
                 self._requests[request_id] = request
             return request
 
-    def run(self, code: str, timeout: float = 60.0) -> RemoteRequest:
-        """Submit ``code`` to this researcher's kernel at the datasite; returns at once."""
+    def run(
+        self, code: str, timeout: float = 60.0, push: dict[str, Any] | None = None
+    ) -> RemoteRequest:
+        """Submit ``code`` to this researcher's kernel at the datasite; returns at once.
+
+        ``push``: local objects to define in the remote kernel before the cell runs
+        (sent as cloudpickle bytes, shown to reviewers, loaded only by that kernel).
+        """
+        message: dict[str, Any] = {"type": "execute", "code": code}
+        if push:
+            message["push"] = encode_pushes(push)
         ws = self._channel()
         ref = uuid.uuid4().hex
+        message["ref"] = ref
         done, box = threading.Event(), []
         self._waiters[ref] = (done, box)
         try:
-            ws.send(json.dumps({"type": "execute", "code": code, "ref": ref}))
+            ws.send(json.dumps(message))
             if not done.wait(timeout):
                 raise DatasiteUnreachable(f"{self.url} did not acknowledge the request in time")
         finally:
@@ -391,6 +470,10 @@ class Datasite:
                 f"{self.name} refused the cell: {reply['message']}", int(reply.get("status", 400))
             )
         return self._handle(reply["request"]["id"])  # the reader thread applied the view
+
+    def follow(self) -> None:
+        """Open the live channel so that decisions on earlier requests arrive here too."""
+        self._channel()
 
     def request_json(self, request_id: int) -> dict[str, Any]:
         """A request as the datasite shows it to this token (code, status, outputs)."""
@@ -442,10 +525,10 @@ class Datasite:
             self._call("POST", f"/api/sessions/{self._session_id}/restart")
 
     def _close_channel(self) -> None:
-        if self._ws is not None:
+        ws, self._ws = self._ws, None  # first, so the reader knows the close was ours
+        if ws is not None:
             with contextlib.suppress(Exception):
-                self._ws.close()
-        self._ws = None
+                ws.close()
 
     def close(self, end_session: bool = False) -> None:
         """Close the channel (and, if asked, the session and its kernel at the datasite)."""
@@ -456,6 +539,24 @@ class Datasite:
                     self._call("DELETE", f"/api/sessions/{self._session_id}")
                 self._session_id = None
         self.http.close()
+
+
+def encode_pushes(objects: dict[str, Any]) -> list[dict[str, str]]:
+    """Local objects as push entries (cloudpickle, base64), with a clear error per object."""
+    from .values import pickle_for_push, type_name
+
+    entries = []
+    for name, obj in objects.items():
+        if not name.isidentifier():
+            raise RemoteKernelError(f"cannot push {name!r}: not a Python variable name")
+        try:
+            data = pickle_for_push(obj)
+        except Exception as exc:
+            raise RemoteKernelError(f"cannot push {name!r}: it does not pickle ({exc})") from None
+        entries.append(
+            {"name": name, "type": type_name(obj), "data": base64.b64encode(data).decode()}
+        )
+    return entries
 
 
 def _error_message(response: httpx.Response) -> str:
@@ -473,22 +574,50 @@ def _cache_key(url: str, name: str) -> str:
 _sites: dict[str, Datasite] = {}
 
 
-def connect(url: str, token: str, name: str | None = None) -> Datasite:
-    """Connect to a datasite (checks the token) and remember it under ``name``."""
+def connect(url: str, token: str, name: str | None = None, save: bool = False) -> Datasite:
+    """Connect to a datasite (checks the token) and remember it under ``name``.
+
+    ``save=True`` also keeps the connection in the researcher's 0600 connections
+    file, so that every later kernel (and the JupyterLab panels) finds it without
+    the token appearing in a notebook.
+    """
     site = Datasite(url, token, name)
     old = _sites.get(site.name)
     if old is not None:
         old.close()
     _sites[site.name] = site
+    if save:
+        from .connections import Connection, save_connection
+
+        save_connection(Connection(site.name, site.url, token, site.user, site.role))
     return site
 
 
 def sites() -> dict[str, Datasite]:
-    """The datasites connected in this Python process, by name."""
+    """The datasites this Python process can use, by name.
+
+    Those connected with :func:`connect`, and every saved researcher connection
+    (``remote-kernel connect`` or the Datasites panel), contacted only when used.
+    """
+    from .connections import load_connections
+
+    try:
+        saved = load_connections()
+    except ValueError:
+        saved = {}
+    for name, connection in saved.items():
+        if name not in _sites and connection.role in ("", "researcher"):
+            _sites[name] = Datasite(
+                connection.url,
+                connection.token,
+                name,
+                known_identity=(connection.user, connection.role or "researcher"),
+            )
     return dict(_sites)
 
 
 def disconnect(name: str) -> None:
+    """Close this process's connection (a saved one: ``remote-kernel disconnect NAME``)."""
     site = _sites.pop(name, None)
     if site is not None:
         site.close()

@@ -43,6 +43,8 @@ def check_name(kind: str, name: str) -> str:
 class Limits:
     max_code_bytes: int = 1024 * 1024
     max_request_body_bytes: int = 2 * 1024 * 1024
+    #: Total size of the objects one request may push (cloudpickle bytes).
+    max_push_bytes: int = 16 * 1024 * 1024
 
 
 @dataclass

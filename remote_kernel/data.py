@@ -22,6 +22,11 @@ API_SOCKET_ENV = "REMOTE_KERNEL_API_SOCKET"
 API_TOKEN_ENV = "REMOTE_KERNEL_API_TOKEN"  # noqa: S105 (the variable's name, not a token)
 
 
+#: The columns of the mock each dataset name last returned here, so that a fan-out
+#: can warn when a site's table differs from what the cell was tried on.
+mock_schemas: dict[str, list[dict[str, str]]] = {}
+
+
 def at_datasite() -> bool:
     """True inside a researcher kernel started by a datasite."""
     return bool(os.environ.get(DATASETS_ENV))
@@ -46,6 +51,12 @@ def _private(name: str) -> pd.DataFrame:
 
 
 def _mock(name: str, site: str | None) -> pd.DataFrame:
+    frame = _find_mock(name, site)
+    mock_schemas[name] = [{"name": str(c), "dtype": str(t)} for c, t in frame.dtypes.items()]
+    return frame
+
+
+def _find_mock(name: str, site: str | None) -> pd.DataFrame:
     connected = sites()
     if not connected:
         raise RemoteKernelError(

@@ -10,9 +10,12 @@ store the verdict, then tell the researcher only what the verdict allows.
 from __future__ import annotations
 
 import asyncio
+import base64
+import binascii
 import builtins
 import contextlib
 import json
+import keyword
 import logging
 import os
 import re
@@ -37,7 +40,7 @@ from .kernels import KernelDied, KernelHandle, KernelProvider
 from .models import Finding, OutputItem, RequestStatus, Role
 from .policy import Policy
 from .server.kernel_api import KernelApi
-from .store import KernelSession, NotFound, Output, Request, Store, User
+from .store import KernelSession, NewPush, NotFound, Output, Request, Store, User
 from .views import output_view, request_view
 
 log = logging.getLogger("remote_kernel.datasite")
@@ -229,7 +232,7 @@ class Datasite:
             self.store.audit(user.name, "session.restart", f"session:{session_id}")
 
     # --- requests ------------------------------------------------------------------------
-    def submit(self, user: User, session_id: str, code: Any) -> Request:
+    def submit(self, user: User, session_id: str, code: Any, push: Any = None) -> Request:
         """Validate, store and queue a cell. Nothing is stored if validation fails."""
         if user.role_enum is not Role.RESEARCHER:
             raise PermissionDenied("only researchers run code at a datasite")
@@ -239,10 +242,11 @@ class Datasite:
         limit = self.config.limits.max_code_bytes
         if size > limit:
             raise InputError(f"code is {size} bytes, over this datasite's limit of {limit} bytes")
+        pushes = parse_pushes(push, self.config.limits.max_push_bytes)
         session = self.own_session(user, session_id)
         if session.closed_at is not None:
             raise InputError(f"session {session_id} is closed; create a new one")
-        request = self.store.create_request(session_id, user, code)
+        request = self.store.create_request(session_id, user, code, pushes)
         runtime = self.runtimes.setdefault(session_id, SessionRuntime(session_id))
         runtime.queue.put_nowait(request.id)
         if runtime.worker is None or runtime.worker.done():
@@ -295,6 +299,8 @@ class Datasite:
             self._on_output(request, item)
 
         try:
+            if not await self._hand_over_pushes(runtime, request, kernel, on_output):
+                return
             result = await kernel.execute(request.code, on_output)
         except KernelDied as exc:
             await self._shutdown_kernel(runtime)
@@ -310,6 +316,55 @@ class Datasite:
             errors = [o for o in self.store.outputs_of(request_id) if o.msg_type == "error"]
             content = errors[-1].item.content if errors else {}
             self._finish(request_id, RequestStatus.ERROR, error_summary(content, request.code))
+
+    async def _hand_over_pushes(
+        self,
+        runtime: SessionRuntime,
+        request: Request,
+        kernel: KernelHandle,
+        on_output: Callable[[OutputItem], Any],
+    ) -> bool:
+        """Give the request's pushed objects to its kernel; False if the kernel refused them.
+
+        The server writes the stored bytes to the kernel's scratch directory and
+        asks the kernel to load them: unpickling happens only in the researcher's
+        kernel (invariant 3). What the loading prints is an output like any other.
+        """
+        pushes = self.store.pushes_of(request.id)
+        if not pushes:
+            return True
+        folder = self.config.scratch_dir / runtime.session_id / f".rk-push-{request.id}"
+        folder.mkdir(parents=True, exist_ok=True, mode=0o700)
+        paths = {}
+        try:
+            for push in pushes:
+                path = folder / f"{push.name}.pkl"
+                path.write_bytes(push.data)
+                paths[push.name] = str(path)
+            snippet = (
+                "import remote_kernel.values as _rk_values\n"
+                f"_rk_values.receive_pushes({json.dumps(paths)}, get_ipython().user_ns)\n"
+                "del _rk_values\n"
+            )
+            result = await kernel.execute(snippet, on_output)
+        finally:
+            for path_text in paths.values():
+                Path(path_text).unlink(missing_ok=True)
+            with contextlib.suppress(OSError):
+                folder.rmdir()
+        if result.status == "ok":
+            return True
+        errors = [o for o in self.store.outputs_of(request.id) if o.msg_type == "error"]
+        content = errors[-1].item.content if errors else {}
+        names = ", ".join(p.name for p in pushes)
+        summary = error_summary(content, "")
+        self._finish(
+            request.id,
+            RequestStatus.ERROR,
+            f"the datasite kernel could not load the pushed objects ({names}): {summary}; "
+            "the cell did not run",
+        )
+        return False
 
     def _finish(self, request_id: int, status: RequestStatus, message: str = "") -> None:
         with contextlib.suppress(NotFound):
@@ -404,6 +459,43 @@ class Datasite:
         if user.role_enum is Role.RESEARCHER:
             raise PermissionDenied("only reviewers and admins see the review queue")
         return self.store.pending_outputs()
+
+
+MAX_PUSHES = 32
+
+
+def parse_pushes(raw: Any, limit: int) -> tuple[NewPush, ...]:
+    """Validate pushed objects: ``[{"name": "model", "type": "...", "data": base64}]``.
+
+    Only names, sizes and base64 are checked: the bytes are opaque to the server.
+    """
+    if raw is None:
+        return ()
+    if not isinstance(raw, list) or len(raw) > MAX_PUSHES:
+        raise InputError(f"'push' must be a list of at most {MAX_PUSHES} objects")
+    pushes: list[NewPush] = []
+    total = 0
+    for entry in raw:
+        if not isinstance(entry, dict):
+            raise InputError("each push must be an object with 'name' and 'data'")
+        name, data, type_name = entry.get("name"), entry.get("data"), entry.get("type", "")
+        if not isinstance(name, str) or not name.isidentifier() or keyword.iskeyword(name):
+            raise InputError(f"push name {name!r} is not a Python variable name")
+        if any(p.name == name for p in pushes):
+            raise InputError(f"push name {name!r} appears twice")
+        if not isinstance(type_name, str) or len(type_name) > 256:
+            raise InputError("a push's 'type' must be a string of at most 256 characters")
+        if not isinstance(data, str):
+            raise InputError(f"push {name!r}: 'data' must be base64 text")
+        try:
+            decoded = base64.b64decode(data, validate=True)
+        except (ValueError, binascii.Error):
+            raise InputError(f"push {name!r}: 'data' is not valid base64") from None
+        total += len(decoded)
+        if total > limit:
+            raise InputError(f"pushed objects are over this datasite's limit of {limit} bytes")
+        pushes.append(NewPush(name, type_name, decoded))
+    return tuple(pushes)
 
 
 def query_output_item(sql: str, table: pd.DataFrame) -> OutputItem:

@@ -116,3 +116,58 @@ def _released(site: str, output: RemoteOutput) -> Bundle:
     data["text/plain"] = f"[{label}]\n{plain}"
     data["text/html"] = header + body
     return data
+
+
+# --- fan-out status: one row per site -----------------------------------------------------------
+STATE_COLORS = {
+    "queued": "#757575",
+    "running": "#1565c0",
+    "pending review": "#f9a825",
+    "released": "#2e7d32",
+    "denied": "#c62828",
+    "blocked": "#6a1b9a",
+    "failed": "#c62828",
+    "interrupted": "#c62828",
+    "not sent": "#c62828",
+    "error": "#ef6c00",
+}
+
+
+def _site_rows(result: Any, elapsed: dict[str, float]) -> list[tuple[str, str, str, str]]:
+    rows = []
+    for row in result.status():
+        detail = row["message"] or ""
+        if row["warnings"]:
+            detail = "; ".join([detail, *row["warnings"]]).strip("; ")
+        seconds = elapsed.get(row["site"])
+        when = f"{seconds:.1f} s" if seconds is not None else ""
+        request = f"request {row['request']}" if row["request"] is not None else ""
+        rows.append((row["site"], row["state"], f"{request} {when}".strip(), detail))
+    return rows
+
+
+def fanout_table_html(result: Any, elapsed: float | dict[str, float]) -> str:
+    """An HTML table with one row per site: state (coloured), request, time, problems."""
+    if not isinstance(elapsed, dict):
+        elapsed = dict.fromkeys(result.runs, elapsed)
+    cells = []
+    for site, state, when, detail in _site_rows(result, elapsed):
+        color = STATE_COLORS.get(state.split(" (")[0], "#1565c0")
+        cells.append(
+            f'<tr><td style="padding:1px 8px;font-weight:600">{html.escape(site)}</td>'
+            f'<td style="padding:1px 8px;color:{color}">● {html.escape(state)}</td>'
+            f'<td style="padding:1px 8px;color:#555">{html.escape(when)}</td>'
+            f'<td style="padding:1px 8px;color:#555">{html.escape(detail)}</td></tr>'
+        )
+    return (
+        '<table class="rk-fanout" style="border-collapse:collapse;font-size:12px;'
+        'font-family:var(--jp-ui-font-family,sans-serif)">' + "".join(cells) + "</table>"
+    )
+
+
+def fanout_bundle(result: Any, elapsed: dict[str, float]) -> Bundle:
+    """The fan-out status as text and HTML (what shows where widgets do not render)."""
+    lines = []
+    for site, state, when, detail in _site_rows(result, elapsed):
+        lines.append(" · ".join(part for part in (site, state, when, detail) if part))
+    return {"text/plain": "\n".join(lines), "text/html": fanout_table_html(result, elapsed)}

@@ -20,12 +20,14 @@ Two origins of items reach the filter:
 
 from __future__ import annotations
 
+import base64
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from .models import OUTPUT_MSG_TYPES, FilterDecision, Finding, OutputItem, Verdict
 from .policy import Policy, Thresholds
+from .values import VALUE_MIME, ValueDecodeError, describe, read_table
 
 #: Mime types whose full content the leak scan reads.
 TEXT_MIME_TYPES = frozenset(
@@ -55,6 +57,7 @@ class OutputFilter(Protocol):
 
 class LeakScanner(Protocol):
     def scan_item(self, item: OutputItem) -> list[Finding]: ...
+    def scan_text(self, text: str, where: str = ..., markup: bool = ...) -> list[Finding]: ...
 
 
 def decision(findings: Sequence[Finding]) -> FilterDecision:
@@ -110,6 +113,7 @@ class RuleBasedFilter:
             return decision(findings)  # do not scan what is never going out anyway
         if self.scanner is not None:
             findings += self.scanner.scan_item(item)
+        findings += value_findings(item, self.scanner)
         if context.origin == "query":
             findings += list(context.query_findings)
             if not context.query_findings:
@@ -132,11 +136,48 @@ def mime_findings(item: OutputItem) -> list[Finding]:
                 Finding("image", Verdict.REVIEW,
                         f"images are always reviewed by a person ({mime})", location=mime)
             )  # fmt: skip
-        elif mime not in TEXT_MIME_TYPES and mime != QUERY_MIME:
+        elif mime not in TEXT_MIME_TYPES and mime not in (QUERY_MIME, VALUE_MIME):
             findings.append(
                 Finding("uncheckable", Verdict.REVIEW,
                         f"the filter cannot read {mime}; a person must", location=mime)
             )  # fmt: skip
+    return findings
+
+
+def value_findings(item: OutputItem, scanner: LeakScanner | None) -> list[Finding]:
+    """A cell's last value travels as an object: check what the researcher would receive.
+
+    Tables are decoded (Arrow or JSON, never by running anything) and scanned like
+    printed tables; a value that does not decode is blocked, since nobody could
+    say what it carries. Pickles are never opened here (invariant 3): the filter
+    scans their raw bytes for identifier values and always hands them to a person.
+    """
+    data: dict[str, Any] = item.content.get("data") or {}
+    if VALUE_MIME not in data:
+        return []
+    payload = data[VALUE_MIME]
+    kind = payload.get("kind") if isinstance(payload, dict) else None
+    findings: list[Finding] = []
+    try:
+        if kind in ("dataframe", "series", "ndarray"):
+            text = read_table(payload).to_string()
+            if scanner is not None:
+                findings += scanner.scan_text(text, where="value")
+        elif kind == "pickle":
+            raw = base64.b64decode(str(payload.get("pickle", "")), validate=True)
+            if scanner is not None:
+                findings += scanner.scan_text(raw.decode("latin-1"), where="pickled value")
+            findings.append(Finding("pickled-value", Verdict.REVIEW, describe(payload),
+                                    location=VALUE_MIME))  # fmt: skip
+            return findings
+        elif kind != "json":
+            raise ValueDecodeError(f"unknown value kind {kind!r}")
+    except (ValueDecodeError, ValueError, TypeError) as exc:
+        return [Finding("value-undecodable", Verdict.BLOCK,
+                        f"the attached value cannot be decoded, so nobody can check it: {exc}",
+                        location=VALUE_MIME)]  # fmt: skip
+    # Informational: the value is judged with the rest of the output, not on its own.
+    findings.append(Finding("value", Verdict.RELEASE, describe(payload), location=VALUE_MIME))
     return findings
 
 
@@ -179,7 +220,10 @@ class InsecureReleaseAllFilter:
     name = "insecure-release-all"
 
     def check(self, item: OutputItem, context: CheckContext | None = None) -> FilterDecision:
-        return decision([Finding("insecure-release-all", Verdict.RELEASE, "benchmark-only policy")])
+        findings = [Finding("insecure-release-all", Verdict.RELEASE, "benchmark-only policy")]
+        # Even here, pickles go to a person: they are code as much as data.
+        findings += [f for f in value_findings(item, None) if f.check == "pickled-value"]
+        return decision(findings)
 
 
 class InsecureFilterRefused(RuntimeError):

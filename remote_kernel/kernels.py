@@ -24,8 +24,13 @@ from jupyter_client.manager import AsyncKernelManager
 
 from .models import OUTPUT_MSG_TYPES, OutputItem
 
-#: Run silently in every new kernel: ``rk`` is there, as in the researcher's notebook.
-KERNEL_SETUP_CODE = "import remote_kernel as rk\nimport remote_kernel\n"
+#: Run silently in every new kernel: ``rk`` is there, as in the researcher's notebook,
+#: and each cell's last value travels with its output (see values.attach_values).
+KERNEL_SETUP_CODE = (
+    "import remote_kernel as rk\nimport remote_kernel\n"
+    "import remote_kernel.values as _rk_values\n"
+    "_rk_values.attach_values(get_ipython())\ndel _rk_values\n"
+)
 
 #: The only server environment variables a researcher kernel inherits.
 INHERITED_ENV = frozenset(

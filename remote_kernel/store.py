@@ -16,6 +16,7 @@ import json
 import secrets
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any
 
@@ -23,6 +24,7 @@ from sqlalchemy import (
     JSON,
     ForeignKey,
     Integer,
+    LargeBinary,
     String,
     Text,
     create_engine,
@@ -98,6 +100,28 @@ class Request(Base):
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     started_at: Mapped[datetime | None] = mapped_column(default=None)
     finished_at: Mapped[datetime | None] = mapped_column(default=None)
+
+
+class Push(Base):
+    """An object a researcher sent along with a request (cloudpickle bytes, never loaded here)."""
+
+    __tablename__ = "pushes"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    request_id: Mapped[int] = mapped_column(ForeignKey("requests.id"), index=True)
+    name: Mapped[str] = mapped_column(String(128))
+    type_name: Mapped[str] = mapped_column(String(256), default="")
+    size: Mapped[int] = mapped_column(Integer)
+    sha256: Mapped[str] = mapped_column(String(64))
+    data: Mapped[bytes] = mapped_column(LargeBinary)
+
+
+@dataclass(frozen=True)
+class NewPush:
+    """A validated push, before it is stored."""
+
+    name: str
+    type_name: str
+    data: bytes
 
 
 class Output(Base):
@@ -302,11 +326,28 @@ class Store:
             return list(db.scalars(query))
 
     # --- requests ------------------------------------------------------------------------
-    def create_request(self, session_id: str, user: User, code: str) -> Request:
+    def create_request(
+        self, session_id: str, user: User, code: str, pushes: tuple[NewPush, ...] = ()
+    ) -> Request:
+        """Store a request and its pushed objects together (one transaction, one audit entry)."""
         with self.transaction() as db:
             request = Request(session_id=session_id, user_id=user.id, code=code)
             db.add(request)
             db.flush()
+            pushed = []
+            for push in pushes:
+                digest = hashlib.sha256(push.data).hexdigest()
+                db.add(
+                    Push(
+                        request_id=request.id,
+                        name=push.name,
+                        type_name=push.type_name,
+                        size=len(push.data),
+                        sha256=digest,
+                        data=push.data,
+                    )
+                )
+                pushed.append({"name": push.name, "sha256": digest, "size": len(push.data)})
             self._audit(
                 db,
                 user.name,
@@ -314,8 +355,14 @@ class Store:
                 f"request:{request.id}",
                 session=session_id,
                 code_sha256=hashlib.sha256(code.encode()).hexdigest(),
+                **({"pushes": pushed} if pushed else {}),
             )
         return request
+
+    def pushes_of(self, request_id: int) -> list[Push]:
+        with self._sessions() as db:
+            query = select(Push).where(Push.request_id == request_id).order_by(Push.id)
+            return list(db.scalars(query))
 
     def set_request_status(
         self, request_id: int, status: RequestStatus, message: str = ""

@@ -12,7 +12,7 @@ from datetime import datetime
 from typing import Any
 
 from .models import OutputState, Role
-from .store import KernelSession, Output, Request
+from .store import KernelSession, Output, Push, Request
 
 
 def _time(value: datetime | None) -> str | None:
@@ -47,7 +47,11 @@ def output_view(output: Output, role: Role) -> dict[str, Any]:
 
 
 def request_view(
-    request: Request, role: Role, user_name: str, outputs: list[Output] | None = None
+    request: Request,
+    role: Role,
+    user_name: str,
+    outputs: list[Output] | None = None,
+    pushes: list[Push] | None = None,
 ) -> dict[str, Any]:
     view: dict[str, Any] = {
         "id": request.id,
@@ -62,6 +66,12 @@ def request_view(
     }
     if outputs is not None:
         view["outputs"] = [output_view(o, role) for o in outputs]
+    if pushes is not None:
+        # What was sent, never the bytes: reviewers see names, types, sizes and hashes.
+        view["pushes"] = [
+            {"name": p.name, "type": p.type_name, "size": p.size, "sha256": p.sha256}
+            for p in pushes
+        ]
     return view
 
 

@@ -185,5 +185,6 @@ def private_heart(shared_datasite: RunningDatasite) -> pd.DataFrame:
 
 @pytest.fixture(autouse=True)
 def _isolated_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """Mocks are cached per test, never in the real user's cache."""
+    """Mocks are cached per test, never in the real user's cache; saved connections too."""
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    monkeypatch.setenv("REMOTE_KERNEL_CONNECTIONS", str(tmp_path / "connections.json"))

@@ -61,8 +61,10 @@ def make_app(datasite: Datasite) -> web.Application:
 
 
 def body_limit(config: DatasiteConfig) -> int:
-    """Room for JSON-escaped code up to the code limit, so that it gets a JSON 413."""
-    return max(config.limits.max_request_body_bytes, config.limits.max_code_bytes * 6 + 65536)
+    """Room for JSON-escaped code and base64 pushes up to their limits, so they get JSON errors."""
+    limits = config.limits
+    room = limits.max_code_bytes * 6 + limits.max_push_bytes * 4 // 3 + 65536
+    return max(limits.max_request_body_bytes, room)
 
 
 def build_datasite(config: DatasiteConfig, allow_insecure: bool = False) -> Datasite:

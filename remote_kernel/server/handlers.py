@@ -16,6 +16,7 @@ from tornado import web, websocket
 from .._version import __version__
 from ..config import DatasiteConfig
 from ..errors import Conflict, InputError, NotFound, PermissionDenied, StoreError
+from ..mock_report import load_summary
 from ..models import Role
 from ..store import User
 from ..views import output_view, request_view, session_view
@@ -239,7 +240,11 @@ class DatasetsHandler(BaseHandler):
 
 class DatasetHandler(BaseHandler):
     def get(self, name: str) -> None:
-        self.write_json(self._entry(name).to_public_json())
+        entry = self._entry(name)
+        view = entry.to_public_json()
+        # Only the non-disclosive summary written for researchers, never the owner's report.
+        view["mock_summary"] = load_summary((self.config.directory / entry.mock).parent)
+        self.write_json(view)
 
     def _entry(self, name: str) -> Any:
         try:
@@ -299,7 +304,7 @@ class SessionRequestsHandler(BaseHandler):
         body = self.json_body()
         if "code" not in body:
             raise ApiError(400, "missing field 'code' (the cell's source text)")
-        request = self.datasite.submit(user, session_id, body["code"])
+        request = self.datasite.submit(user, session_id, body["code"], body.get("push"))
         self.write_json(request_view(request, user.role_enum, user.name, []), 201)
 
 
@@ -314,7 +319,11 @@ class RequestsHandler(BaseHandler):
             outputs = store.outputs_of(request.id) if with_outputs else None
             views.append(
                 request_view(
-                    request, self.user.role_enum, store.user_name(request.user_id), outputs
+                    request,
+                    self.user.role_enum,
+                    store.user_name(request.user_id),
+                    outputs,
+                    store.pushes_of(request.id) if with_outputs else None,
                 )
             )
         self.write_json(views)
@@ -331,6 +340,7 @@ class RequestHandler(BaseHandler):
                 self.user.role_enum,
                 store.user_name(request.user_id),
                 store.outputs_of(request.id),
+                store.pushes_of(request.id),
             )
         )
 
@@ -351,7 +361,10 @@ class ReviewQueueHandler(BaseHandler):
             request = store.get_request(output.request_id)
             view = output_view(output, user.role_enum)
             view["request"] = request_view(
-                request, user.role_enum, store.user_name(request.user_id)
+                request,
+                user.role_enum,
+                store.user_name(request.user_id),
+                pushes=store.pushes_of(request.id),
             )
             items.append(view)
         self.write_json(items)
@@ -383,7 +396,8 @@ class NotFoundHandler(BaseHandler):
 class ChannelHandler(AuthMixin, websocket.WebSocketHandler):
     """One websocket per researcher session: execute requests in, live events out.
 
-    Client → server: ``{"type": "execute", "code": "...", "ref": "any"}`` and
+    Client → server: ``{"type": "execute", "code": "...", "ref": "any"}`` (optionally
+    with ``"push": [{"name", "type", "data"}]``, see :func:`parse_pushes`) and
     ``{"type": "interrupt"}``. Server → client: ``accepted`` (with the request),
     ``request`` (status changes), ``output`` (researcher views of outputs:
     placeholders, releases, denials) and ``error``.
@@ -457,7 +471,9 @@ class ChannelHandler(AuthMixin, websocket.WebSocketHandler):
             if kind == "execute":
                 if "code" not in data:
                     raise ApiError(400, "missing field 'code'")
-                request = self.datasite.submit(self.user, self.session_id, data["code"])
+                request = self.datasite.submit(
+                    self.user, self.session_id, data["code"], data.get("push")
+                )
                 self._send(
                     {
                         "type": "accepted",
