@@ -1,13 +1,54 @@
+/**
+ * remote_kernel's JupyterLab extension: remote cells for researchers
+ * (tag, Run remotely, status badges, released outputs, Datasites panel) and the
+ * "Pending outputs" panel for reviewers. Tokens never reach the page: every
+ * call goes to the server extension under /remote-kernel/.
+ */
 import {
+  ILayoutRestorer,
   JupyterFrontEnd,
   JupyterFrontEndPlugin
 } from '@jupyterlab/application';
+import { ICommandPalette } from '@jupyterlab/apputils';
+import { INotebookTracker } from '@jupyterlab/notebook';
+import { IRenderMimeRegistry } from '@jupyterlab/rendermime';
+
+import { RemoteKernelApi } from './api';
+import { addCommands } from './commands';
+import { DatasitesPanel } from './datasitesPanel';
+import { datasitesIcon, reviewsIcon } from './icons';
+import { RemoteCellController } from './remoteCells';
+import { ReviewPanel } from './reviewPanel';
 
 const plugin: JupyterFrontEndPlugin<void> = {
   id: 'remote-kernel-jupyterlab:plugin',
+  description: 'Remote cells, datasites and output review for remote_kernel.',
   autoStart: true,
-  activate: (_app: JupyterFrontEnd) => {
-    console.log('remote_kernel extension activated');
+  requires: [INotebookTracker, IRenderMimeRegistry],
+  optional: [ICommandPalette, ILayoutRestorer],
+  activate: (
+    app: JupyterFrontEnd,
+    tracker: INotebookTracker,
+    rendermime: IRenderMimeRegistry,
+    palette: ICommandPalette | null,
+    restorer: ILayoutRestorer | null
+  ) => {
+    const api = new RemoteKernelApi();
+    const controller = new RemoteCellController(tracker, api);
+    addCommands(app, tracker, controller, palette);
+
+    const datasites = new DatasitesPanel(api, controller, tracker);
+    datasites.title.icon = datasitesIcon;
+    app.shell.add(datasites, 'left', { rank: 600 });
+
+    const reviews = new ReviewPanel(api, rendermime);
+    reviews.title.icon = reviewsIcon;
+    app.shell.add(reviews, 'left', { rank: 601 });
+
+    if (restorer) {
+      restorer.add(datasites, datasites.id);
+      restorer.add(reviews, reviews.id);
+    }
   }
 };
 

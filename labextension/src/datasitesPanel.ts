@@ -1,0 +1,304 @@
+/**
+ * The researchers' "Datasites" sidebar: connect with URL + token (the token
+ * goes to the server extension and is never kept in the page), connected sites
+ * with health, their datasets with schema and a mock preview, and which sites
+ * the current notebook targets.
+ */
+import { INotebookTracker, NotebookPanel } from '@jupyterlab/notebook';
+import { Widget } from '@lumino/widgets';
+
+import { IConnection, RemoteKernelApi } from './api';
+import { RemoteCellController } from './remoteCells';
+
+const POLL_MS = 15000;
+
+function el<K extends keyof HTMLElementTagNameMap>(
+  tag: K,
+  className = '',
+  text = ''
+): HTMLElementTagNameMap[K] {
+  const node = document.createElement(tag);
+  if (className) {
+    node.className = className;
+  }
+  if (text) {
+    node.textContent = text;
+  }
+  return node;
+}
+
+export class DatasitesPanel extends Widget {
+  private connections: IConnection[] = [];
+  private readonly form = el('form', 'rk-ConnectForm');
+  private readonly messageNode = el('div', 'rk-Message');
+  private readonly listNode = el('div', 'rk-Connections');
+  private readonly targetsNode = el('div', 'rk-Targets');
+  private readonly timer: number;
+
+  constructor(
+    private readonly api: RemoteKernelApi,
+    private readonly controller: RemoteCellController,
+    private readonly tracker: INotebookTracker
+  ) {
+    super();
+    this.id = 'remote-kernel-datasites';
+    this.addClass('rk-Panel');
+    this.addClass('rk-DatasitesPanel');
+    this.title.caption = 'Datasites';
+    this.node.appendChild(el('h2', '', 'Datasites'));
+    this.buildForm();
+    this.node.append(this.form, this.messageNode);
+    this.node.appendChild(el('h3', '', 'This notebook runs remote cells at'));
+    this.node.appendChild(this.targetsNode);
+    this.node.appendChild(el('h3', '', 'Connected'));
+    this.node.appendChild(this.listNode);
+    tracker.currentChanged.connect(() => this.renderTargets());
+    this.timer = window.setInterval(() => void this.refresh(), POLL_MS);
+    void this.refresh();
+  }
+
+  dispose(): void {
+    window.clearInterval(this.timer);
+    super.dispose();
+  }
+
+  private buildForm(): void {
+    const field = (
+      name: string,
+      label: string,
+      type = 'text',
+      placeholder = ''
+    ) => {
+      const input = el('input', `rk-Input rk-Input-${name}`);
+      input.name = name;
+      input.type = type;
+      input.placeholder = placeholder;
+      input.setAttribute('aria-label', label);
+      input.autocomplete = 'off';
+      this.form.appendChild(input);
+      return input;
+    };
+    const url = field(
+      'url',
+      'Datasite URL',
+      'url',
+      'https://datasite.example.org'
+    );
+    const token = field('token', 'Token', 'password', 'token (rk_…)');
+    const name = field('name', 'Name', 'text', 'name (optional)');
+    const submit = el(
+      'button',
+      'jp-Button jp-mod-accept rk-Connect',
+      'Connect'
+    );
+    submit.type = 'submit';
+    this.form.appendChild(submit);
+    this.form.onsubmit = event => {
+      event.preventDefault();
+      submit.disabled = true;
+      this.messageNode.textContent = 'Connecting…';
+      this.api
+        .connect(url.value.trim(), token.value, name.value.trim())
+        .then(connection => {
+          this.messageNode.textContent = `Connected to ${connection.name} as ${connection.user} (${connection.role}).`;
+          url.value = '';
+          name.value = '';
+          return this.refresh();
+        })
+        .catch(error => {
+          this.messageNode.textContent = String(
+            (error as Error).message ?? error
+          );
+        })
+        .finally(() => {
+          // The token is never kept in the page, even after a failure.
+          token.value = '';
+          submit.disabled = false;
+        });
+    };
+  }
+
+  async refresh(): Promise<void> {
+    try {
+      this.connections = await this.api.connections();
+    } catch (error) {
+      this.messageNode.textContent = String((error as Error).message ?? error);
+      return;
+    }
+    this.controller.setSites(
+      this.connections.filter(c => c.role === 'researcher').map(c => c.name)
+    );
+    this.renderList();
+    this.renderTargets();
+  }
+
+  private renderTargets(): void {
+    this.targetsNode.textContent = '';
+    const panel: NotebookPanel | null = this.tracker.currentWidget;
+    const sites = this.controller.sites;
+    if (!panel) {
+      this.targetsNode.appendChild(el('div', 'rk-Empty', 'No notebook open.'));
+      return;
+    }
+    if (!sites.length) {
+      this.targetsNode.appendChild(
+        el(
+          'div',
+          'rk-Empty',
+          'Connect to a datasite with a researcher token first.'
+        )
+      );
+      return;
+    }
+    const chosen = new Set(this.controller.notebookTargets(panel));
+    for (const site of sites) {
+      const label = el('label', 'rk-Target');
+      const box = el('input');
+      box.type = 'checkbox';
+      box.checked = chosen.has(site);
+      box.dataset.site = site;
+      box.onchange = () => {
+        const picked = Array.from(
+          this.targetsNode.querySelectorAll<HTMLInputElement>(
+            'input[type=checkbox]'
+          )
+        )
+          .filter(b => b.checked)
+          .map(b => b.dataset.site as string);
+        this.controller.setNotebookTargets(panel, picked);
+      };
+      label.append(box, document.createTextNode(` ${site}`));
+      this.targetsNode.appendChild(label);
+    }
+  }
+
+  private renderList(): void {
+    this.listNode.textContent = '';
+    if (!this.connections.length) {
+      this.listNode.appendChild(
+        el('div', 'rk-Empty', 'No datasite connected yet.')
+      );
+    }
+    for (const connection of this.connections) {
+      const item = el('details', 'rk-Connection');
+      item.dataset.site = connection.name;
+      const summary = el('summary');
+      const health = connection.health;
+      const dot = el(
+        'span',
+        `rk-Health ${health?.ok ? 'rk-mod-ok' : 'rk-mod-down'}`,
+        '●'
+      );
+      dot.title = health?.ok
+        ? `healthy (${health.latency_ms} ms, datasite ${health.datasite})`
+        : `unreachable: ${health?.message ?? 'unknown'}`;
+      summary.append(
+        dot,
+        el('b', '', ` ${connection.name} `),
+        el(
+          'span',
+          'rk-Muted',
+          `${connection.user} (${connection.role}) · ${connection.url}`
+        )
+      );
+      const remove = el(
+        'button',
+        'jp-Button rk-Small rk-Disconnect',
+        'Disconnect'
+      );
+      remove.onclick = event => {
+        event.preventDefault();
+        void this.api.disconnect(connection.name).then(() => this.refresh());
+      };
+      summary.appendChild(remove);
+      item.appendChild(summary);
+      const body = el('div', 'rk-Datasets');
+      item.appendChild(body);
+      item.ontoggle = () => {
+        if (item.open && !body.childElementCount) {
+          void this.renderDatasets(connection.name, body);
+        }
+      };
+      this.listNode.appendChild(item);
+    }
+  }
+
+  private async renderDatasets(site: string, body: HTMLElement): Promise<void> {
+    body.textContent = 'Loading datasets…';
+    try {
+      const datasets = await this.api.datasets(site);
+      body.textContent = '';
+      for (const dataset of datasets) {
+        const block = el('details', 'rk-Dataset');
+        block.dataset.dataset = dataset.name;
+        block.appendChild(
+          el(
+            'summary',
+            '',
+            `${dataset.name} — ${dataset.description || 'no description'}`
+          )
+        );
+        const schema = el('table', 'rk-Table rk-Schema');
+        const headRow = schema.createTHead().insertRow();
+        headRow.append(el('th', '', 'column'), el('th', '', 'type'));
+        const tbody = schema.createTBody();
+        for (const column of dataset.columns) {
+          const row = tbody.insertRow();
+          row.append(el('td', '', column.name), el('td', '', column.dtype));
+        }
+        block.appendChild(schema);
+        const preview = el(
+          'button',
+          'jp-Button rk-Small rk-Preview',
+          'Preview mock'
+        );
+        const previewBody = el('div', 'rk-MockPreview');
+        preview.onclick = () =>
+          void this.renderPreview(site, dataset.name, previewBody);
+        block.append(preview, previewBody);
+        body.appendChild(block);
+      }
+      if (!datasets.length) {
+        body.textContent = 'No datasets.';
+      }
+    } catch (error) {
+      body.textContent = String((error as Error).message ?? error);
+    }
+  }
+
+  private async renderPreview(
+    site: string,
+    dataset: string,
+    body: HTMLElement
+  ): Promise<void> {
+    body.textContent = 'Loading mock…';
+    try {
+      const mock = await this.api.mockPreview(site, dataset);
+      body.textContent = '';
+      body.appendChild(
+        el(
+          'div',
+          'rk-Muted',
+          `mock data (synthetic): first ${mock.rows.length} of ${mock.total_rows} rows`
+        )
+      );
+      const table = el('table', 'rk-Table rk-Mock');
+      const head = table.createTHead().insertRow();
+      for (const column of mock.columns) {
+        head.appendChild(el('th', '', column));
+      }
+      const tbody = table.createTBody();
+      for (const values of mock.rows) {
+        const row = tbody.insertRow();
+        for (const value of values) {
+          row.appendChild(el('td', '', value === null ? '' : String(value)));
+        }
+      }
+      const scroller = el('div', 'rk-TableScroll');
+      scroller.appendChild(table);
+      body.appendChild(scroller);
+    } catch (error) {
+      body.textContent = String((error as Error).message ?? error);
+    }
+  }
+}

@@ -1,0 +1,372 @@
+/**
+ * Remote cells in notebooks: the `remote` tag and its badge, "Run remotely",
+ * per-site status badges, and released outputs brought into the cell.
+ *
+ * A cell runs remotely through the notebook's own kernel and the same
+ * `%%remote` magic a researcher can type (so the mock run, the submission and
+ * the live placeholders are the magic's). Decisions that arrive after the cell
+ * finished are not reliably routed to it by JupyterLab (late
+ * `update_display_data`), so this controller also polls the server extension
+ * for the requests recorded in the cell's metadata and replaces placeholders in
+ * the output model itself, live and when a notebook is reopened.
+ */
+import { Cell, CodeCell, ICodeCellModel } from '@jupyterlab/cells';
+import { NotebookPanel, INotebookTracker } from '@jupyterlab/notebook';
+import { OutputArea } from '@jupyterlab/outputarea';
+import { showErrorMessage } from '@jupyterlab/apputils';
+import { Widget, PanelLayout } from '@lumino/widgets';
+import { Signal } from '@lumino/signaling';
+
+import { RemoteKernelApi } from './api';
+import {
+  INbOutput,
+  hasRemoteTag,
+  mergeRequest,
+  needsRefresh,
+  outputLabel,
+  remoteMagicCode,
+  remoteMeta,
+  requestsFromOutputs,
+  siteBadges,
+  targetSites,
+  toggledTags
+} from './model';
+
+export const METADATA_KEY = 'remote_kernel';
+const POLL_MS = 3000;
+
+/** The badge row above a tagged cell: "remote → cleveland, hungarian" and per-site status. */
+class RemoteBadge extends Widget {
+  constructor() {
+    super();
+    this.addClass('rk-CellBadge');
+  }
+
+  render(
+    targets: string[],
+    badges: { text: string; kind: string; site: string }[]
+  ): void {
+    this.node.textContent = '';
+    const tag = document.createElement('span');
+    tag.className = 'rk-RemoteBadge';
+    tag.textContent = targets.length
+      ? `remote → ${targets.join(', ')}`
+      : 'remote → no datasite';
+    this.node.appendChild(tag);
+    for (const badge of badges) {
+      const span = document.createElement('span');
+      span.className = `rk-SiteStatus rk-mod-${badge.kind}`;
+      span.dataset.site = badge.site;
+      span.textContent = badge.text;
+      this.node.appendChild(span);
+    }
+  }
+}
+
+export class RemoteCellController {
+  /** Researcher connections' names, kept fresh by the Datasites panel and the poller. */
+  private researcherSites: string[] = [];
+  private readonly badges = new WeakMap<Cell, RemoteBadge>();
+  private readonly watched = new WeakSet<Cell>();
+  private readonly refreshing = new WeakSet<Cell>();
+  private timer: number | undefined;
+  readonly sitesChanged = new Signal<this, string[]>(this);
+
+  constructor(
+    private readonly tracker: INotebookTracker,
+    private readonly api: RemoteKernelApi
+  ) {
+    tracker.widgetAdded.connect((_, panel) => this.watchNotebook(panel));
+    tracker.forEach(panel => this.watchNotebook(panel));
+    void this.reloadSites();
+    this.timer = window.setInterval(() => void this.pollAll(), POLL_MS);
+  }
+
+  dispose(): void {
+    window.clearInterval(this.timer);
+  }
+
+  get sites(): string[] {
+    return this.researcherSites;
+  }
+
+  async reloadSites(): Promise<void> {
+    try {
+      const connections = await this.api.connections();
+      this.setSites(
+        connections.filter(c => c.role === 'researcher').map(c => c.name)
+      );
+    } catch {
+      // The Datasites panel shows connection errors; badges keep the last known sites.
+    }
+  }
+
+  setSites(sites: string[]): void {
+    this.researcherSites = sites;
+    this.sitesChanged.emit(sites);
+    this.tracker.forEach(panel => this.decorateAll(panel));
+  }
+
+  /** The sites a notebook targets (its saved choice, else every researcher connection). */
+  notebookTargets(panel: NotebookPanel): string[] {
+    const saved = (panel.model?.getMetadata(METADATA_KEY) as any)?.sites;
+    return targetSites(saved, this.researcherSites);
+  }
+
+  setNotebookTargets(panel: NotebookPanel, sites: string[]): void {
+    const current = (panel.model?.getMetadata(METADATA_KEY) as any) ?? {};
+    panel.model?.setMetadata(METADATA_KEY, { ...current, sites });
+    this.decorateAll(panel);
+  }
+
+  private watchNotebook(panel: NotebookPanel): void {
+    const connect = () => {
+      const model = panel.content.model;
+      if (!model) {
+        return;
+      }
+      model.cells.changed.connect(() => this.decorateAll(panel));
+      this.decorateAll(panel);
+      void this.refreshNotebook(panel);
+    };
+    void panel.context.ready.then(connect);
+    panel.content.modelChanged.connect(connect);
+  }
+
+  decorateAll(panel: NotebookPanel): void {
+    for (const cell of panel.content.widgets) {
+      this.decorate(panel, cell);
+    }
+  }
+
+  /** Tagged cells get a class (coloured border) and a badge row; untagged ones lose both. */
+  decorate(panel: NotebookPanel, cell: Cell): void {
+    if (!this.watched.has(cell)) {
+      this.watched.add(cell);
+      cell.model.metadataChanged.connect(() => this.decorate(panel, cell));
+      if (cell.model.type === 'code') {
+        (cell.model as ICodeCellModel).outputs.changed.connect(() =>
+          requestAnimationFrame(() => this.decorate(panel, cell))
+        );
+      }
+    }
+    const tagged = hasRemoteTag(cell.model.getMetadata('tags'));
+    cell.toggleClass('rk-mod-remote', tagged);
+    let badge = this.badges.get(cell);
+    if (!tagged) {
+      if (badge) {
+        badge.dispose();
+        this.badges.delete(cell);
+      }
+      return;
+    }
+    if (!badge || badge.isDisposed) {
+      badge = new RemoteBadge();
+      (cell.layout as PanelLayout).insertWidget(0, badge);
+      this.badges.set(cell, badge);
+    }
+    const outputs = this.outputsOf(cell);
+    badge.render(
+      this.notebookTargets(panel),
+      siteBadges(outputs, this.requestsOf(cell))
+    );
+    this.labelOutputs(cell);
+  }
+
+  /** Draws "cleveland · released by bob" on each remote output (the output's own widget). */
+  private labelOutputs(cell: Cell): void {
+    if (!(cell instanceof CodeCell)) {
+      return;
+    }
+    const model = cell.model.outputs;
+    cell.outputArea.widgets.forEach((child, index) => {
+      if (index >= model.length) {
+        return;
+      }
+      const output = model.get(index).toJSON() as unknown as INbOutput;
+      const meta = remoteMeta(output);
+      const label = meta ? outputLabel(meta) : '';
+      child.toggleClass('rk-RemoteOutput', !!label);
+      if (label && meta) {
+        child.node.dataset.rkLabel = label;
+        child.node.dataset.rkState = meta.state ?? '';
+        child.node.dataset.rkSite = meta.site;
+      } else {
+        delete child.node.dataset.rkLabel;
+      }
+    });
+  }
+
+  private outputsOf(cell: Cell): INbOutput[] {
+    if (cell.model.type !== 'code') {
+      return [];
+    }
+    return (
+      cell.model as ICodeCellModel
+    ).outputs.toJSON() as unknown as INbOutput[];
+  }
+
+  private requestsOf(cell: Cell): Record<string, number> {
+    const meta = cell.model.getMetadata(METADATA_KEY) as any;
+    return meta && typeof meta.requests === 'object'
+      ? { ...meta.requests }
+      : {};
+  }
+
+  toggleTag(panel: NotebookPanel, cells: Cell[]): void {
+    const on = !cells.every(cell =>
+      hasRemoteTag(cell.model.getMetadata('tags'))
+    );
+    for (const cell of cells) {
+      const tags = toggledTags(cell.model.getMetadata('tags'), on);
+      if (tags.length) {
+        cell.model.setMetadata('tags', tags);
+      } else {
+        cell.model.deleteMetadata('tags');
+      }
+      this.decorate(panel, cell);
+    }
+  }
+
+  /** Runs one cell through `%%remote` in the notebook's kernel and records its requests. */
+  async runRemotely(panel: NotebookPanel, cell: Cell): Promise<boolean> {
+    if (!(cell instanceof CodeCell)) {
+      return false;
+    }
+    if (!this.researcherSites.length) {
+      await this.reloadSites();
+    }
+    const sites = this.notebookTargets(panel);
+    if (!sites.length) {
+      await showErrorMessage(
+        'No datasite to run at',
+        'Connect to a datasite in the Datasites panel (left sidebar), or choose one for this notebook there.'
+      );
+      return false;
+    }
+    if (!hasRemoteTag(cell.model.getMetadata('tags'))) {
+      this.toggleTag(panel, [cell]);
+    }
+    const context = panel.sessionContext;
+    await context.ready;
+    const kernel = context.session?.kernel;
+    if (!kernel) {
+      await showErrorMessage(
+        'No kernel',
+        'Start a kernel for this notebook first.'
+      );
+      return false;
+    }
+    await kernel.requestExecute({
+      code: '%load_ext remote_kernel',
+      silent: true,
+      store_history: false
+    }).done;
+    const code = remoteMagicCode(cell.model.sharedModel.getSource(), sites);
+    cell.model.setMetadata(METADATA_KEY, {
+      ...this.cellMeta(cell),
+      requests: {}
+    });
+    cell.setPrompt('*');
+    let ok = false;
+    try {
+      const reply = await OutputArea.execute(code, cell.outputArea, context);
+      if (reply) {
+        cell.model.executionCount = reply.content.execution_count;
+        ok = reply.content.status === 'ok';
+      }
+    } catch (error) {
+      cell.setPrompt('');
+      throw error;
+    }
+    const requests = requestsFromOutputs(this.outputsOf(cell));
+    cell.model.setMetadata(METADATA_KEY, { ...this.cellMeta(cell), requests });
+    this.decorate(panel, cell);
+    await this.refreshCell(panel, cell);
+    return ok && Object.keys(requests).length > 0;
+  }
+
+  async runAllRemote(panel: NotebookPanel): Promise<number> {
+    let count = 0;
+    for (const cell of [...panel.content.widgets]) {
+      if (
+        cell.model.type === 'code' &&
+        hasRemoteTag(cell.model.getMetadata('tags'))
+      ) {
+        await this.runRemotely(panel, cell);
+        count += 1;
+      }
+    }
+    return count;
+  }
+
+  private cellMeta(cell: Cell): Record<string, unknown> {
+    return { ...((cell.model.getMetadata(METADATA_KEY) as any) ?? {}) };
+  }
+
+  private async pollAll(): Promise<void> {
+    const panels: NotebookPanel[] = [];
+    this.tracker.forEach(panel => panels.push(panel));
+    for (const panel of panels) {
+      await this.refreshNotebook(panel, true);
+    }
+  }
+
+  async refreshNotebook(
+    panel: NotebookPanel,
+    onlyUnsettled = false
+  ): Promise<void> {
+    if (!panel.content.model) {
+      return;
+    }
+    for (const cell of [...panel.content.widgets]) {
+      await this.refreshCell(panel, cell, onlyUnsettled);
+    }
+  }
+
+  /** Fetches the cell's requests from its datasites and merges what changed into its outputs. */
+  async refreshCell(
+    panel: NotebookPanel,
+    cell: Cell,
+    onlyUnsettled = false
+  ): Promise<void> {
+    if (!(cell instanceof CodeCell) || this.refreshing.has(cell)) {
+      return;
+    }
+    const requests = this.requestsOf(cell);
+    if (!Object.keys(requests).length) {
+      return;
+    }
+    if (onlyUnsettled && !needsRefresh(this.outputsOf(cell), requests)) {
+      return;
+    }
+    if (cell.promptNode?.textContent?.includes('*')) {
+      return; // the cell is running: the magic is showing live updates itself
+    }
+    this.refreshing.add(cell);
+    try {
+      for (const [site, requestId] of Object.entries(requests)) {
+        let view;
+        try {
+          view = await this.api.request(site, requestId);
+        } catch {
+          continue; // unreachable now: the badge keeps its last state, we try again later
+        }
+        if (cell.isDisposed) {
+          return;
+        }
+        const merged = mergeRequest(this.outputsOf(cell), site, view);
+        if (merged) {
+          const outputs = cell.model.outputs;
+          outputs.clear();
+          for (const output of merged) {
+            outputs.add(output as any);
+          }
+        }
+      }
+    } finally {
+      this.refreshing.delete(cell);
+    }
+    this.decorate(panel, cell);
+  }
+}
