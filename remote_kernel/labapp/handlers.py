@@ -304,7 +304,11 @@ class ReviewQueueHandler(RemoteKernelHandler):
 class ReviewHistoryHandler(RemoteKernelHandler):
     @web.authenticated
     async def get(self) -> None:
-        """Decided outputs (newest first) at every reviewer connection's datasite."""
+        """Decided outputs (newest first) at every reviewer connection's datasite.
+
+        Items have the review queue's shape (the output in the reviewer's view
+        with its request), so the panel shows history and queue alike.
+        """
         connections = reviewer_connections()
         results = await asyncio.gather(
             *(
@@ -313,7 +317,7 @@ class ReviewHistoryHandler(RemoteKernelHandler):
             ),
             return_exceptions=True,
         )
-        decisions: list[dict[str, Any]] = []
+        items: list[dict[str, Any]] = []
         errors: list[dict[str, str]] = []
         for connection, result in zip(connections, results, strict=True):
             if isinstance(result, LabApiError):
@@ -322,25 +326,20 @@ class ReviewHistoryHandler(RemoteKernelHandler):
             if isinstance(result, BaseException):
                 raise result
             for request in result:
-                for output in request.get("outputs") or []:
-                    if output.get("state") == "pending" and not output.get("reviews"):
+                outputs = request.pop("outputs", None) or []
+                for output in outputs:
+                    if output.get("state") == "pending":
                         continue
-                    decisions.append(
+                    items.append(
                         {
+                            **output,
+                            "request": request,
                             "site": connection.name,
-                            "request_id": request["id"],
-                            "user": request["user"],
-                            "output_id": output["id"],
-                            "seq": output["seq"],
-                            "state": output["state"],
-                            "decided_by": output.get("decided_by"),
-                            "decided_at": output.get("decided_at"),
-                            "comment": output.get("comment") or "",
-                            "reviews": output.get("reviews") or [],
+                            "reviewer": connection.user,
                         }
                     )
-        decisions.sort(key=lambda d: d["decided_at"] or "", reverse=True)
-        self.write_json({"decisions": decisions[: self.app.history_limit], "errors": errors})
+        items.sort(key=lambda item: item.get("decided_at") or "", reverse=True)
+        self.write_json({"items": items[: self.app.history_limit], "errors": errors})
 
 
 class OutputHandler(RemoteKernelHandler):
