@@ -65,7 +65,6 @@ class RemoteProxyKernel(Kernel):
         self._site: Datasite | None = None
         self.review_wait = 0.0
         self._interrupted = False
-        signal.signal(signal.SIGINT, self._on_sigint)
 
     def _on_sigint(self, _signum: int, _frame: Any) -> None:
         self._interrupted = True
@@ -120,6 +119,9 @@ class RemoteProxyKernel(Kernel):
         **_: Any,
     ) -> dict[str, Any]:
         self._interrupted = False
+        # ipykernel sets SIGINT to raise KeyboardInterrupt around each request; a flag is
+        # safer inside the event loop, and lets the remote kernel be interrupted cleanly.
+        signal.signal(signal.SIGINT, self._on_sigint)
         if not code.strip():
             return self._ok()
         if code.lstrip().startswith(LOCAL_PREFIX):

@@ -475,3 +475,104 @@ def test_reconnect_after_a_local_kernel_restart(
         assert "hello again" in update["content"]["data"]["text/plain"]
     finally:
         kernel.close()
+
+
+# --- the proxy kernel "Remote: <site>" -----------------------------------------------------------
+def reviewer_loop(site: RunningDatasite, stop: threading.Event) -> None:
+    """A reviewer who approves whatever appears in the queue until told to stop."""
+    reviewer = Datasite(site.url, site.tokens["bob"])
+    try:
+        while not stop.is_set():
+            for item in reviewer.review_queue():
+                reviewer.approve(item["id"], "fine")
+            time.sleep(0.2)
+    finally:
+        reviewer.close()
+
+
+def test_nbclient_runs_a_notebook_on_the_proxy_kernel(
+    four_sites: dict[str, RunningDatasite], saved_connections: Path
+) -> None:
+    import nbformat
+    from jupyter_client.kernelspec import KernelSpecManager
+    from nbclient import NotebookClient
+
+    from remote_kernel.cli import main
+
+    site = four_sites["cleveland"]
+    assert main(["connect", site.url, "--token", site.tokens["carol"], "--name", "cleveland"]) == 0
+    spec = KernelSpecManager().get_kernel_spec("remote-cleveland")
+    assert spec.display_name == "Remote: cleveland"
+    assert site.tokens["carol"] not in Path(spec.resource_dir, "kernel.json").read_text()
+
+    notebook = nbformat.v4.new_notebook()
+    notebook.metadata["kernelspec"] = {"name": "remote-cleveland", "display_name": "x"}
+    notebook.cells = [
+        nbformat.v4.new_code_cell("%rk review-wait 60"),
+        nbformat.v4.new_code_cell("df = rk.data('heart')\nx = 1"),
+        nbformat.v4.new_code_cell("df.groupby('sex').size().rename('n')"),
+        nbformat.v4.new_code_cell("print(x + 1)"),
+    ]
+    stop = threading.Event()
+    reviewer = threading.Thread(target=reviewer_loop, args=(site, stop))
+    reviewer.start()
+    try:
+        NotebookClient(notebook, timeout=120, kernel_name="remote-cleveland").execute()
+    finally:
+        stop.set()
+        reviewer.join()
+    counts = notebook.cells[2].outputs
+    plain = "\n".join(o.get("data", {}).get("text/plain", "") for o in counts)
+    expected = private(site).groupby("sex").size()
+    assert "released by bob" in plain
+    for value in expected.tolist():
+        assert str(value) in plain
+    assert "2" in "".join(
+        o.get("data", {}).get("text/plain", "") for o in notebook.cells[3].outputs
+    )
+
+    # The saved connection is listed without its token; disconnect removes both.
+    assert main(["connections", "--json"]) == 0
+    assert main(["disconnect", "cleveland"]) == 0
+    assert "remote-cleveland" not in KernelSpecManager().find_kernel_specs()
+
+
+def test_proxy_kernel_interrupt_and_restart_reach_the_remote_kernel(
+    four_sites: dict[str, RunningDatasite], saved_connections: Path
+) -> None:
+    from jupyter_client.manager import KernelManager
+
+    from remote_kernel.cli import main
+
+    site = four_sites["hungary"]
+    assert main(["connect", site.url, "--token", site.tokens["carol"], "--name", "hungary"]) == 0
+    km = KernelManager(kernel_name="remote-hungary")
+    km.start_kernel()
+    kc = km.client()
+    kc.start_channels()
+    try:
+        kc.wait_for_ready(timeout=60)
+        reply = kc.execute_interactive("import time\nn = 41", timeout=60)
+        assert reply["content"]["status"] == "ok"
+        started = time.monotonic()
+        msg_id = kc.execute("time.sleep(60)")
+        time.sleep(3)
+        km.interrupt_kernel()
+        reply = kc.get_shell_msg(timeout=30)
+        assert reply["parent_header"]["msg_id"] == msg_id
+        assert reply["content"]["status"] == "error"
+        assert time.monotonic() - started < 30
+        carol = Datasite(site.url, site.tokens["carol"])
+        latest = carol.requests()[0]
+        assert latest.status == "error" and "KeyboardInterrupt" in latest.message
+        # State survives an interrupt; a restart ends the remote kernel (a fresh one next).
+        reply = kc.execute_interactive("n + 1", timeout=60)
+        assert reply["content"]["status"] == "ok"
+        km.restart_kernel(now=False)
+        kc.wait_for_ready(timeout=60)
+        reply = kc.execute_interactive("n", timeout=60)
+        assert reply["content"]["status"] == "error"  # NameError at the fresh remote kernel
+        carol.close()
+    finally:
+        kc.stop_channels()
+        km.shutdown_kernel(now=True)
