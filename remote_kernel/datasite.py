@@ -37,7 +37,7 @@ from .datasets import load_private_tables
 from .errors import InputError, PermissionDenied
 from .filter import QUERY_MIME, CheckContext, OutputFilter
 from .kernels import KernelDied, KernelHandle, KernelProvider
-from .models import Finding, OutputItem, RequestStatus, Role
+from .models import Finding, OutputItem, OutputState, RequestStatus, Role
 from .policy import Policy
 from .server.kernel_api import KernelApi
 from .store import KernelSession, NewPush, NotFound, Output, Request, Store, User
@@ -431,8 +431,11 @@ class Datasite:
             raise PermissionDenied("only reviewers can approve or deny outputs")
         if not approve and not comment.strip():
             raise InputError("a denial needs a comment that tells the researcher why")
-        output = self.store.review_output(output_id, reviewer, approve, comment)
-        self._publish_output(output)
+        output = self.store.review_output(
+            output_id, reviewer, approve, comment, self.policy.required_reviews
+        )
+        if output.state != OutputState.PENDING.value:  # a first vote of several changes nothing
+            self._publish_output(output)
         return output
 
     def _publish_request(self, request: Request) -> None:

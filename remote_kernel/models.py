@@ -43,6 +43,9 @@ class OutputState(str, enum.Enum):
     RELEASED = "released"  # by policy or by a reviewer: content travels
     DENIED = "denied"  # a reviewer said no; their comment travels
     BLOCKED = "blocked"  # the filter proved a leak; never reviewable into release
+    # Two-person rule: the reviewers disagreed. Final, like a denial: the content never
+    # travels, the reviewers' comments do, and the researcher can change the cell and rerun.
+    CONFLICTED = "conflicted"
 
     @property
     def decided(self) -> bool:

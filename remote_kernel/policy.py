@@ -100,6 +100,9 @@ class Policy:
     datasets: dict[str, DatasetPolicy] = field(default_factory=dict)
     role_overrides: dict[str, dict[str, Any]] = field(default_factory=dict)
     researcher_overrides: dict[str, dict[str, Any]] = field(default_factory=dict)
+    #: Approvals an output needs before it is released (OpenSAFELY's airlock: 2).
+    #: With more than one, mixed votes make the output "conflicted".
+    required_reviews: int = 1
 
     def for_researcher(self, name: str, role: str = "researcher") -> Thresholds:
         """The thresholds that apply to one researcher's outputs."""
@@ -139,7 +142,7 @@ def parse_policy(raw: Any) -> Policy:
     raw = raw or {}
     if not isinstance(raw, dict):
         raise PolicyError("the policy file must be a mapping")
-    known = {"preset", "thresholds", "datasets", "overrides"}
+    known = {"preset", "thresholds", "datasets", "overrides", "required_reviews"}
     unknown = set(raw) - known
     if unknown:
         raise PolicyError(f"unknown top-level key(s): {', '.join(sorted(unknown))}")
@@ -167,7 +170,12 @@ def parse_policy(raw: Any) -> Policy:
         name: _thresholds(thresholds, value, f"overrides.researchers.{name}")
         for name, value in (overrides.get("researchers") or {}).items()
     }
-    return Policy(preset, thresholds, datasets, roles, researchers)
+    required_reviews = raw.get("required_reviews", 1)
+    if isinstance(required_reviews, bool) or not isinstance(required_reviews, int):
+        raise PolicyError("required_reviews must be a whole number (1, or 2 for two-person review)")
+    if not 1 <= required_reviews <= 5:
+        raise PolicyError("required_reviews must be between 1 and 5")
+    return Policy(preset, thresholds, datasets, roles, researchers, required_reviews)
 
 
 def load_policy(directory: str | Path) -> Policy:

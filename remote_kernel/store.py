@@ -34,7 +34,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
 
-from .errors import Conflict, NotFound
+from .errors import Conflict, NotFound, PermissionDenied
 from .models import (
     FilterDecision,
     OutputItem,
@@ -492,8 +492,21 @@ class Store:
         self._audit(db, by, f"output.{state.value}", f"output:{output.id}", **detail)
 
     def review_output(
-        self, output_id: int, reviewer: User, approve: bool, comment: str = ""
+        self,
+        output_id: int,
+        reviewer: User,
+        approve: bool,
+        comment: str = "",
+        required_reviews: int = 1,
     ) -> Output:
+        """Record one reviewer's vote and decide when the votes allow it.
+
+        With ``required_reviews`` 1 the vote decides. With more (the two-person
+        rule) each vote is recorded and audited (``output.vote``); the output is
+        released when that many reviewers approved, denied when they all denied,
+        and "conflicted" as soon as the votes disagree. Nobody reviews an output
+        of their own request, nor votes twice on one output.
+        """
         with self.transaction() as db:
             output = self._get_output(db, output_id)
             if output.state != OutputState.PENDING.value:
@@ -503,14 +516,47 @@ class Store:
                 )
             if output.verdict is None:
                 raise Conflict(f"output {output_id} has not been checked by the filter yet")
+            request = db.get(Request, output.request_id)
+            if request is not None and request.user_id == reviewer.id:
+                raise PermissionDenied("nobody may review an output of their own request")
+            earlier = list(db.scalars(select(Review).where(Review.output_id == output_id)))
+            if any(vote.reviewer_id == reviewer.id for vote in earlier):
+                raise Conflict(
+                    f"{reviewer.name} already reviewed output {output_id}; "
+                    "another reviewer must decide"
+                )
             decision = "approve" if approve else "deny"
             db.add(
                 Review(
                     output_id=output_id, reviewer_id=reviewer.id, decision=decision, comment=comment
                 )
             )
-            state = OutputState.RELEASED if approve else OutputState.DENIED
-            self._decide(db, output, state, reviewer.name, comment)
+            if required_reviews <= 1:
+                state = OutputState.RELEASED if approve else OutputState.DENIED
+                self._decide(db, output, state, reviewer.name, comment)
+                return output
+            names = {u.id: u.name for u in db.scalars(select(User))}
+            votes = [(names.get(v.reviewer_id, "?"), v.decision, v.comment) for v in earlier]
+            votes.append((reviewer.name, decision, comment))
+            self._audit(
+                db,
+                reviewer.name,
+                "output.vote",
+                f"output:{output.id}",
+                request=output.request_id,
+                decision=decision,
+                votes=len(votes),
+                required=required_reviews,
+                **({"comment": comment} if comment else {}),
+            )
+            decisions = {d for _, d, _ in votes}
+            by = ", ".join(name for name, _, _ in votes)
+            comments = "; ".join(f"{name}: {text}" for name, _, text in votes if text)
+            if len(decisions) > 1:
+                self._decide(db, output, OutputState.CONFLICTED, by, comments)
+            elif len(votes) >= required_reviews:
+                state = OutputState.RELEASED if approve else OutputState.DENIED
+                self._decide(db, output, state, by, comments)
         return output
 
     def get_output(self, output_id: int) -> Output:

@@ -32,7 +32,7 @@ def output_view(output: Output, role: Role) -> dict[str, Any]:
         "decided_at": _time(output.decided_at),
         "created_at": _time(output.created_at),
     }
-    if output.state == OutputState.DENIED.value:
+    if output.state in (OutputState.DENIED.value, OutputState.CONFLICTED.value):
         view["comment"] = output.comment
     released = output.state == OutputState.RELEASED.value
     if released or role is not Role.RESEARCHER:
