@@ -16,7 +16,9 @@ from pathlib import Path
 from typing import Any
 
 from .config import ConfigError, DatasiteConfig
-from .datasets import DatasetError, add_dataset
+from .datasets import DatasetError, add_dataset, remock_dataset
+from .mock_report import format_report, load_report
+from .mocks import FIDELITIES
 from .models import Role
 from .store import Conflict, Store
 
@@ -41,6 +43,16 @@ def main(argv: list[str] | None = None) -> int:
         return 130
 
 
+def fidelity_arg(p: argparse.ArgumentParser, default: str | None) -> None:
+    p.add_argument(
+        "--fidelity",
+        choices=list(FIDELITIES),
+        default=default,
+        help="schema (types and coarse ranges), marginal (each column's distribution; "
+        "the default) or joint (also the correlations); see docs/mocks.md",
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="remote-kernel",
@@ -61,13 +73,42 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("directory")
     p.add_argument("name", help="the dataset's name, used as rk.data(name)")
     p.add_argument("--private", required=True, help="CSV (with header) or Parquet file")
-    p.add_argument("--mock", help="a mock file with the same columns (default: generated)")
+    p.add_argument(
+        "--mock",
+        default="auto",
+        help="'auto' (default) to generate the mock, or a hand-made mock file with the same "
+        "columns",
+    )
+    fidelity_arg(p, default=None)
+    p.add_argument("--rows", type=int, default=None, help="rows in a generated mock (default 1000)")
+    p.add_argument(
+        "--identifier",
+        action="append",
+        default=[],
+        help="an identifier column, regenerated in the mock, never copied (repeatable; "
+        "policy.yaml's identifiers count too)",
+    )
     p.add_argument("--columns", help="comma-separated column names for a headerless CSV")
     p.add_argument("--na", action="append", help="a value that means missing (repeatable)")
     p.add_argument("--sep", default=",", help="CSV separator (default ',')")
     p.add_argument("--description", default="")
     p.add_argument("--seed", type=int, default=None, help="seed for the generated mock")
     p.set_defaults(func=cmd_add_dataset)
+
+    p = site_cmds.add_parser("remock", help="generate a dataset's mock (and its report) again")
+    p.add_argument("directory")
+    p.add_argument("name", help="the dataset")
+    fidelity_arg(p, default=None)
+    p.add_argument("--seed", type=int, default=None, help="seed, for the same mock every time")
+    p.add_argument("--rows", type=int, default=None, help="rows in the mock (default 1000)")
+    p.add_argument("--identifier", action="append", default=[], help="an identifier column")
+    p.set_defaults(func=cmd_remock)
+
+    p = site_cmds.add_parser("mock-report", help="a dataset mock's fidelity and privacy report")
+    p.add_argument("directory")
+    p.add_argument("name", help="the dataset")
+    p.add_argument("--json", action="store_true", help="the full report as JSON")
+    p.set_defaults(func=cmd_mock_report)
 
     p = site_cmds.add_parser("add-user", help="add a user and print their token once")
     p.add_argument("directory")
@@ -161,6 +202,7 @@ def cmd_init(args: argparse.Namespace) -> None:
 def cmd_add_dataset(args: argparse.Namespace) -> None:
     config = DatasiteConfig.load(args.directory)
     columns = [c.strip() for c in args.columns.split(",")] if args.columns else None
+    given = None if args.mock in (None, "auto") else args.mock
     entry = add_dataset(
         config,
         args.name,
@@ -168,23 +210,59 @@ def cmd_add_dataset(args: argparse.Namespace) -> None:
         columns=columns,
         na_values=args.na,
         sep=args.sep,
-        mock_path=args.mock,
+        mock_path=given,
         description=args.description,
         seed=args.seed,
+        fidelity=args.fidelity,
+        mock_rows=args.rows,
+        identifiers=args.identifier,
     )
+    report = load_report((config.directory / entry.mock).parent) or {}
     store = Store(config.database_url)
     store.audit(
         "admin-cli",
         "dataset.add",
         f"dataset:{entry.name}",
         columns=[c.name for c in entry.columns],
-        mock="given" if args.mock else "schema",
+        mock=report.get("fidelity", "given"),
     )
     store.close()
-    mock = "from " + args.mock if args.mock else "generated (schema only)"
+    mock = "from " + given if given else f"generated ({report.get('fidelity')})"
     print(
         f"added dataset {entry.name!r} to {config.name}: {len(entry.columns)} columns; mock {mock}"
     )
+    print(f"mock report: remote-kernel datasite mock-report {args.directory} {entry.name}")
+
+
+def cmd_remock(args: argparse.Namespace) -> None:
+    config = DatasiteConfig.load(args.directory)
+    report = remock_dataset(
+        config,
+        args.name,
+        fidelity=args.fidelity,
+        seed=args.seed,
+        mock_rows=args.rows,
+        identifiers=args.identifier,
+    )
+    store = Store(config.database_url)
+    store.audit("admin-cli", "dataset.remock", f"dataset:{args.name}", fidelity=report["fidelity"])
+    store.close()
+    print(
+        f"new {report['fidelity']} mock of {args.name!r}: {report['rows']} rows, "
+        f"{report['privacy']['exact_copies']} equal to a private row"
+    )
+
+
+def cmd_mock_report(args: argparse.Namespace) -> None:
+    config = DatasiteConfig.load(args.directory)
+    entry = config.dataset(args.name)
+    report = load_report((config.directory / entry.mock).parent)
+    if report is None:
+        raise CliError(
+            f"dataset {args.name!r} has no mock report (imported before reports existed); "
+            f"make one with: remote-kernel datasite remock {args.directory} {args.name}"
+        )
+    print(json.dumps(report, indent=2) if args.json else format_report(report))
 
 
 def cmd_add_user(args: argparse.Namespace) -> None:

@@ -8,12 +8,15 @@ and the mock is written with exactly the same schema.
 from __future__ import annotations
 
 import shutil
+from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
 
 from .config import ColumnSchema, DatasetEntry, DatasiteConfig, check_name
+from .errors import InputError
 
 #: Default number of rows in a schema-only mock. Fixed, so the mock does not
 #: reveal the private table's size.
@@ -26,7 +29,7 @@ MIN_CATEGORY_ROWS = 10
 CATEGORICAL_MAX_LEVELS = 12
 
 
-class DatasetError(ValueError):
+class DatasetError(InputError):
     """A dataset file cannot be imported; the message says why and what to do."""
 
 
@@ -84,89 +87,16 @@ def schema_of(frame: pd.DataFrame) -> list[ColumnSchema]:
 def schema_only_mock(
     frame: pd.DataFrame, rows: int = DEFAULT_MOCK_ROWS, seed: int | None = None
 ) -> pd.DataFrame:
-    """Same columns and dtypes; each column's values drawn independently.
+    """Same columns and dtypes; each column's values drawn independently (fidelity ``schema``).
 
-    Numbers are drawn uniformly from the observed range (integers stay
-    integers), categories uniformly from the observed categories, and each
-    column keeps its missing rate. Columns are sampled independently, so rows
-    carry no joint information; any generated row that still equals a private
-    row is redrawn.
+    Numbers are drawn uniformly from a coarsened range (integers stay
+    integers), categories uniformly from the common categories, and each
+    column keeps its (coarsened) missing rate; a generated row that still
+    equals a private row is redrawn. See ``mocks.py`` for the other levels.
     """
-    rng = np.random.default_rng(seed)
-    out: dict[str, pd.Series] = {}
-    for name in frame.columns:
-        out[name] = _mock_column(frame[name], rows, rng)
-    mock = pd.DataFrame(out, columns=frame.columns)
-    return _without_private_rows(mock, frame, rng)
+    from .mocks import generate_mock
 
-
-def _mock_column(column: pd.Series, rows: int, rng: np.random.Generator) -> pd.Series:
-    observed = column.dropna()
-    missing_rate = float(column.isna().mean()) if len(column) else 0.0
-    if observed.empty:
-        return pd.Series([None] * rows, dtype=column.dtype)
-    if pd.api.types.is_bool_dtype(column):
-        values = rng.random(rows) < 0.5
-    elif pd.api.types.is_numeric_dtype(column):
-        low, high = float(observed.min()), float(observed.max())
-        integral = bool(np.all(np.mod(observed.to_numpy(dtype=float), 1) == 0))
-        distinct = observed.unique()
-        if integral and len(distinct) <= CATEGORICAL_MAX_LEVELS:
-            # Coded values (sex, chest-pain type, thal): only codes that exist.
-            values = rng.choice(np.sort(distinct), size=rows)
-        elif integral:
-            values = rng.integers(int(low), int(high) + 1, size=rows).astype(float)
-        else:
-            decimals = 1 if observed.abs().max() > 1 else 3
-            values = np.round(rng.uniform(low, high, size=rows), decimals)
-    elif pd.api.types.is_datetime64_any_dtype(column):
-        low, high = observed.min().value, observed.max().value
-        values = pd.to_datetime(rng.integers(low, high + 1, size=rows))
-    else:
-        values = rng.choice(_public_categories(column.name, observed), size=rows)
-    series = pd.Series(values)
-    if missing_rate > 0:
-        series = series.where(rng.random(rows) >= missing_rate)
-    try:
-        return series.astype(column.dtype)
-    except (TypeError, ValueError):
-        return series
-
-
-def _public_categories(name: object, observed: pd.Series) -> np.ndarray:
-    """Category values a mock may show: only those shared by many rows.
-
-    A value held by few rows (a rare diagnosis, and every patient id, name or
-    date of birth) would identify people, so it never reaches the mock; a
-    column with no common value gets made-up placeholders instead.
-    """
-    counts = observed.astype(str).value_counts()
-    common = counts[counts >= MIN_CATEGORY_ROWS].index.to_numpy()
-    if len(common) == 0:
-        return np.array([f"{name}-{i:04d}" for i in range(1, 101)])
-    return common
-
-
-def _row_keys(frame: pd.DataFrame) -> pd.Series:
-    return pd.util.hash_pandas_object(frame.astype(str), index=False)
-
-
-def _without_private_rows(
-    mock: pd.DataFrame, private: pd.DataFrame, rng: np.random.Generator, attempts: int = 20
-) -> pd.DataFrame:
-    private_keys = set(_row_keys(private).tolist())
-    for _ in range(attempts):
-        clash = _row_keys(mock).isin(private_keys).to_numpy()
-        if not clash.any():
-            return mock
-        replacement = schema_only_mock_rows(private, int(clash.sum()), rng)
-        mock.loc[clash, :] = replacement.to_numpy()
-    clash = _row_keys(mock).isin(private_keys).to_numpy()
-    return mock.loc[~clash].reset_index(drop=True)
-
-
-def schema_only_mock_rows(frame: pd.DataFrame, rows: int, rng: np.random.Generator) -> pd.DataFrame:
-    return pd.DataFrame({c: _mock_column(frame[c], rows, rng) for c in frame.columns})
+    return generate_mock(frame, "schema", rows=rows, seed=seed)
 
 
 def add_dataset(
@@ -180,14 +110,29 @@ def add_dataset(
     mock_path: str | Path | None = None,
     description: str = "",
     seed: int | None = None,
+    fidelity: str | None = None,
+    mock_rows: int | None = None,
+    identifiers: Sequence[str] = (),
 ) -> DatasetEntry:
-    """Import a private file (and a mock, or make one) into the datasite."""
+    """Import a private file (and a hand-made mock, or generate one) into the datasite.
+
+    A generated mock is made at ``fidelity`` (default ``marginal``) with a
+    report beside it (``mocks.py``, ``mock_report.py``). Identifier columns are
+    those given here plus those declared for the dataset in ``policy.yaml``.
+    Nothing is left in the datasets folder when any step fails.
+    """
+    from .mock_report import build_report, mock_files, write_files
+    from .mocks import DEFAULT_FIDELITY, MOCK_ROWS, generate_mock
+
     check_name("dataset", name)
     if name in config.datasets:
         raise DatasetError(f"dataset {name!r} already exists at {config.name}")
     private = read_table(private_path, columns=columns, na_values=na_values, sep=sep)
     check_table(private, private_path)
+    identifiers = _identifiers(config, name, private, identifiers)
     if mock_path is not None:
+        if fidelity is not None:
+            raise DatasetError("--fidelity applies to generated mocks, not to --mock FILE")
         mock = read_table(mock_path, columns=columns, na_values=na_values, sep=sep)
         check_table(mock, mock_path)
         if list(mock.columns) != list(private.columns):
@@ -196,14 +141,22 @@ def add_dataset(
                 f"columns {list(private.columns)}"
             )
         mock = mock.astype(private.dtypes.to_dict(), errors="ignore")
+        level = "given"
     else:
-        mock = schema_only_mock(private, seed=seed)
+        level = fidelity or DEFAULT_FIDELITY
+        mock = generate_mock(
+            private, level, rows=mock_rows or MOCK_ROWS, seed=seed, identifiers=identifiers
+        )
+    report = build_report(
+        private, mock, dataset=name, fidelity=level, seed=seed, identifiers=identifiers
+    )
+    files = mock_files(mock, report)
+    buffer = _parquet_bytes(private)
 
     target = config.datasets_dir / name
     target.mkdir(parents=True, exist_ok=False)
     try:
-        private.to_parquet(target / "private.parquet", index=False)
-        mock.to_parquet(target / "mock.parquet", index=False)
+        write_files(target, {"private.parquet": buffer, **files})
     except Exception:
         shutil.rmtree(target, ignore_errors=True)
         raise
@@ -218,6 +171,74 @@ def add_dataset(
     config.datasets[name] = entry
     config.save()
     return entry
+
+
+def remock_dataset(
+    config: DatasiteConfig,
+    name: str,
+    *,
+    fidelity: str | None = None,
+    seed: int | None = None,
+    mock_rows: int | None = None,
+    identifiers: Sequence[str] = (),
+) -> dict[str, Any]:
+    """Generate a dataset's mock again (same level as before unless given); return its report.
+
+    The new mock, report and summary replace the old ones only once all of
+    them are made and written, so a failure leaves the previous mock in place.
+    """
+    from .mock_report import build_report, load_report, mock_files, write_files
+    from .mocks import DEFAULT_FIDELITY, MOCK_ROWS, generate_mock
+
+    entry = config.dataset(name)
+    directory = (config.directory / entry.mock).parent
+    private = pd.read_parquet(config.directory / entry.private)
+    previous = load_report(directory) or {}
+    if fidelity is None:
+        fidelity = previous.get("fidelity")
+        if fidelity in (None, "given"):
+            fidelity = DEFAULT_FIDELITY
+    known = [str(c) for c in previous.get("identifiers", [])] + list(identifiers)
+    identifiers = _identifiers(config, name, private, known)
+    mock = generate_mock(
+        private, fidelity, rows=mock_rows or MOCK_ROWS, seed=seed, identifiers=identifiers
+    )
+    report = build_report(
+        private, mock, dataset=name, fidelity=fidelity, seed=seed, identifiers=identifiers
+    )
+    write_files(directory, mock_files(mock, report))
+    return report
+
+
+def _identifiers(
+    config: DatasiteConfig, name: str, private: pd.DataFrame, given: Sequence[str]
+) -> list[str]:
+    """Given identifier columns plus those ``policy.yaml`` declares; unknown names are an error."""
+    from .policy import PolicyError, load_policy
+
+    try:
+        declared = load_policy(config.directory).dataset(name).identifiers
+    except PolicyError as exc:
+        raise DatasetError(str(exc)) from None
+    given = list(dict.fromkeys([*given, *declared]))
+    unknown = [c for c in given if c not in private.columns]
+    if unknown:
+        raise DatasetError(
+            f"identifier column(s) {unknown} are not columns of {name!r} "
+            f"(columns: {[str(c) for c in private.columns]})"
+        )
+    return given
+
+
+def _parquet_bytes(frame: pd.DataFrame) -> bytes:
+    import io
+
+    buffer = io.BytesIO()
+    try:
+        frame.to_parquet(buffer, index=False)
+    except (ValueError, TypeError) as exc:  # e.g. pyarrow on a column of mixed types
+        raise DatasetError(f"cannot store the table as Parquet: {exc}") from exc
+    return buffer.getvalue()
 
 
 def load_private_tables(config: DatasiteConfig) -> dict[str, pd.DataFrame]:
