@@ -57,7 +57,7 @@ class RemoteKernelApp(ExtensionApp):
     @property
     def http(self) -> httpx.AsyncClient:
         """One pooled async client (created on first use, inside the server's loop)."""
-        if self._http is None:
+        if self._http is None or self._http.is_closed:
             self._http = httpx.AsyncClient(timeout=self.request_timeout)
         return self._http
 
