@@ -41,6 +41,8 @@ DEFAULT_FIDELITY = "marginal"
 MOCK_ROWS = 1000
 #: Most quantile bins per numeric column (each bin holds at least MIN_CATEGORY_ROWS rows).
 MAX_BINS = 20
+#: Fewest private rows in a quantile bin.
+MIN_BIN_ROWS = MIN_CATEGORY_ROWS
 #: Wider tables are refused: a mock of thousands of columns is not something to prototype on.
 MAX_COLUMNS = 2000
 #: The copula's correlation matrix is columns x columns; beyond this, use ``marginal``.
@@ -463,7 +465,7 @@ def _fit_numeric(
         edges = np.array([low, high])
         probs = np.ones(1)
     else:
-        bins = max(1, min(MAX_BINS, n // k))
+        bins = max(1, min(MAX_BINS, n // MIN_BIN_ROWS))
         edges = np.quantile(values, np.linspace(0.0, 1.0, bins + 1))
         edges = np.clip(edges, values[k - 1], values[n - k])
         probs = _equal(bins)
