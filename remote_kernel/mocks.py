@@ -363,8 +363,13 @@ def generate_mock(
         raise MockError(f"a mock needs at least one row (asked for {rows})")
     model = fit_mock(frame, fidelity, identifiers, seed=seed)
     rng = np.random.default_rng(seed)
-    mock = model.sample(rows, rng)
-    return drop_private_copies(mock, frame, model, rng, identifiers)
+    mock = drop_private_copies(model.sample(rows, rng), frame, model, rng, identifiers)
+    # Redrawn rows got identifiers of their own batch; make them once more for the final
+    # table so that they stay unique.
+    for column in model.columns:
+        if isinstance(column, IdentifierModel):
+            mock[column.name] = column.finish(column.values(rng.random(len(mock)), rng), rng)
+    return mock
 
 
 def _fit_column(column: pd.Series, fidelity: str, identifiers: Sequence[str]) -> ColumnModel:
@@ -416,7 +421,10 @@ def _fit_levels(
         else:
             low, high = _coarse_bounds(counts.index.to_numpy(dtype=float))
             levels = np.arange(math.floor(low), math.ceil(high) + 1)
-        return LevelsModel(column.name, column.dtype, missing, levels, _equal(len(levels)), None)
+        dtype = column.dtype
+        if isinstance(dtype, pd.CategoricalDtype):
+            dtype = pd.CategoricalDtype(list(levels))
+        return LevelsModel(column.name, dtype, missing, levels, _equal(len(levels)), None)
     rare_rows = int(counts.sum() - common.sum())
     if text:
         # Most frequent first, so that the copula's ranks follow frequency.
@@ -438,7 +446,11 @@ def _fit_levels(
     probs = np.asarray(weights) / np.sum(weights)
     if fidelity == "schema":
         probs = _equal(len(levels))
-    return LevelsModel(column.name, column.dtype, missing, levels, probs, order)
+    dtype = column.dtype
+    if isinstance(dtype, pd.CategoricalDtype):
+        # The dtype itself lists categories: only the public ones may be in the mock's.
+        dtype = pd.CategoricalDtype(list(levels), ordered=dtype.ordered)
+    return LevelsModel(column.name, dtype, missing, levels, probs, order)
 
 
 def _fit_numeric(

@@ -214,6 +214,27 @@ def test_identifiers_are_regenerated_and_dates_sampled(fidelity: str) -> None:
     assert metrics["admitted"] == "ks"
 
 
+def test_identifiers_stay_unique_when_rows_are_redrawn() -> None:
+    # Two binary columns where only (a=1, b=1) is not a private row: most generated rows
+    # equal a private row and are redrawn, many times.
+    a = np.array([0, 1] * 20)
+    b = ((a == 0) & (np.arange(40) < 20)).astype(int)
+    private = pd.DataFrame({"pid": [f"P{i}" for i in range(40)], "a": a, "b": b})
+    mock = generate_mock(private, "marginal", rows=50, seed=0, identifiers=["pid"])
+    assert len(mock) > 40 and set(zip(mock["a"], mock["b"], strict=True)) == {(1, 1)}
+    assert mock["pid"].is_unique and not set(mock["pid"]) & set(private["pid"])
+
+
+def test_a_category_dtype_lists_only_public_categories() -> None:
+    values = ["common"] * 50 + ["rare-diagnosis"] * 3
+    private = pd.DataFrame({"dx": pd.Categorical(values), "x": np.arange(53)})
+    for fidelity in FIDELITIES:
+        mock = generate_mock(private, fidelity, rows=200, seed=0)
+        assert isinstance(mock["dx"].dtype, pd.CategoricalDtype)
+        assert "rare-diagnosis" not in list(mock["dx"].cat.categories)
+        assert mock["dx"].notna().all()
+
+
 def test_unicode_column_names_round_trip(tmp_path: Path) -> None:
     private = pd.DataFrame(
         {"âge (années)": np.arange(60) % 40 + 20, "診断": ["はい", "いいえ"] * 30, "💊": 1.5}
