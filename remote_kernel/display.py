@@ -13,6 +13,7 @@ import re
 from typing import Any
 
 from .client import RemoteOutput, RemoteRequest
+from .values import VALUE_MIME
 
 ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
 Bundle = dict[str, Any]
@@ -105,6 +106,8 @@ def _released(site: str, output: RemoteOutput) -> Bundle:
             "text/html": header + f'<pre style="color:#b71c1c">{html.escape(text)}</pre>',
         }
     data: dict[str, Any] = dict(content.get("data") or {})
+    # The value travels to rk.last().values(), not into the saved notebook.
+    data.pop(VALUE_MIME, None)
     plain = str(data.get("text/plain", ""))
     if "text/html" in data:
         body = str(data["text/html"])
