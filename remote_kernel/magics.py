@@ -155,15 +155,19 @@ class FanoutView:
             self.show(self._bundle(), {}, self.ident, True)
 
     def _tick(self) -> None:
-        """Elapsed time in the widget, once a second, until every site is decided (max 1 day)."""
+        """Elapsed time in the widget, once a second, while any site is still running.
+
+        Once every site has finished, elapsed times are frozen and later changes
+        (decisions) arrive through :meth:`refresh`.
+        """
         deadline = time.monotonic() + 86400
         while time.monotonic() < deadline:
             time.sleep(1.0)
             with self._lock:
                 if self.widget is not None:
                     self.widget.value = fanout_table_html(self.result, self.elapsed())
-            if all(run.done for run in self.result.runs.values()):
-                self.refresh()
+            requests = self.result.requests.values()
+            if all(r.finished or r.connection_lost for r in requests):
                 return
 
     def sync(self) -> None:
