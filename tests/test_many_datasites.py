@@ -193,6 +193,13 @@ def test_values_of_every_safe_kind_come_back_as_objects(
             value = request.wait(timeout=60).value()
             got = value.tolist() if hasattr(value, "tolist") else value
             assert got == expected, code
+        # A cell ending in a datasite query: its table is released by policy, no reviewer.
+        cleveland = researcher(four_sites["cleveland"])
+        request = cleveland.run("rk.query('SELECT sex, COUNT(*) AS n FROM heart GROUP BY sex')")
+        table = request.wait(timeout=60).value()
+        cleveland.close()
+        truth = private(four_sites["cleveland"]).groupby("sex").size()
+        assert dict(zip(table["sex"], table["n"], strict=True)) == truth.to_dict()
     finally:
         client.close()
 
