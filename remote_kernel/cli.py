@@ -181,6 +181,25 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_review_decide, approve=False)
 
     # --- demo ---
+    p = top.add_parser(
+        "connect", help="save a datasite connection and install its kernel 'Remote: NAME'"
+    )
+    p.add_argument("url", help="the datasite's URL, e.g. https://datasite.example.org")
+    p.add_argument("--token", required=True, help="your token from the datasite's admin")
+    p.add_argument("--name", help="a short name for the site (default: the site's own name)")
+    p.add_argument(
+        "--prefix", help="install the kernelspec under this prefix (e.g. sys.prefix) not per user"
+    )
+    p.set_defaults(func=cmd_connect)
+
+    p = top.add_parser("disconnect", help="forget a saved connection and remove its kernel")
+    p.add_argument("name")
+    p.set_defaults(func=cmd_disconnect)
+
+    p = top.add_parser("connections", help="list saved datasite connections (never tokens)")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_connections)
+
     p = top.add_parser("demo", help="start a demo datasite with heart-disease data")
     p.add_argument("--dir", default="remote-kernel-demo", help="where the demo datasite lives")
     p.add_argument("--port", type=int, default=8765)
@@ -404,12 +423,20 @@ def cmd_review_show(args: argparse.Namespace) -> None:
     )
     print("\n--- code ---")
     print(request["code"])
+    if request.get("pushes"):
+        print("\n--- objects the researcher pushed into the kernel (cloudpickle) ---")
+        for push in request["pushes"]:
+            print(f"{push['name']}: {push['type']}, {push['size']} bytes, sha256 {push['sha256']}")
     print("\n--- findings ---")
     for finding in output.get("findings") or []:
         where = f" at {finding['location']}" if finding.get("location") else ""
         print(f"[{finding['verdict']}] {finding['check']}: {finding['message']}{where}")
     print("\n--- content ---")
     print(render_text(output["msg_type"], output.get("content") or {}))
+    value = render_value((output.get("content") or {}).get("data") or {})
+    if value:
+        print("\n--- the value the researcher receives as an object ---")
+        print(value)
     if args.save_images:
         for path in save_images(output, Path(args.save_images)):
             print(f"image written to {path}")
@@ -439,6 +466,25 @@ def save_images(output: dict[str, Any], directory: Path) -> list[Path]:
     return written
 
 
+def render_value(data: dict[str, Any]) -> str:
+    """What a cell's attached value decodes to (tables in full; pickles described, never loaded)."""
+    from .values import VALUE_MIME, ValueDecodeError, describe, read_table
+
+    payload = data.get(VALUE_MIME)
+    if payload is None:
+        return ""
+    text = describe(payload)
+    kind = payload.get("kind") if isinstance(payload, dict) else None
+    try:
+        if kind in ("dataframe", "series", "ndarray"):
+            text += "\n" + read_table(payload).to_string()
+        elif kind == "json":
+            text += "\n" + json.dumps(payload.get("data"), indent=2)
+    except ValueDecodeError as exc:
+        text += f"\n(cannot decode: {exc})"
+    return text
+
+
 def render_text(msg_type: str, content: dict[str, Any]) -> str:
     if msg_type == "stream":
         return str(content.get("text", ""))
@@ -447,7 +493,7 @@ def render_text(msg_type: str, content: dict[str, Any]) -> str:
 
         return re.sub(r"\x1b\[[0-9;]*[A-Za-z]", "", "\n".join(content.get("traceback") or []))
     data = content.get("data") or {}
-    others = sorted(set(data) - {"text/plain"})
+    others = sorted(set(data) - {"text/plain", "application/vnd.remote-kernel.value+json"})
     text = str(data.get("text/plain", ""))
     if others:
         text += f"\n(also: {', '.join(others)}; see --json)"
@@ -461,6 +507,52 @@ def cmd_review_decide(args: argparse.Namespace) -> None:
     else:
         output = _remote(lambda: site.deny(args.output_id, args.comment))
     print(f"output {output['id']} {output['state']}")
+
+
+def cmd_connect(args: argparse.Namespace) -> None:
+    from .client import Datasite, RemoteKernelError
+    from .connections import Connection, check_name, connections_path, save_connection
+    from .proxy_kernel import install_kernelspec, kernelspec_name
+
+    try:
+        site = Datasite(args.url, args.token)  # checks the URL and the token now
+    except RemoteKernelError as exc:
+        raise CliError(str(exc)) from None
+    name = args.name or site.remote_name
+    try:
+        check_name(name)
+    except ValueError as exc:
+        raise CliError(str(exc)) from None
+    save_connection(Connection(name, site.url, args.token, site.user, site.role))
+    site.close()
+    where = install_kernelspec(name, prefix=args.prefix)
+    print(f"connected to {site.url} as {site.user} ({site.role}), saved as {name!r}")
+    print(f"  connection file: {connections_path()} (mode 0600)")
+    print(f"  kernel: {kernelspec_name(name)} ('Remote: {name}') in {where}")
+
+
+def cmd_disconnect(args: argparse.Namespace) -> None:
+    from .connections import remove_connection
+    from .proxy_kernel import remove_kernelspec
+
+    removed = remove_connection(args.name)
+    spec_removed = remove_kernelspec(args.name)
+    if not (removed or spec_removed):
+        raise CliError(f"no saved connection or kernel named {args.name!r}")
+    print(f"disconnected {args.name!r}")
+
+
+def cmd_connections(args: argparse.Namespace) -> None:
+    from .connections import load_connections
+
+    listing = [c.public() for c in load_connections().values()]
+    if args.json:
+        print(json.dumps(listing, indent=2))
+        return
+    if not listing:
+        print("no saved connections (add one with `remote-kernel connect URL --token T`)")
+    for entry in listing:
+        print(f"{entry['name']:<16} {entry['url']:<32} {entry['user']} ({entry['role']})")
 
 
 def cmd_demo(args: argparse.Namespace) -> None:
