@@ -142,6 +142,15 @@ export function requestsFromOutputs(
 ): Record<string, number> {
   const requests: Record<string, number> = {};
   for (const output of outputs) {
+    // A fan-out summary may list every site's request: {"requests": {site: id}}.
+    const listed = output.metadata?.remote_kernel?.requests;
+    if (listed && typeof listed === 'object') {
+      for (const [site, id] of Object.entries(listed)) {
+        if (typeof id === 'number') {
+          requests[site] = Math.max(requests[site] ?? 0, id);
+        }
+      }
+    }
     const meta = remoteMeta(output);
     if (meta) {
       requests[meta.site] = Math.max(requests[meta.site] ?? 0, meta.request_id);

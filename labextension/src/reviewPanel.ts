@@ -212,7 +212,11 @@ export class ReviewPanel extends Panel {
 
   private updateBadge(): void {
     const count = this.pendingCount;
-    this.title.dataset = count ? { rkCount: String(count) } : {};
+    // Keep JupyterLab's own data attributes (data-id identifies the sidebar tab);
+    // Lumino writes keys verbatim as data-<key>, hence the kebab-case key.
+    const others = { ...this.title.dataset };
+    delete others['rk-count'];
+    this.title.dataset = count ? { ...others, 'rk-count': String(count) } : others;
     this.title.caption = `Pending outputs (${count})`;
   }
 

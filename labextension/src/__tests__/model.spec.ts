@@ -87,6 +87,15 @@ describe('merging a request into the cell', () => {
 
   it('records the newest request per site', () => {
     expect(requestsFromOutputs(outputs)).toEqual({ cleveland: 7 });
+    const fanout: INbOutput = {
+      output_type: 'display_data',
+      data: {},
+      metadata: { remote_kernel: { requests: { cleveland: 3, hungary: 9 } } }
+    };
+    expect(requestsFromOutputs([fanout, ...outputs])).toEqual({
+      cleveland: 7,
+      hungary: 9
+    });
   });
 
   it('replaces a released placeholder in place with the content and keeps the others', () => {

@@ -1,0 +1,273 @@
+/**
+ * The main flows, in a real JupyterLab against real datasites (see servers.py):
+ * a researcher tags a cell and runs it remotely, a reviewer approves or denies
+ * in the Pending outputs panel, released outputs appear in the researcher's
+ * cell (also after the notebook was closed), and a two-reviewer release.
+ */
+import { expect, galata, test } from '@jupyterlab/galata';
+import { Page } from '@playwright/test';
+import * as fs from 'fs';
+import * as path from 'path';
+
+const STATE = path.resolve(__dirname, '..', '.servers');
+const IMAGES = path.resolve(__dirname, '..', '..', 'docs', 'images');
+const tokens = () =>
+  JSON.parse(fs.readFileSync(path.join(STATE, 'tokens.json'), 'utf-8'));
+
+test.use({ autoGoto: true });
+test.describe.configure({ mode: 'serial' });
+
+async function command(
+  page: Page,
+  id: string,
+  args: object = {}
+): Promise<void> {
+  await page.evaluate(
+    async ({ id, args }) => {
+      // The command's result (a widget) cannot cross into the test: drop it.
+      await (window as any).jupyterapp.commands.execute(id, args);
+    },
+    { id, args }
+  );
+}
+
+async function openPanel(page: Page, id: string): Promise<void> {
+  const tab = page.locator(`.jp-SideBar [data-id="${id}"]`);
+  if ((await tab.getAttribute('aria-selected')) !== 'true') {
+    await tab.click();
+  }
+  await expect(page.locator(`#${id}`)).toBeVisible();
+}
+
+/** A notebook whose first cell imports rk (run locally) and second cell is `source`. */
+async function notebookWith(
+  page: Page,
+  name: string,
+  source: string,
+  sites: string[]
+) {
+  await page.notebook.createNew(name);
+  await page.notebook.setCell(0, 'code', 'import remote_kernel as rk');
+  await page.notebook.runCell(0, true);
+  await page.notebook.addCell('code', source);
+  await openPanel(page, 'remote-kernel-datasites');
+  const targets = page.locator(
+    '#remote-kernel-datasites .rk-Targets input[type=checkbox]'
+  );
+  await expect(targets.first()).toBeVisible();
+  for (const box of await targets.all()) {
+    const site = await box.getAttribute('data-site');
+    await box.setChecked(sites.includes(site ?? ''));
+  }
+}
+
+function cell(page: Page, index: number) {
+  return page.locator('.jp-Notebook .jp-Cell').nth(index);
+}
+
+async function runRemotely(page: Page, index: number): Promise<void> {
+  await page.notebook.selectCells(index);
+  await cell(page, index).click();
+  await page.keyboard.press('Escape');
+  await cell(page, index)
+    .locator('.jp-cell-toolbar [data-command="remote-kernel:run-remotely"]')
+    .click();
+}
+
+async function reviewRow(page: Page, site: string, text: string) {
+  await openPanel(page, 'remote-kernel-reviews');
+  const panel = page.locator('#remote-kernel-reviews');
+  await panel.locator('.rk-Filter-site').selectOption(site);
+  const row = panel.locator('.rk-ReviewRow', { hasText: text }).first();
+  await expect(row).toBeVisible();
+  await row.click();
+  return panel;
+}
+
+test('tag a cell, run it remotely, approve it, see the released output', async ({
+  page
+}) => {
+  const t = tokens();
+  await openPanel(page, 'remote-kernel-datasites');
+  const panel = page.locator('#remote-kernel-datasites');
+  await panel.locator('input[name=url]').fill(t.cleveland.url);
+  await panel.locator('input[name=token]').fill(t.cleveland.alice);
+  await panel.locator('input[name=name]').fill('cleveland');
+  await panel.locator('button.rk-Connect').click();
+  await expect(panel.locator('.rk-Message')).toContainText(
+    'Connected to cleveland as alice'
+  );
+  // The token never stays in the page.
+  await expect(panel.locator('input[name=token]')).toHaveValue('');
+  expect(await page.content()).not.toContain(t.cleveland.alice);
+
+  const site = panel.locator('.rk-Connection[data-site="cleveland"]');
+  await site.locator('summary').first().click();
+  await site.locator('.rk-Dataset summary').first().click();
+  await site.locator('button.rk-Preview').click();
+  await expect(site.locator('.rk-Mock tbody tr')).toHaveCount(20);
+  await expect(site.locator('.rk-Health.rk-mod-ok')).toBeVisible();
+
+  await notebookWith(
+    page,
+    'approve.ipynb',
+    'df = rk.data("heart")\nprint("rows", len(df) > 0)\ndf.groupby("sex").size()',
+    ['cleveland']
+  );
+  await panel.screenshot({ path: path.join(IMAGES, 'datasites-panel.png') });
+
+  // Tag with the keyboard shortcut (command mode).
+  await page.notebook.selectCells(1);
+  await page.keyboard.press('Escape');
+  await page.keyboard.press('Alt+r');
+  await expect(cell(page, 1)).toHaveClass(/rk-mod-remote/);
+  await expect(cell(page, 1).locator('.rk-RemoteBadge')).toHaveText(
+    'remote → cleveland'
+  );
+  const tags = await page.evaluate(() =>
+    (
+      window as any
+    ).jupyterapp.shell.currentWidget.content.activeCell.model.getMetadata(
+      'tags'
+    )
+  );
+  expect(tags).toEqual(['remote']);
+
+  await runRemotely(page, 1);
+  const badge = cell(page, 1).locator('.rk-SiteStatus[data-site="cleveland"]');
+  await expect(badge).toContainText('pending');
+  await expect(
+    cell(page, 1).locator('.jp-OutputArea-output').first()
+  ).toContainText('mock');
+  await cell(page, 1).screenshot({
+    path: path.join(IMAGES, 'remote-cell-pending.png')
+  });
+
+  const reviews = await reviewRow(page, 'cleveland-bob', 'alice');
+  await expect(reviews.locator('.rk-WithheldOutput')).toBeVisible();
+  await expect(reviews.locator('.rk-Code')).toContainText('groupby');
+  await expect(
+    page.locator('.jp-SideBar [data-id="remote-kernel-reviews"]')
+  ).toHaveAttribute('data-rk-count', /[1-9]/);
+  await reviews.screenshot({ path: path.join(IMAGES, 'pending-outputs.png') });
+  // Keyboard review loop: a approves and moves on to the next output.
+  await reviews.focus();
+  await page.keyboard.press('a');
+  await expect(reviews.locator('.rk-ReviewRow')).toHaveCount(1);
+  await page.keyboard.press('a');
+  await expect(reviews.locator('.rk-Empty')).toBeVisible();
+
+  const released = cell(page, 1).locator(
+    '.rk-RemoteOutput[data-rk-state="released"]'
+  );
+  await expect(released).toHaveCount(2, { timeout: 30_000 });
+  await expect(released.first()).toHaveAttribute(
+    'data-rk-label',
+    'cleveland · released by bob'
+  );
+  await expect(released.first()).toContainText('rows True');
+  await expect(badge).toContainText('2 released');
+  await cell(page, 1).screenshot({
+    path: path.join(IMAGES, 'remote-cell-released.png')
+  });
+});
+
+test('released outputs that arrive while the notebook is closed appear when reopened', async ({
+  page,
+  tmpPath
+}) => {
+  await notebookWith(
+    page,
+    'reopen.ipynb',
+    'print("heart columns", rk.data("heart").shape[1])',
+    ['cleveland']
+  );
+  await command(page, 'remote-kernel:toggle-remote-tag');
+  await runRemotely(page, 1);
+  await expect(cell(page, 1).locator('.rk-SiteStatus')).toContainText(
+    'pending'
+  );
+  await page.notebook.save();
+  await page.notebook.close(true);
+
+  const reviews = await reviewRow(page, 'cleveland-bob', 'alice');
+  await expect(reviews.locator('.rk-Code')).toContainText('heart columns');
+  await reviews.locator('button.rk-Approve').click();
+  await expect(reviews.locator('.rk-Empty')).toBeVisible();
+
+  await command(page, 'docmanager:open', { path: `${tmpPath}/reopen.ipynb` });
+  await expect(cell(page, 1)).toHaveClass(/rk-mod-remote/);
+  const released = cell(page, 1).locator(
+    '.rk-RemoteOutput[data-rk-state="released"]'
+  );
+  await expect(released).toContainText('heart columns', { timeout: 30_000 });
+});
+
+test('deny with a comment', async ({ page }) => {
+  await notebookWith(page, 'deny.ipynb', 'print("sexes", rk.data("heart").sex.nunique())', [
+    'cleveland'
+  ]);
+  await runRemotely(page, 1); // Run remotely tags the cell too
+  await expect(cell(page, 1)).toHaveClass(/rk-mod-remote/);
+  await expect(cell(page, 1).locator('.rk-SiteStatus')).toContainText(
+    'pending'
+  );
+
+  const reviews = await reviewRow(page, 'cleveland-bob', 'alice');
+  await reviews.focus();
+  await page.keyboard.press('d'); // without a comment: focus the comment box
+  await expect(reviews.locator('.rk-Comment')).toBeFocused();
+  await page.keyboard.type('raw rows: aggregate first');
+  await page.keyboard.press('Control+Enter');
+  await expect(reviews.locator('.rk-Empty')).toBeVisible();
+
+  const denied = cell(page, 1).locator(
+    '.rk-RemoteOutput[data-rk-state="denied"]'
+  );
+  await expect(denied).toContainText(
+    'denied by bob: raw rows: aggregate first',
+    {
+      timeout: 30_000
+    }
+  );
+  await expect(cell(page, 1).locator('.rk-SiteStatus')).toContainText(
+    '1 denied'
+  );
+});
+
+test('two reviewers release at a two-person site', async ({ page }) => {
+  await notebookWith(
+    page,
+    'two.ipynb',
+    'print("mean age", round(rk.data("heart").age.mean(), -1))',
+    ['hungary']
+  );
+  await runRemotely(page, 1);
+  await expect(
+    cell(page, 1).locator('.rk-SiteStatus[data-site="hungary"]')
+  ).toContainText('pending');
+
+  let reviews = await reviewRow(page, 'hungary-bob', 'alice');
+  await reviews.locator('button.rk-Approve').click();
+  // One approval of two: still pending for the researcher.
+  reviews = await reviewRow(page, 'hungary-dave', 'alice');
+  await expect(cell(page, 1).locator('.rk-SiteStatus')).toContainText(
+    'pending'
+  );
+  await reviews.screenshot({ path: path.join(IMAGES, 'second-review.png') });
+  await reviews.locator('button.rk-Approve').click();
+
+  const released = cell(page, 1).locator(
+    '.rk-RemoteOutput[data-rk-state="released"]'
+  );
+  await expect(released).toHaveAttribute(
+    'data-rk-label',
+    'hungary · released by bob, dave',
+    {
+      timeout: 30_000
+    }
+  );
+  await expect(released).toContainText('mean age');
+});
+
+void galata;
