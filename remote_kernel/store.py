@@ -225,8 +225,9 @@ class Store:
 
     # --- audit ---------------------------------------------------------------------------
     def _audit(self, db: Session, actor: str, action: str, target: str = "", **detail: Any) -> None:
-        last = db.scalars(select(AuditEntry).order_by(AuditEntry.id.desc()).limit(1)).first()
-        prev = last.hash if last else GENESIS_HASH
+        # Only the previous hash, not an ORM object: this runs in every write transaction.
+        last = db.execute(select(AuditEntry.hash).order_by(AuditEntry.id.desc()).limit(1))
+        prev = last.scalar() or GENESIS_HASH
         at = utcnow()
         entry = AuditEntry(
             at=at,
