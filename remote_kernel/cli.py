@@ -114,7 +114,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("directory")
     p.add_argument("name")
     p.add_argument("--role", required=True, choices=[r.value for r in Role])
+    p.add_argument(
+        "--expires-in",
+        type=float,
+        metavar="DAYS",
+        help="the token stops working after this many days (default: never)",
+    )
     p.set_defaults(func=cmd_add_user)
+
+    p = site_cmds.add_parser("revoke", help="revoke a user's token (their history stays)")
+    p.add_argument("directory")
+    p.add_argument("name")
+    p.set_defaults(func=cmd_revoke)
 
     p = site_cmds.add_parser("users", help="list users (never their tokens)")
     p.add_argument("directory")
@@ -124,6 +135,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("directory")
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=8765)
+    p.add_argument("--certfile", help="serve HTTPS with this PEM certificate (chain)")
+    p.add_argument("--keyfile", help="the certificate's PEM private key")
+    p.add_argument(
+        "--behind-proxy",
+        action="store_true",
+        help="trust X-Forwarded-For/X-Real-IP from a reverse proxy for client addresses "
+        "(only when the port is reachable from the proxy alone; see docs/security.md)",
+    )
     p.add_argument(
         "--insecure-release-all",
         action="store_true",
@@ -286,20 +305,43 @@ def cmd_mock_report(args: argparse.Namespace) -> None:
 
 def cmd_add_user(args: argparse.Namespace) -> None:
     config = DatasiteConfig.load(args.directory)
+    from datetime import timedelta
+
+    if args.expires_in is not None and not args.expires_in > 0:
+        raise CliError("--expires-in must be a positive number of days")
+    lifetime = timedelta(days=args.expires_in) if args.expires_in is not None else None
     store = Store(config.database_url)
     try:
-        user, token = store.create_user(args.name, Role(args.role))
+        user, token = store.create_user(args.name, Role(args.role), expires_in=lifetime)
     finally:
         store.close()
-    print(f"added {user.role} {user.name!r} to {config.name}. Their token (shown only once):")
+    until = f", valid until {user.expires_at:%Y-%m-%d %H:%M} UTC" if user.expires_at else ""
+    print(f"added {user.role} {user.name!r} to {config.name}{until}.")
+    print("Their token (shown only once):")
     print(token)
+
+
+def cmd_revoke(args: argparse.Namespace) -> None:
+    from .errors import NotFound
+
+    config = DatasiteConfig.load(args.directory)
+    store = Store(config.database_url)
+    try:
+        user = store.revoke_user(args.name)
+    except NotFound as exc:
+        raise CliError(str(exc)) from None
+    finally:
+        store.close()
+    print(f"revoked the token of {user.role} {user.name!r} at {config.name}")
 
 
 def cmd_users(args: argparse.Namespace) -> None:
     config = DatasiteConfig.load(args.directory)
     store = Store(config.database_url)
     for user in store.users():
-        state = "revoked" if user.revoked_at else "active"
+        state = user.token_state()
+        if state == "active" and user.expires_at:
+            state = f"active until {user.expires_at:%Y-%m-%d %H:%M} UTC"
         print(f"{user.name}\t{user.role}\t{state}")
     store.close()
 
@@ -322,6 +364,8 @@ def cmd_serve(args: argparse.Namespace) -> None:
     def ready(url: str) -> None:
         print(f"datasite serving at {url} (Ctrl-C to stop)", flush=True)
 
+    if bool(args.certfile) != bool(args.keyfile):
+        raise CliError("give both --certfile and --keyfile (or neither)")
     try:
         asyncio.run(
             run_server(
@@ -331,6 +375,9 @@ def cmd_serve(args: argparse.Namespace) -> None:
                 allow_insecure=args.insecure_release_all,
                 filter_name=filter_name,
                 ready=ready,
+                certfile=args.certfile,
+                keyfile=args.keyfile,
+                behind_proxy=args.behind_proxy,
             )
         )
     except InsecureFilterRefused as exc:

@@ -45,6 +45,16 @@ class Limits:
     max_request_body_bytes: int = 2 * 1024 * 1024
     #: Total size of the objects one request may push (cloudpickle bytes).
     max_push_bytes: int = 16 * 1024 * 1024
+    #: Outputs (iopub messages) one request may produce before it is cut off.
+    max_outputs_per_request: int = 2000
+    #: Total bytes of output one request may produce before it is cut off.
+    max_output_bytes_per_request: int = 64 * 1024 * 1024
+    #: Websocket flood control: messages per second a channel may send on average,
+    #: and the burst it may send at once; past that the channel is closed (1008).
+    ws_messages_per_second: float = 20.0
+    ws_message_burst: int = 200
+    #: Events queued for a websocket client that does not read; past that it is closed.
+    max_ws_buffer_bytes: int = 8 * 1024 * 1024
 
 
 @dataclass
@@ -52,6 +62,32 @@ class KernelSettings:
     cull_idle_seconds: float = 3600.0
     cull_interval_seconds: float = 60.0
     startup_timeout_seconds: float = 60.0
+    #: ``auto``: a network namespace (and, when the server is root, a user of the
+    #: kernel's own) when this machine allows it, else no sandbox with a loud warning;
+    #: ``namespace``: refuse to start kernels without it; ``none``: no sandbox.
+    sandbox: str = "auto"
+    #: Address-space limit of a kernel (RLIMIT_AS), in MiB; 0 for none.
+    memory_limit_mb: int = 4096
+    #: CPU time a kernel may use in all (RLIMIT_CPU), in seconds; 0 for none.
+    cpu_time_seconds: int = 0
+    #: Sandboxed kernels run as uid/gid ``sandbox_uid_base + n`` (one per session).
+    sandbox_uid_base: int = 200000
+    #: Where sandboxed kernels get their scratch directories (outside the 0700
+    #: datasite directory, which they must not be able to enter); default: the
+    #: system's temporary directory.
+    sandbox_dir: str | None = None
+
+
+SANDBOX_MODES = ("auto", "namespace", "none")
+
+
+@dataclass
+class AuthSettings:
+    #: Failed logins from one client address within ``failure_window_seconds`` that
+    #: lock that address out for ``lockout_seconds`` (429 with Retry-After).
+    max_failed_logins: int = 10
+    failure_window_seconds: float = 60.0
+    lockout_seconds: float = 60.0
 
 
 @dataclass
@@ -86,6 +122,7 @@ class DatasiteConfig:
     output_filter: str = "rules"
     limits: Limits = field(default_factory=Limits)
     kernels: KernelSettings = field(default_factory=KernelSettings)
+    auth: AuthSettings = field(default_factory=AuthSettings)
     datasets: dict[str, DatasetEntry] = field(default_factory=dict)
 
     # --- paths ---------------------------------------------------------------------------
@@ -122,6 +159,7 @@ class DatasiteConfig:
             "output_filter": self.output_filter,
             "limits": asdict(self.limits),
             "kernels": asdict(self.kernels),
+            "auth": asdict(self.auth),
             "datasets": {
                 name: {
                     "private": d.private,
@@ -162,13 +200,20 @@ class DatasiteConfig:
                 )
                 for name, d in (raw.get("datasets") or {}).items()
             }
+            kernels = KernelSettings(**(raw.get("kernels") or {}))
+            if kernels.sandbox not in SANDBOX_MODES:
+                raise ConfigError(
+                    f"{path}: kernels.sandbox must be one of {', '.join(SANDBOX_MODES)}, "
+                    f"not {kernels.sandbox!r}"
+                )
             return cls(
                 name=check_name("datasite", raw["name"]),
                 directory=directory,
                 db_url=raw.get("db_url"),
                 output_filter=raw.get("output_filter", "rules"),
                 limits=Limits(**(raw.get("limits") or {})),
-                kernels=KernelSettings(**(raw.get("kernels") or {})),
+                kernels=kernels,
+                auth=AuthSettings(**(raw.get("auth") or {})),
                 datasets=datasets,
             )
         except (KeyError, TypeError) as exc:

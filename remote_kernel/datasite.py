@@ -40,6 +40,7 @@ from .kernels import KernelDied, KernelHandle, KernelProvider
 from .models import Finding, OutputItem, OutputState, RequestStatus, Role
 from .policy import Policy
 from .server.kernel_api import KernelApi
+from .server.throttle import AuthThrottle
 from .store import KernelSession, NewPush, NotFound, Output, Request, Store, User
 from .views import output_view, request_view
 
@@ -105,6 +106,7 @@ class Datasite:
         self._culler: asyncio.Task[None] | None = None
         self._private_tables = private_tables
         self.kernel_api = KernelApi(self)
+        self.auth_throttle = AuthThrottle(config.auth)
 
     # --- life cycle ----------------------------------------------------------------------
     async def start(self) -> None:

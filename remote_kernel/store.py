@@ -17,7 +17,7 @@ import secrets
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from typing import Any
 
 from sqlalchemy import (
@@ -30,7 +30,9 @@ from sqlalchemy import (
     create_engine,
     event,
     func,
+    inspect,
     select,
+    text,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
 
@@ -74,10 +76,20 @@ class User(Base):
     token_hash: Mapped[str] = mapped_column(String(64), unique=True)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     revoked_at: Mapped[datetime | None] = mapped_column(default=None)
+    #: After this moment (UTC) the token is refused; None: it does not expire.
+    expires_at: Mapped[datetime | None] = mapped_column(default=None)
 
     @property
     def role_enum(self) -> Role:
         return Role(self.role)
+
+    def token_state(self, now: datetime | None = None) -> str:
+        """``active``, ``revoked`` or ``expired``."""
+        if self.revoked_at is not None:
+            return "revoked"
+        if self.expires_at is not None and self.expires_at <= (now or utcnow()):
+            return "expired"
+        return "active"
 
 
 class KernelSession(Base):
@@ -212,8 +224,20 @@ class Store:
                 conn.exec_driver_sql("BEGIN IMMEDIATE")
 
         Base.metadata.create_all(self.engine)
+        self._add_missing_columns()
         self._sessions = sessionmaker(self.engine, expire_on_commit=False)
         self._user_names: dict[int, str] = {}
+
+    def _add_missing_columns(self) -> None:
+        """Columns added after a datasite was created (``create_all`` adds only tables)."""
+        added = {"users": {"expires_at": "DATETIME"}}
+        inspector = inspect(self.engine)
+        for table, columns in added.items():
+            present = {c["name"] for c in inspector.get_columns(table)}
+            for name, sql_type in columns.items():
+                if name not in present:
+                    with self.engine.begin() as conn:
+                        conn.execute(text(f"ALTER TABLE {table} ADD COLUMN {name} {sql_type}"))
 
     def close(self) -> None:
         self.engine.dispose()
@@ -264,24 +288,51 @@ class Store:
         return problems
 
     # --- users ---------------------------------------------------------------------------
-    def create_user(self, name: str, role: Role, actor: str = "admin-cli") -> tuple[User, str]:
+    def create_user(
+        self,
+        name: str,
+        role: Role,
+        actor: str = "admin-cli",
+        expires_in: timedelta | None = None,
+    ) -> tuple[User, str]:
         """Create a user and return it with its token; only the token's hash is kept."""
         token = new_token()
+        if expires_in is not None and expires_in <= timedelta(0):
+            raise ValueError("a token's lifetime must be positive")
+        expires_at = utcnow() + expires_in if expires_in is not None else None
         with self.transaction() as db:
             if db.scalars(select(User).where(User.name == name)).first():
                 raise Conflict(f"user {name!r} already exists")
-            user = User(name=name, role=role.value, token_hash=hash_token(token))
+            user = User(
+                name=name, role=role.value, token_hash=hash_token(token), expires_at=expires_at
+            )
             db.add(user)
             db.flush()
-            self._audit(db, actor, "user.create", f"user:{user.id}", name=name, role=role.value)
+            extra = {"expires_at": expires_at.isoformat() + "Z"} if expires_at else {}
+            self._audit(
+                db, actor, "user.create", f"user:{user.id}", name=name, role=role.value, **extra
+            )
         return user, token
 
     def user_by_token(self, token: str) -> User | None:
+        """The active user holding ``token``; None for unknown, revoked or expired tokens."""
         with self._sessions() as db:
             user = db.scalars(select(User).where(User.token_hash == hash_token(token))).first()
-            if user is None or user.revoked_at is not None:
+            if user is None or user.token_state() != "active":
                 return None
             return user
+
+    def revoke_user(self, name: str, actor: str = "admin-cli") -> User:
+        """Refuse ``name``'s token from now on (the user and their history stay)."""
+        with self.transaction() as db:
+            user = db.scalars(select(User).where(User.name == name)).first()
+            if user is None:
+                raise NotFound(f"no user {name!r}")
+            if user.revoked_at is not None:
+                raise Conflict(f"user {name!r} was already revoked at {user.revoked_at}Z")
+            user.revoked_at = utcnow()
+            self._audit(db, actor, "user.revoke", f"user:{user.id}", name=name)
+        return user
 
     def users(self) -> list[User]:
         with self._sessions() as db:

@@ -144,6 +144,9 @@ def make_datasite(
     for key, value in limits.items():
         setattr(config.limits, key, value)
     config.kernels.cull_interval_seconds = 5
+    # Tests send bad tokens on purpose, all from 127.0.0.1; throttling has its own test
+    # (test_tokens_and_tls.py), which sets the real limits back.
+    config.auth.max_failed_logins = 100000
     config.save()
     source, columns = heart_source(name, tmp)
     add_dataset(config, "heart", source, columns=columns, na_values=["?"], seed=0)

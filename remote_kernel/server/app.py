@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
+import ssl
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -81,6 +82,17 @@ def build_datasite(config: DatasiteConfig, allow_insecure: bool = False) -> Data
     return Datasite(config, Store(config.database_url), output_filter, provider, policy, tables)
 
 
+def tls_context(certfile: str, keyfile: str) -> ssl.SSLContext:
+    """A server TLS context from PEM files; errors name the file that is wrong."""
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    try:
+        context.load_cert_chain(certfile, keyfile)
+    except (OSError, ssl.SSLError) as exc:
+        raise OSError(f"cannot load TLS certificate {certfile} / key {keyfile}: {exc}") from None
+    return context
+
+
 async def run_server(
     directory: str | Path,
     host: str = "127.0.0.1",
@@ -88,20 +100,34 @@ async def run_server(
     allow_insecure: bool = False,
     filter_name: str | None = None,
     ready: Callable[[str], None] | None = None,
+    certfile: str | None = None,
+    keyfile: str | None = None,
+    behind_proxy: bool = False,
 ) -> None:
-    """Serve a datasite until SIGINT or SIGTERM, then stop kernels cleanly."""
+    """Serve a datasite until SIGINT or SIGTERM, then stop kernels cleanly.
+
+    With ``certfile`` and ``keyfile`` it serves HTTPS (TLS 1.2 or later) on the
+    same port; ``behind_proxy`` takes client addresses from the reverse proxy's
+    X-Forwarded-For / X-Real-IP (for throttling and the audit log).
+    """
     config = DatasiteConfig.load(directory)
     if filter_name:
         config.output_filter = filter_name
+    tls = tls_context(certfile, keyfile) if certfile and keyfile else None
     datasite = build_datasite(config, allow_insecure=allow_insecure)
     await datasite.start()
-    server = HTTPServer(make_app(datasite), max_body_size=body_limit(config))
+    server = HTTPServer(
+        make_app(datasite),
+        max_body_size=body_limit(config),
+        ssl_options=tls,
+        xheaders=behind_proxy,
+    )
     server.listen(port, address=host)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
-    url = f"http://{host}:{port}"
+    url = f"{'https' if tls else 'http'}://{host}:{port}"
     if ready:
         ready(url)
     try:

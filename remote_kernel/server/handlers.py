@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 from typing import TYPE_CHECKING, Any
 
 from tornado import web, websocket
@@ -34,6 +35,7 @@ REASONS = {
     405: "method_not_allowed",
     409: "conflict",
     413: "too_large",
+    429: "too_many_requests",
     500: "server_error",
 }
 
@@ -41,9 +43,10 @@ REASONS = {
 class ApiError(web.HTTPError):
     """An error with a message meant for the caller."""
 
-    def __init__(self, status: int, message: str) -> None:
+    def __init__(self, status: int, message: str, headers: dict[str, str] | None = None) -> None:
         super().__init__(status)
         self.message = message
+        self.headers = headers or {}
 
 
 def token_from_header(value: str | None) -> str | None:
@@ -66,19 +69,28 @@ class AuthMixin:
     def authenticate(self) -> None:
         if self.public:
             return
+        address = str(self.request.remote_ip)
+        throttle = self.datasite.auth_throttle
+        wait = throttle.retry_after(address)
+        if wait > 0:
+            raise too_many_failures(wait)
         token = token_from_header(self.request.headers.get("Authorization"))
         if token is None:
             raise ApiError(401, "missing token: send 'Authorization: Bearer <token>'")
         user = self.datasite.store.user_by_token(token)
         if user is None:
+            locked = throttle.failure(address)
             self.datasite.store.audit(
                 "anonymous",
-                "auth.failed",
+                "auth.throttled" if locked else "auth.failed",
                 "",
-                remote_ip=self.request.remote_ip,
+                remote_ip=address,
                 path=self.request.path,
             )
-            raise ApiError(401, "invalid or revoked token: ask the datasite admin for a new one")
+            raise ApiError(
+                401,
+                "invalid, expired or revoked token: ask the datasite admin for a new one",
+            )
         self.user = user
 
     def require(self, *roles: Role) -> User:
@@ -89,6 +101,15 @@ class AuthMixin:
                 403, f"this needs the {allowed} role; your token is a {self.user.role} token"
             )
         return self.user
+
+
+def too_many_failures(wait: float) -> ApiError:
+    seconds = max(1, math.ceil(wait))
+    return ApiError(
+        429,
+        f"too many failed logins from your address; try again in {seconds} s",
+        {"Retry-After": str(seconds)},
+    )
 
 
 class JsonErrorsMixin(web.RequestHandler):
@@ -160,10 +181,17 @@ def load_json(raw: str | bytes, what: str) -> Any:
     return value
 
 
-def finish_error(handler: web.RequestHandler, status: int, message: str) -> None:
+def finish_error(
+    handler: web.RequestHandler,
+    status: int,
+    message: str,
+    headers: dict[str, str] | None = None,
+) -> None:
     """End a request with the JSON error body every route uses."""
     handler.set_status(status)
     handler.set_header("Content-Type", "application/json")
+    for name, value in (headers or {}).items():
+        handler.set_header(name, value)
     handler.finish(
         json.dumps(
             {
@@ -187,7 +215,7 @@ def write_json_error(handler: web.RequestHandler, status: int, kwargs: dict[str,
     message = message or handler._reason
     if status >= 500:
         message = "internal datasite error; the admin can find details in the server log"
-    finish_error(handler, status, message)
+    finish_error(handler, status, message, getattr(exc, "headers", None))
 
 
 def map_domain_error(e: BaseException) -> ApiError | None:
@@ -412,7 +440,7 @@ class ChannelHandler(AuthMixin, websocket.WebSocketHandler):
             self.authenticate()
             user = self.require(Role.RESEARCHER)
         except ApiError as exc:
-            finish_error(self, exc.status_code, exc.message)
+            finish_error(self, exc.status_code, exc.message, exc.headers)
             return
         session_id = self.path_kwargs.get("session_id") or self.path_args[0]
         try:
