@@ -219,11 +219,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_connections)
 
-    p = top.add_parser("demo", help="start a demo datasite with heart-disease data")
-    p.add_argument("--dir", default="remote-kernel-demo", help="where the demo datasite lives")
-    p.add_argument("--port", type=int, default=8765)
+    p = top.add_parser(
+        "demo", help="four hospital datasites with heart-disease data, and JupyterLab on the study"
+    )
+    p.add_argument("--dir", default="remote-kernel-demo", help="where the demo's files live")
+    p.add_argument(
+        "--port", type=int, default=8765, help="first datasite port (the four use PORT..PORT+3)"
+    )
     p.add_argument("--data-dir", default=None, help="folder with the UCI heart-disease files")
     p.add_argument("--no-lab", action="store_true", help="do not start JupyterLab")
+    p.add_argument("--no-browser", action="store_true", help="print JupyterLab's URL only")
     p.add_argument("--lab-port", type=int, default=8888)
     p.set_defaults(func=cmd_demo)
     return parser
@@ -605,7 +610,14 @@ def cmd_connections(args: argparse.Namespace) -> None:
 def cmd_demo(args: argparse.Namespace) -> None:
     from .demo import run_demo
 
-    run_demo(args.dir, args.port, args.data_dir, lab=not args.no_lab, lab_port=args.lab_port)
+    run_demo(
+        args.dir,
+        args.port,
+        args.data_dir,
+        lab=not args.no_lab,
+        lab_port=args.lab_port,
+        open_browser=not args.no_browser,
+    )
 
 
 if __name__ == "__main__":

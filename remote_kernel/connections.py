@@ -59,9 +59,9 @@ def check_name(name: str) -> str:
     return name
 
 
-def load_connections() -> dict[str, Connection]:
+def load_connections(path: Path | None = None) -> dict[str, Connection]:
     """All saved connections by name ({} when none were saved yet)."""
-    path = connections_path()
+    path = path or connections_path()
     try:
         raw = json.loads(path.read_text())
     except FileNotFoundError:
@@ -81,8 +81,8 @@ def load_connections() -> dict[str, Connection]:
     return result
 
 
-def _write(connections: dict[str, Connection]) -> None:
-    path = connections_path()
+def _write(connections: dict[str, Connection], path: Path | None = None) -> None:
+    path = path or connections_path()
     path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
     payload = {
         "connections": {
@@ -104,11 +104,12 @@ def _write(connections: dict[str, Connection]) -> None:
         raise
 
 
-def save_connection(connection: Connection) -> Connection:
+def save_connection(connection: Connection, path: Path | None = None) -> Connection:
+    """Add or replace one connection (``path``: another connections file, e.g. the demo's)."""
     check_name(connection.name)
-    connections = load_connections()
+    connections = load_connections(path)
     connections[connection.name] = connection
-    _write(connections)
+    _write(connections, path)
     return connection
 
 

@@ -61,75 +61,105 @@ def approve_everything(url: str, token: str, stop: threading.Event) -> None:
         stop.wait(0.3)
 
 
-@pytest.mark.timeout(300)
+def free_port_run(count: int) -> int:
+    """A first port such that it and the next ``count - 1`` are free now."""
+    import socket
+
+    for _ in range(50):
+        base = free_port()
+        try:
+            for offset in range(count):
+                with socket.socket() as sock:
+                    sock.bind(("127.0.0.1", base + offset))
+            return base
+        except OSError:
+            continue
+    raise RuntimeError("no run of free ports")
+
+
+def wait_file(path: Path, process: subprocess.Popen[str], timeout: float = 180) -> None:
+    deadline = time.monotonic() + timeout
+    while not path.exists():
+        if process.poll() is not None or time.monotonic() > deadline:
+            output = process.stdout.read() if process.stdout else ""
+            raise RuntimeError(f"the demo did not come up:\n{output}")
+        time.sleep(0.2)
+
+
+@pytest.mark.timeout(600)
 def test_demo_starts_runs_its_notebook_and_stops_cleanly(tmp_path: Path) -> None:
-    port, lab_port = free_port(), free_port()
+    import json
+
+    from remote_kernel.demo import SITES
+
+    port, lab_port = free_port_run(4), free_port()
     directory = tmp_path / "demo"
     demo = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "remote_kernel.cli",
-            "demo",
-            "--dir",
-            str(directory),
-            "--port",
-            str(port),
-            "--lab-port",
-            str(lab_port),
-        ],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
-    url = f"http://127.0.0.1:{port}"
+        [sys.executable, "-m", "remote_kernel.cli", "demo", "--dir", str(directory),
+         "--port", str(port), "--lab-port", str(lab_port), "--no-browser"],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )  # fmt: skip
+    kernel_pids: list[int] = []
     try:
-        wait_http(url + "/api/health")
-        assert httpx.get(url + "/api/health").json()["name"] == "cleveland"
+        wait_file(directory / "demo.json", demo)
+        info = json.loads((directory / "demo.json").read_text())
+        assert sorted(info["sites"]) == sorted(SITES)
+        for name, url in info["sites"].items():
+            assert httpx.get(url + "/api/health").json()["name"] == name
         wait_http(f"http://127.0.0.1:{lab_port}/lab")
-        assert (directory / "quickstart.ipynb").exists()
-
-        import json
+        # JupyterLab's root is the notebooks folder, never the datasites' private files.
+        (lab_pid,) = pids_with(f"--port={lab_port}")
+        cmdline = Path(f"/proc/{lab_pid}/cmdline").read_bytes().decode()
+        assert f"--ServerApp.root_dir={directory / 'notebooks'}" in cmdline
 
         tokens = json.loads((directory / "demo-tokens.json").read_text())
         stop = threading.Event()
-        reviewer = threading.Thread(target=approve_everything, args=(url, tokens["bob"], stop))
-        reviewer.start()
+        reviewers = [
+            threading.Thread(target=approve_everything, args=(url, tokens[name]["bob"], stop))
+            for name, url in info["sites"].items()
+        ]
+        for reviewer in reviewers:
+            reviewer.start()
+        notebook = nbformat.read(info["notebook"], as_version=4)
+        os.environ["XDG_CACHE_HOME"] = str(tmp_path / "cache")
+        os.environ["REMOTE_KERNEL_CONNECTIONS"] = info["connections"]
         try:
-            notebook = nbformat.read(directory / "quickstart.ipynb", as_version=4)
-            env_cache = str(tmp_path / "cache")
-            os.environ["XDG_CACHE_HOME"] = env_cache
             NotebookClient(
                 notebook,
-                timeout=240,
+                timeout=300,
                 kernel_name="python3",
                 resources={"metadata": {"path": str(tmp_path)}},
             ).execute()
         finally:
             stop.set()
-            reviewer.join()
-        remote_cell = notebook.cells[3]
-        texts = json.dumps(remote_cell.outputs)
-        assert "mock" in texts and "released by bob" in texts  # placeholder replaced in place
-        assert "count" in json.dumps(notebook.cells[6].outputs)  # describe() of private ages
+            for reviewer in reviewers:
+                reviewer.join()
+        outputs = {cell.id: json.dumps(cell.get("outputs", [])) for cell in notebook.cells}
+        assert all(site in outputs["heart-01"] for site in SITES)  # connected to all four
+        assert "released" in outputs["heart-08"]  # the demographic tables came back
+        for site in SITES:
+            assert site in outputs["heart-08"]
+        assert "image/png" in outputs["heart-09"]  # plotted side by side
+        assert "odds ratio" in outputs["heart-17"]  # the pooled estimate
 
-        store = Store(DatasiteConfig.load(directory).database_url)
-        kernel_pids = [s.kernel_pid for s in store.open_sessions_with_kernels()]
-        store.close()
-        assert kernel_pids and all(pid for pid in kernel_pids)
-        assert pids_with(f"--port={lab_port}")
+        for site in SITES:
+            store = Store(DatasiteConfig.load(directory / "sites" / site).database_url)
+            kernel_pids += [s.kernel_pid for s in store.open_sessions_with_kernels()]
+            store.close()
+        assert len(kernel_pids) >= 4 and all(kernel_pids)
     finally:
         demo.send_signal(signal.SIGTERM)
-        output, _ = demo.communicate(timeout=60)
+        output, _ = demo.communicate(timeout=120)
     assert demo.returncode == 0, output
-    assert "remote-kernel review approve" in output
-    deadline = time.monotonic() + 15
+    assert "four hospitals" in output and "remote-kernel review approve" in output
+    deadline = time.monotonic() + 20
     while time.monotonic() < deadline and (
-        pids_with(f"--port={lab_port}") or any(Path(f"/proc/{p}").exists() for p in kernel_pids)
+        pids_with(f"--port={lab_port}") or any(pids_with_pid(p) for p in kernel_pids)
     ):
         time.sleep(0.2)
     assert not pids_with(f"--port={lab_port}"), "JupyterLab left behind"
     assert not any(pids_with_pid(p) for p in kernel_pids), "datasite kernel left behind"
+    assert not any(pids_with(str(directory / "sites" / site)) for site in SITES), "server left"
 
 
 def pids_with_pid(pid: int) -> bool:
