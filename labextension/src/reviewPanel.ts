@@ -216,7 +216,9 @@ export class ReviewPanel extends Panel {
     // Lumino writes keys verbatim as data-<key>, hence the kebab-case key.
     const others = { ...this.title.dataset };
     delete others['rk-count'];
-    this.title.dataset = count ? { ...others, 'rk-count': String(count) } : others;
+    this.title.dataset = count
+      ? { ...others, 'rk-count': String(count) }
+      : others;
     this.title.caption = `Pending outputs (${count})`;
   }
 

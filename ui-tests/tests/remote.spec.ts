@@ -204,9 +204,12 @@ test('released outputs that arrive while the notebook is closed appear when reop
 });
 
 test('deny with a comment', async ({ page }) => {
-  await notebookWith(page, 'deny.ipynb', 'print("sexes", rk.data("heart").sex.nunique())', [
-    'cleveland'
-  ]);
+  await notebookWith(
+    page,
+    'deny.ipynb',
+    'print("sexes", rk.data("heart").sex.nunique())',
+    ['cleveland']
+  );
   await runRemotely(page, 1); // Run remotely tags the cell too
   await expect(cell(page, 1)).toHaveClass(/rk-mod-remote/);
   await expect(cell(page, 1).locator('.rk-SiteStatus')).toContainText(
