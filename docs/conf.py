@@ -66,4 +66,10 @@ def _drop_missing_optional_pages(app: Any, docname: str, source: list[str]) -> N
 
 
 def setup(app: Any) -> None:
+    # A config value that changes when an optional page appears or goes, so that an
+    # incremental build re-reads every page instead of keeping stale toctrees.
+    app.add_config_value("optional_pages_present", [], "env", types=[list])
     app.connect("source-read", _drop_missing_optional_pages)
+
+
+optional_pages_present = [page for page in OPTIONAL_PAGES if (HERE / f"{page}.md").exists()]
