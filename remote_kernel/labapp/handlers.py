@@ -369,7 +369,7 @@ class ReviewHandler(RemoteKernelHandler):
 def route_table() -> list[tuple[str, type[RemoteKernelHandler]]]:
     name = r"(?P<name>[a-z0-9][a-z0-9_-]{0,62})"
     number = r"(?P<%s>[0-9]{1,18})"
-    dataset = r"(?P<dataset>[^/]+)"
+    dataset = r"(?P<dataset>[A-Za-z0-9_][A-Za-z0-9_.-]{0,127})"
     return [
         (f"{PREFIX}/connections", ConnectionsHandler),
         (f"{PREFIX}/connections/{name}", ConnectionHandler),

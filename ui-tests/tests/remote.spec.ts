@@ -183,7 +183,7 @@ test('released outputs that arrive while the notebook is closed appear when reop
     ['cleveland']
   );
   await command(page, 'remote-kernel:toggle-remote-tag');
-  await runRemotely(page, 1);
+  await command(page, 'remote-kernel:run-all-remote'); // the tagged cell 1 only
   await expect(cell(page, 1).locator('.rk-SiteStatus')).toContainText(
     'pending'
   );
@@ -235,6 +235,14 @@ test('deny with a comment', async ({ page }) => {
   );
   await expect(cell(page, 1).locator('.rk-SiteStatus')).toContainText(
     '1 denied'
+  );
+  // The decision is in the history (status filter).
+  await reviews.locator('.rk-Filter-status').selectOption('denied');
+  const history = reviews.locator('.rk-ReviewRow[data-state="denied"]').first();
+  await expect(history).toBeVisible();
+  await history.click();
+  await expect(reviews.locator('.rk-Decision')).toContainText(
+    'denied by bob: raw rows: aggregate first'
   );
 });
 
