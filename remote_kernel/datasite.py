@@ -48,6 +48,11 @@ log = logging.getLogger("remote_kernel.datasite")
 
 Listener = Callable[[dict[str, Any]], None]
 
+
+class OutputLimitExceeded(RuntimeError):
+    """A request produced more outputs or bytes than this datasite allows."""
+
+
 RESTART_MESSAGE = (
     "the datasite server stopped while this request was queued or running; "
     "its kernel state is gone, so run the cells it needs again"
@@ -64,6 +69,9 @@ class SessionRuntime:
     worker: asyncio.Task[None] | None = None
     current_request: int | None = None
     starting: asyncio.Lock = field(default_factory=asyncio.Lock)
+    #: The running kernel's working directory and uid (None: the server's user).
+    workdir: Path | None = None
+    kernel_uid: int | None = None
 
 
 class EventBus:
@@ -117,7 +125,8 @@ class Datasite:
             log.warning("marked %d unfinished request(s) interrupted", len(interrupted))
         for output in self.store.unchecked_outputs():
             self._check_and_store(output)
-        self.kernel_api.start()
+        status = self.sandbox_status()
+        self.kernel_api.start(other_users=bool(status.get("separate_user")))
         self._culler = asyncio.create_task(self._cull_loop())
 
     async def stop(self) -> None:
@@ -128,6 +137,16 @@ class Datasite:
                 runtime.worker.cancel()
             await self._shutdown_kernel(runtime)
         self.kernel_api.stop()
+        close = getattr(self.kernels, "close", None)
+        if close is not None:
+            close()
+
+    def sandbox_status(self) -> dict[str, Any]:
+        """What sandbox kernels get here (the provider's own account, or 'unknown')."""
+        status = getattr(self.kernels, "status", None)
+        if status is None:
+            return {"mode": "unknown", "warnings": ["this kernel provider reports no sandbox"]}
+        return dict(status.to_json())
 
     def private_tables(self) -> dict[str, pd.DataFrame]:
         """The private datasets, loaded once (the leak index and the SQL tier read them)."""
@@ -285,6 +304,8 @@ class Datasite:
                 **self.kernel_api.kernel_env(runtime.session_id),
             }
             runtime.kernel = await self.kernels.start(runtime.session_id, cwd, env)
+            runtime.workdir = Path(getattr(runtime.kernel, "workdir", cwd))
+            runtime.kernel_uid = getattr(runtime.kernel, "uid", None)
             self.store.set_kernel_pid(runtime.session_id, runtime.kernel.pid)
             return runtime.kernel
 
@@ -296,8 +317,19 @@ class Datasite:
             self._finish(request_id, RequestStatus.FAILED, f"could not start a kernel: {exc}")
             return
         self._publish_request(self.store.set_request_status(request_id, RequestStatus.RUNNING))
+        limits = self.config.limits
+        produced = {"outputs": 0, "bytes": 0}
 
         async def on_output(item: OutputItem) -> None:
+            # The cap is checked before anything is stored: past it nothing more is kept.
+            produced["outputs"] += 1
+            produced["bytes"] += len(item.canonical_bytes())
+            if produced["outputs"] > limits.max_outputs_per_request:
+                raise OutputLimitExceeded(f"more than {limits.max_outputs_per_request} outputs")
+            if produced["bytes"] > limits.max_output_bytes_per_request:
+                raise OutputLimitExceeded(
+                    f"more than {limits.max_output_bytes_per_request} bytes of output"
+                )
             self._on_output(request, item)
 
         try:
@@ -308,6 +340,20 @@ class Datasite:
             await self._shutdown_kernel(runtime)
             self._finish(
                 request_id, RequestStatus.FAILED, f"{exc}; the next request starts a new kernel"
+            )
+            return
+        except OutputLimitExceeded as exc:
+            # A flood may ignore interrupts; stopping the kernel is the one sure way.
+            await self._shutdown_kernel(runtime)
+            self.store.audit(
+                "datasite", "request.cut_off", f"request:{request_id}", reason=str(exc)
+            )
+            self._finish(
+                request_id,
+                RequestStatus.FAILED,
+                f"output cut off: the cell produced {exc}, over this datasite's limit; "
+                "the outputs before the limit are kept and checked, the kernel was stopped "
+                "and the next request starts a new kernel",
             )
             return
         if result.status == "ok":
@@ -335,13 +381,19 @@ class Datasite:
         pushes = self.store.pushes_of(request.id)
         if not pushes:
             return True
-        folder = self.config.scratch_dir / runtime.session_id / f".rk-push-{request.id}"
+        workdir = runtime.workdir or self.config.scratch_dir / runtime.session_id
+        folder = workdir / f".rk-push-{request.id}"
         folder.mkdir(parents=True, exist_ok=True, mode=0o700)
+        owner = runtime.kernel_uid
+        if owner is not None:  # a sandboxed kernel runs as its own user
+            os.chown(folder, owner, owner)
         paths = {}
         try:
             for push in pushes:
                 path = folder / f"{push.name}.pkl"
                 path.write_bytes(push.data)
+                if owner is not None:
+                    os.chown(path, owner, owner)
                 paths[push.name] = str(path)
             snippet = (
                 "import remote_kernel.values as _rk_values\n"

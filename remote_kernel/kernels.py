@@ -9,9 +9,14 @@ sandboxed launcher) can replace it by implementing the same two classes.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import logging
 import os
 import queue
+import shutil
+import signal
 import sys
+import tempfile
 import time
 import uuid
 from collections.abc import Awaitable, Callable
@@ -22,7 +27,14 @@ from typing import Any, Protocol
 from jupyter_client.kernelspec import KernelSpec
 from jupyter_client.manager import AsyncKernelManager
 
+from . import sandbox
+from .config import KernelSettings
 from .models import OUTPUT_MSG_TYPES, OutputItem
+
+log = logging.getLogger("remote_kernel.kernels")
+
+#: The launcher runs as a script (stdlib only), not as ``-m``: no package imports.
+SANDBOX_SCRIPT = str(Path(sandbox.__file__).resolve())
 
 #: Run silently in every new kernel: ``rk`` is there, as in the researcher's notebook,
 #: and each cell's last value travels with its output (see values.attach_values).
@@ -55,6 +67,10 @@ class KernelDied(RuntimeError):
     """The kernel process ended while running a request."""
 
 
+class SandboxUnavailable(RuntimeError):
+    """``kernels.sandbox: namespace`` was asked for, but this machine cannot do it."""
+
+
 @dataclass
 class ExecutionResult:
     status: str  # "ok", "error" or "aborted" (the execute_reply status)
@@ -85,12 +101,50 @@ class KernelProvider(Protocol):
 class LocalKernel:
     """A real ipykernel on this machine, driven by jupyter_client's async API."""
 
-    def __init__(self, manager: AsyncKernelManager, startup_timeout: float) -> None:
+    def __init__(
+        self,
+        manager: AsyncKernelManager,
+        startup_timeout: float,
+        workdir: Path,
+        uid: int | None = None,
+        settings: KernelSettings | None = None,
+        on_shutdown: Callable[[], None] | None = None,
+    ) -> None:
         self.manager = manager
         self.client: Any = None
         self.startup_timeout = startup_timeout
         self.last_activity = time.monotonic()
         self._lock = asyncio.Lock()
+        #: The kernel's working directory (pushes are handed over there) and its uid
+        #: (None: the server's own user).
+        self.workdir = workdir
+        self.uid = uid
+        self.settings = settings or KernelSettings()
+        self._on_shutdown = on_shutdown
+
+    def death_reason(self) -> str:
+        """Why the kernel process ended, as far as its exit status tells."""
+        process = getattr(self.manager.provisioner, "process", None)
+        code = getattr(process, "returncode", None) if process is not None else None
+        if code is None and process is not None:
+            with contextlib.suppress(Exception):
+                code = process.poll()
+        limits = self.settings
+        if code == -signal.SIGXCPU or (code == -signal.SIGKILL and limits.cpu_time_seconds):
+            if limits.cpu_time_seconds:
+                return (
+                    f"the kernel was stopped: it used up its CPU time limit of "
+                    f"{limits.cpu_time_seconds} s"
+                )
+        if code is not None and code < 0:
+            name = signal.Signals(-code).name if -code in signal.Signals._value2member_map_ else ""
+            memory = (
+                f" (its memory limit is {limits.memory_limit_mb} MiB)"
+                if limits.memory_limit_mb
+                else ""
+            )
+            return f"the kernel died ({name or code}) while running this cell{memory}"
+        return "the kernel died while running this cell"
 
     @property
     def pid(self) -> int | None:
@@ -143,7 +197,7 @@ class LocalKernel:
                 msg = await self.client.get_iopub_msg(timeout=0.5)
             except queue.Empty:
                 if not await self.manager.is_alive():
-                    raise KernelDied("the kernel died while running this cell") from None
+                    raise KernelDied(self.death_reason()) from None
                 continue
             if msg["parent_header"].get("msg_id") != msg_id:
                 continue
@@ -157,7 +211,7 @@ class LocalKernel:
                 reply = await self.client.get_shell_msg(timeout=5)
             except queue.Empty:
                 if not await self.manager.is_alive():
-                    raise KernelDied("the kernel died while running this cell") from None
+                    raise KernelDied(self.death_reason()) from None
                 continue
             if reply["parent_header"].get("msg_id") == msg_id:
                 content = reply["content"]
@@ -173,43 +227,186 @@ class LocalKernel:
         await self._connect()
 
     async def shutdown(self) -> None:
-        if self.client is not None:
-            self.client.stop_channels()
-        await self.manager.shutdown_kernel(now=True)  # also removes the connection file
+        try:
+            if self.client is not None:
+                self.client.stop_channels()
+            await self.manager.shutdown_kernel(now=True)  # also removes the connection file
+        finally:
+            if self._on_shutdown is not None:
+                self._on_shutdown()
+                self._on_shutdown = None
 
     async def is_alive(self) -> bool:
         return bool(await self.manager.is_alive())
 
 
 class LocalKernelProvider:
-    """Starts ipykernels with the datasite server's own Python."""
+    """Starts ipykernels with the datasite server's own Python, in their sandbox.
 
-    def __init__(self, runtime_dir: Path, startup_timeout: float = 60.0) -> None:
+    See :mod:`remote_kernel.sandbox` for what the sandbox is. ``settings.sandbox``:
+    ``namespace`` refuses to start without a network namespace; ``auto`` uses one
+    when this machine allows it and otherwise warns loudly (log and /api/health);
+    ``none`` runs kernels with the server's network and user (resource limits only).
+    """
+
+    def __init__(
+        self,
+        runtime_dir: Path,
+        startup_timeout: float = 60.0,
+        settings: KernelSettings | None = None,
+        datasets: dict[str, Path] | None = None,
+        site: str = "datasite",
+    ) -> None:
         self.runtime_dir = runtime_dir
         self.startup_timeout = startup_timeout
+        self.settings = settings or KernelSettings(sandbox="none", memory_limit_mb=0)
+        self.datasets = datasets or {}
+        self.site = site
+        self._uids: dict[str, int] = {}
+        self._sandbox_root: Path | None = None
+        self.status = self._decide()
+        for warning in self.status.warnings:
+            log.warning("SANDBOX: %s", warning)
+
+    def _decide(self) -> sandbox.SandboxStatus:
+        settings = self.settings
+        as_root = os.geteuid() == 0
+        common = {
+            "memory_limit_mb": settings.memory_limit_mb,
+            "cpu_time_seconds": settings.cpu_time_seconds,
+        }
+        if settings.sandbox == "none":
+            return sandbox.SandboxStatus(
+                "none", False, False, warnings=[NO_SANDBOX_WARNING + " (kernels.sandbox: none)"],
+                **common,
+            )  # fmt: skip
+        problem = sandbox.namespace_works(as_root)
+        if problem is not None:
+            if settings.sandbox == "namespace":
+                raise SandboxUnavailable(
+                    f"kernels.sandbox is 'namespace' but {problem}; run the server as root "
+                    "or where user namespaces are allowed, or set kernels.sandbox: auto"
+                )
+            return sandbox.SandboxStatus(
+                "none", False, False, warnings=[f"{NO_SANDBOX_WARNING} ({problem})"], **common
+            )
+        warnings = []
+        if not as_root:
+            warnings.append(
+                "the server does not run as root, so kernels run as the server's own user "
+                "(in a network namespace): they can read whatever that user can, including "
+                "the datasite directory"
+            )
+        return sandbox.SandboxStatus("namespace", True, as_root, warnings=warnings, **common)
+
+    def sandbox_root(self) -> Path:
+        """A fresh ``0711`` root-owned directory outside the datasite directory."""
+        if self._sandbox_root is None:
+            base = Path(self.settings.sandbox_dir or tempfile.gettempdir())
+            root = Path(tempfile.mkdtemp(prefix=f"rk-sandbox-{self.site}-", dir=base))
+            os.chmod(root, 0o711)  # noqa: S103 (enter, not list: each kernel's dir is 0700)
+            self._sandbox_root = root
+        return self._sandbox_root
+
+    def close(self) -> None:
+        if self._sandbox_root is not None:
+            shutil.rmtree(self._sandbox_root, ignore_errors=True)
+            self._sandbox_root = None
+
+    def _allocate_uid(self, key: str) -> int:
+        used = set(self._uids.values())
+        offset = 0
+        while self.settings.sandbox_uid_base + offset in used:
+            offset += 1
+        uid = self._uids[key] = self.settings.sandbox_uid_base + offset
+        return uid
 
     async def start(self, session_id: str, cwd: Path, env: dict[str, str]) -> LocalKernel:
         self.runtime_dir.mkdir(parents=True, exist_ok=True)
         os.chmod(self.runtime_dir, 0o700)
-        manager = AsyncKernelManager(
-            # A new file per start: a restarted session must never reuse old ports.
-            connection_file=str(
-                self.runtime_dir / f"kernel-{session_id}-{uuid.uuid4().hex[:8]}.json"
+        status = self.status
+        # Short: Unix socket paths (the ipc channels) must stay under 108 bytes.
+        tag = uuid.uuid4().hex[:12]
+        kernel_env = {k: v for k, v in os.environ.items() if k in INHERITED_ENV}
+        kernel_env.update(env)
+        uid: int | None = None
+        launcher = [sys.executable, "-I", SANDBOX_SCRIPT]
+        launcher += ["--memory-mb", str(self.settings.memory_limit_mb)]
+        launcher += ["--cpu-seconds", str(self.settings.cpu_time_seconds)]
+        release: Callable[[], None] | None = None
+        if status.separate_user:
+            uid = self._allocate_uid(tag)
+            workdir = self.sandbox_root() / tag
+            workdir.mkdir(mode=0o700)
+            os.chown(workdir, uid, uid)
+            connection_file = workdir / "kernel.json"
+            for name, path in sorted(self.datasets.items()):
+                launcher += ["--dataset", f"{name}={path}"]
+            launcher += ["--uid", str(uid), "--gid", str(uid), "--give", str(connection_file)]
+            staging = self.sandbox_root() / f"stage-{tag}"
+            staging.mkdir(mode=0o700)
+            launcher += ["--staging", str(staging)]
+            for path in python_paths():
+                launcher += ["--expose", path]
+            kernel_env.update(
+                HOME=str(workdir), TMPDIR=str(workdir), IPYTHONDIR=str(workdir / ".ipython")
             )
-        )
+
+            def release() -> None:
+                self._uids.pop(tag, None)
+                shutil.rmtree(workdir, ignore_errors=True)
+                shutil.rmtree(staging, ignore_errors=True)
+
+        else:
+            workdir = cwd
+            connection_file = self.runtime_dir / f"kernel-{session_id}-{tag}.json"
+        manager = AsyncKernelManager(connection_file=str(connection_file))
+        prefix: list[str] = []
+        if status.network_isolated:
+            # No network in the kernel: its channels are Unix sockets (ipc), not TCP.
+            manager.transport = "ipc"
+            manager.ip = str((workdir if uid is not None else self.runtime_dir) / f"ipc-{tag[-8:]}")
+            prefix = sandbox.unshare_prefix(os.geteuid() == 0)
         # Pin the kernel to this Python rather than whatever "python3" spec is installed.
         manager._kernel_spec = KernelSpec(
-            argv=[sys.executable, "-m", "ipykernel_launcher", "-f", "{connection_file}"],
+            argv=[
+                *prefix,
+                *launcher,
+                "--",
+                sys.executable,
+                "-m",
+                "ipykernel_launcher",
+                "-f",
+                "{connection_file}",
+            ],
             display_name="remote_kernel datasite kernel",
             language="python",
         )
-        kernel_env = {k: v for k, v in os.environ.items() if k in INHERITED_ENV}
-        kernel_env.update(env)
-        await manager.start_kernel(cwd=str(cwd), env=kernel_env)
-        kernel = LocalKernel(manager, self.startup_timeout)
+        try:
+            await manager.start_kernel(cwd=str(workdir), env=kernel_env)
+        except Exception:
+            if release:
+                release()
+            raise
+        kernel = LocalKernel(
+            manager, self.startup_timeout, workdir, uid, self.settings, on_shutdown=release
+        )
         try:
             await kernel._connect()
         except Exception:
             await kernel.shutdown()
             raise
         return kernel
+
+
+def python_paths() -> list[str]:
+    """What a kernel running as another user must be able to reach: this Python."""
+    paths = {sys.prefix, sys.base_prefix, sys.exec_prefix, str(Path(sys.executable).parent)}
+    paths.update(p for p in sys.path if p and Path(p).is_dir())
+    return sorted(paths)
+
+
+NO_SANDBOX_WARNING = (
+    "researcher kernels run WITHOUT a sandbox: they can reach the network and read "
+    "what the datasite server's user can, including the datasite database"
+)

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import os
 import pickle
+import shutil
+import tempfile
 import threading
 import time
 from collections.abc import Iterator
@@ -286,7 +288,11 @@ def test_push_reaches_only_the_remote_kernel(
     four_sites: dict[str, RunningDatasite], tmp_path: Path
 ) -> None:
     site = four_sites["va-long-beach"]
-    marker = tmp_path / "push-unpickled-by"
+    # A sandboxed kernel runs as a user of its own and cannot enter tmp_path (0700):
+    # give it a directory it may write the marker to.
+    shared = Path(tempfile.mkdtemp(prefix="rk-push-marker-"))
+    shared.chmod(0o777)
+    marker = shared / "push-unpickled-by"
     client = researcher(site)
     try:
         request = client.run(
@@ -318,6 +324,7 @@ def test_push_reaches_only_the_remote_kernel(
         assert request.wait(timeout=60).value() == int((private(site).age > 55).sum())
     finally:
         client.close()
+        shutil.rmtree(shared, ignore_errors=True)
 
 
 def test_bad_pushes_are_refused_and_change_nothing(four_sites: dict[str, RunningDatasite]) -> None:

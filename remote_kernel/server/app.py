@@ -77,7 +77,13 @@ def build_datasite(config: DatasiteConfig, allow_insecure: bool = False) -> Data
         scanner = PrivateIndex.build(tables, policy.datasets)
     output_filter = make_filter(config.output_filter, policy, scanner, allow_insecure)
     provider = LocalKernelProvider(
-        config.directory / "runtime", config.kernels.startup_timeout_seconds
+        config.directory / "runtime",
+        config.kernels.startup_timeout_seconds,
+        settings=config.kernels,
+        datasets={
+            name: config.directory / entry.private for name, entry in config.datasets.items()
+        },
+        site=config.name,
     )
     return Datasite(config, Store(config.database_url), output_filter, provider, policy, tables)
 

@@ -7,9 +7,12 @@ the form ``{"error": {"status": 404, "reason": "not_found", "message": "…"}}``
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import math
+import socket
+import time
 from typing import TYPE_CHECKING, Any
 
 from tornado import web, websocket
@@ -26,6 +29,10 @@ if TYPE_CHECKING:
     from ..datasite import Datasite
 
 log = logging.getLogger("remote_kernel.server")
+
+#: Websocket close code (RFC 6455 7.4.1) for floods and clients that do not read.
+WS_POLICY = 1008
+WS_SEND_BUFFER = 64 * 1024
 
 REASONS = {
     400: "bad_request",
@@ -250,7 +257,14 @@ class HealthHandler(BaseHandler):
     public = True
 
     def get(self) -> None:
-        self.write_json({"status": "ok", "name": self.config.name, "version": __version__})
+        self.write_json(
+            {
+                "status": "ok",
+                "name": self.config.name,
+                "version": __version__,
+                "sandbox": self.datasite.sandbox_status(),
+            }
+        )
 
 
 class MeHandler(BaseHandler):
@@ -434,6 +448,12 @@ class ChannelHandler(AuthMixin, websocket.WebSocketHandler):
     def initialize(self, datasite: Datasite) -> None:
         self.datasite = datasite
         self.session_id = ""
+        limits = datasite.config.limits
+        # Flood control: a token bucket of messages (burst, then a steady rate).
+        self._tokens = float(limits.ws_message_burst)
+        self._refilled = time.monotonic()
+        # Bytes written to this client but not yet taken by its socket (a slow reader).
+        self._unsent = 0
 
     def prepare(self) -> None:
         try:
@@ -469,6 +489,13 @@ class ChannelHandler(AuthMixin, websocket.WebSocketHandler):
         assert self.user is not None
         # Events are small and latency matters (a 40 ms delayed ACK otherwise).
         self.set_nodelay(True)
+        # A fixed, modest kernel send buffer: a client that stops reading backs up into
+        # our own (counted, capped) buffer soon, not into megabytes of autotuned buffer.
+        stream = getattr(self.ws_connection, "stream", None)
+        sock = getattr(stream, "socket", None)
+        if sock is not None:
+            with contextlib.suppress(OSError):
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, WS_SEND_BUFFER)
         self.datasite.events.subscribe(self.user.id, self._forward)
 
     def on_close(self) -> None:
@@ -478,13 +505,60 @@ class ChannelHandler(AuthMixin, websocket.WebSocketHandler):
     def _forward(self, event: dict[str, Any]) -> None:
         if self.ws_connection is None or self.ws_connection.is_closing():
             return
-        self.write_message(json.dumps(event))
+        text = json.dumps(event)
+        limit = self.datasite.config.limits.max_ws_buffer_bytes
+        if self._unsent + len(text) > limit:
+            # The client does not read: stop queueing (memory stays bounded) and say why.
+            # Nothing is lost: every state is in GET /api/requests?outputs=true.
+            log.warning("closing a channel of %s: over %d bytes unread", self.user_name, limit)
+            self.close(
+                WS_POLICY,
+                "events are not being read fast enough; reconnect and fetch what you "
+                "missed with GET /api/requests",
+            )
+            return
+        self._unsent += len(text)
+        try:
+            sent = self.write_message(text)
+        except websocket.WebSocketClosedError:
+            return
+
+        def _flushed(_: Any, size: int = len(text)) -> None:
+            self._unsent -= size
+
+        sent.add_done_callback(_flushed)
+
+    @property
+    def user_name(self) -> str:
+        return self.user.name if self.user is not None else "?"
 
     def _send(self, payload: dict[str, Any]) -> None:
         self._forward(payload)
 
+    def _over_rate(self) -> bool:
+        limits = self.datasite.config.limits
+        now = time.monotonic()
+        refill = (now - self._refilled) * limits.ws_messages_per_second
+        self._tokens = min(float(limits.ws_message_burst), self._tokens + refill)
+        self._refilled = now
+        if self._tokens < 1:
+            return True
+        self._tokens -= 1
+        return False
+
     async def on_message(self, message: str | bytes) -> None:
         assert self.user is not None
+        if self.ws_connection is None or self.ws_connection.is_closing():
+            return
+        if self._over_rate():
+            limits = self.datasite.config.limits
+            log.warning("closing a channel of %s: message flood", self.user_name)
+            self.close(
+                WS_POLICY,
+                f"too many messages: at most {limits.ws_messages_per_second:g} per second "
+                f"(bursts of {limits.ws_message_burst})",
+            )
+            return
         try:
             data = load_json(message, "message")
         except ApiError as exc:

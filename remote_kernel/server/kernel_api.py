@@ -40,10 +40,18 @@ class KernelApi:
         self.socket_path = self._directory / "kernel-api.sock"
         self._server: HTTPServer | None = None
 
-    def start(self) -> None:
+    def start(self, other_users: bool = False) -> None:
+        """Listen; ``other_users``: kernels run as uids of their own and must reach the socket.
+
+        Then the directory becomes enterable (not listable) and the socket connectable
+        by anyone who knows its random path; every call still needs a kernel token.
+        """
         app = web.Application([(r"/kernel/query", QueryHandler, {"api": self})])
         self._server = HTTPServer(app, max_body_size=self.datasite.config.limits.max_code_bytes * 2)
-        self._server.add_socket(bind_unix_socket(str(self.socket_path), mode=0o600))
+        mode = 0o666 if other_users else 0o600
+        self._server.add_socket(bind_unix_socket(str(self.socket_path), mode=mode))
+        if other_users:
+            os.chmod(self._directory, 0o711)  # noqa: S103 (enter, not list)
 
     def stop(self) -> None:
         if self._server is not None:

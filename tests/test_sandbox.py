@@ -1,0 +1,179 @@
+"""Sandboxed kernels, tested from real remote cells.
+
+The cells below are researcher code at a real datasite. They report what they
+could do as JSON on stdout; that output is held for review like any other, so the
+test reads it with the reviewer's token. Where this machine cannot make network
+namespaces the isolation tests are skipped, and the test that runs instead checks
+that the datasite says so loudly.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from remote_kernel.client import Datasite
+from remote_kernel.config import DatasiteConfig
+
+from .conftest import RunningDatasite, make_datasite
+
+PROBE = r"""
+import json, os, socket
+report = {"uid": os.getuid(), "cwd": os.getcwd(), "rows": len(rk.data("heart"))}
+def attempt(name, action):
+    try:
+        action()
+        report[name] = "ok"
+    except Exception as exc:
+        report[name] = type(exc).__name__
+def connect(host, port):
+    with socket.create_connection((host, port), timeout=3):
+        pass
+attempt("own_port", lambda: connect("127.0.0.1", PORT))
+attempt("outside", lambda: connect("1.1.1.1", 443))
+attempt("dns", lambda: socket.getaddrinfo("example.org", 443))
+for name, path in PATHS.items():
+    attempt(name, lambda path=path: open(path, "rb").read(1))
+attempt("list_site", lambda: os.listdir(SITE))
+attempt("write_site", lambda: open(os.path.join(SITE, "planted"), "w").write("x"))
+print(json.dumps(report))
+"""
+
+
+def sandbox_of(site: RunningDatasite) -> dict[str, Any]:
+    return httpx.get(site.url + "/api/health").json()["sandbox"]
+
+
+def run(site: RunningDatasite, client: Datasite, code: str) -> tuple[Any, list[dict[str, Any]]]:
+    """Run a cell; the request and every output's full view (read as the reviewer)."""
+    request = client.run(code)
+    request.wait(120, until="finished")
+    views = [
+        httpx.get(f"{site.url}/api/outputs/{o.id}", headers=site.headers("bob")).json()
+        for o in request.outputs
+    ]
+    return request, views
+
+
+def stdout(views: list[dict[str, Any]]) -> str:
+    return "".join(v["content"].get("text", "") for v in views if v["msg_type"] == "stream")
+
+
+@pytest.fixture(scope="module")
+def limited(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningDatasite]:
+    """One sandboxed site with small limits; a second site's directory next to it."""
+    tmp = tmp_path_factory.mktemp("sandbox")
+    site = make_datasite(tmp, max_outputs_per_request=50, max_output_bytes_per_request=300_000)
+    config = DatasiteConfig.load(site.directory)
+    config.kernels.memory_limit_mb = 2048
+    config.kernels.cpu_time_seconds = 12
+    config.save()
+    make_datasite(tmp, name="hungary")  # another site on the same machine
+    site.start()
+    yield site
+    site.stop()
+
+
+@pytest.fixture
+def isolated(limited: RunningDatasite) -> RunningDatasite:
+    status = sandbox_of(limited)
+    if not status["network_isolated"]:
+        pytest.skip(f"no network namespace on this machine: {status['warnings']}")
+    return limited
+
+
+def test_health_says_what_the_sandbox_is(limited: RunningDatasite) -> None:
+    status = sandbox_of(limited)
+    assert status["memory_limit_mb"] == 2048 and status["cpu_time_seconds"] == 12
+    if status["mode"] == "none":  # never silently: the warning is there for everyone
+        assert status["warnings"] and "WITHOUT a sandbox" in status["warnings"][0]
+        log = (limited.log_path or Path()).read_text()
+        assert "SANDBOX:" in log
+    else:
+        assert status["mode"] == "namespace" and status["network_isolated"]
+        assert status["separate_user"] == (os.geteuid() == 0)
+
+
+def test_a_remote_cell_reaches_no_network_and_no_datasite_files(isolated: RunningDatasite) -> None:
+    site = isolated
+    other = site.directory.parent / "hungary"
+    paths = {
+        "database": site.directory / "datasite.db",
+        "config": site.directory / "datasite.yaml",
+        "private_by_path": site.directory / "datasets" / "heart" / "private.parquet",
+        "other_site_db": other / "datasite.db",
+        "other_site_data": other / "datasets" / "heart" / "private.parquet",
+        "server_log": site.log_path,
+    }
+    assert all(Path(p).exists() for p in paths.values())  # they are there, as root sees
+    code = (
+        PROBE.replace("PORT", str(site.port))
+        .replace("PATHS", repr({k: str(v) for k, v in paths.items()}))
+        .replace("SITE", repr(str(site.directory)))
+    )
+    client = Datasite(site.url, site.tokens["alice"])
+    request, views = run(site, client, code)
+    client.close()
+    assert request.status == "completed", request.message
+    report = json.loads(stdout(views))
+    assert report["rows"] > 100  # its own site's private table is readable, as rk.data
+    for name in ("own_port", "outside", "dns"):
+        assert report[name] in {"OSError", "gaierror", "TimeoutError"}, (name, report)
+    assert report["own_port"] == "OSError"  # unreachable at once, not a timeout
+    for name in (*paths, "list_site", "write_site"):
+        assert report[name] in {"PermissionError", "FileNotFoundError"}, (name, report)
+    assert not (site.directory / "planted").exists()
+    assert not report["cwd"].startswith(str(site.directory))
+    if os.geteuid() == 0:
+        assert report["uid"] != 0
+
+
+def test_a_memory_hog_is_stopped_and_reported(isolated: RunningDatasite) -> None:
+    client = Datasite(isolated.url, isolated.tokens["alice"])
+    request, _ = run(isolated, client, "hog = bytearray(3 * 1024**3)\nhog[-1] = 1")
+    assert request.status == "error"
+    assert request.message.startswith("MemoryError at line 1")
+    after, views = run(isolated, client, "print('still here')")  # the kernel survived
+    assert after.status == "completed" and stdout(views) == "still here\n"
+    client.close()
+
+
+def test_cpu_time_limit_stops_a_busy_loop(isolated: RunningDatasite) -> None:
+    client = Datasite(isolated.url, isolated.tokens["alice"])
+    request, _ = run(isolated, client, "while True:\n    pass")
+    assert request.status == "failed"
+    assert "CPU time limit of 12 s" in request.message
+    assert "new kernel" in request.message
+    after, views = run(isolated, client, "print(6 * 7)")
+    assert after.status == "completed" and stdout(views) == "42\n"
+    client.close()
+
+
+def test_an_output_flood_is_cut_off_with_a_message(limited: RunningDatasite) -> None:
+    client = Datasite(limited.url, limited.tokens["alice"])
+    flood = "from IPython.display import display\nfor i in range(10**6):\n    display(i)"
+    request, views = run(limited, client, flood)
+    assert request.status == "failed"
+    assert request.message.startswith("output cut off: the cell produced more than 50 outputs")
+    assert len(views) == 50  # what came before the limit is kept (and checked), no more
+    assert all(v["state"] in {"pending", "blocked"} for v in views)
+
+    big = "for i in range(100):\n    print('y' * 10_000, flush=True)"
+    request, views = run(limited, client, big)
+    assert request.status == "failed"
+    assert "more than 300000 bytes of output" in request.message
+    assert sum(len(v["content"].get("text", "")) for v in views) <= 300_000
+
+    after, views = run(limited, client, "print('fine')")
+    assert after.status == "completed" and stdout(views) == "fine\n"
+    store = limited.store()
+    cut = [e for e in store.audit_entries() if e.action == "request.cut_off"]
+    assert len(cut) == 2 and store.verify_audit() == []
+    store.close()
+    client.close()
