@@ -222,7 +222,19 @@ def write_json_error(handler: web.RequestHandler, status: int, kwargs: dict[str,
     message = message or handler._reason
     if status >= 500:
         message = "internal datasite error; the admin can find details in the server log"
-    finish_error(handler, status, message, getattr(exc, "headers", None))
+    headers = dict(getattr(exc, "headers", None) or {})
+    if status == 405:  # RFC 9110: say which methods the route has
+        headers["Allow"] = ", ".join(allowed_methods(handler))
+    finish_error(handler, status, message, headers)
+
+
+def allowed_methods(handler: web.RequestHandler) -> list[str]:
+    """The HTTP methods a handler class implements."""
+    return [
+        method
+        for method in ("GET", "POST", "PUT", "PATCH", "DELETE")
+        if getattr(type(handler), method.lower()) is not getattr(web.RequestHandler, method.lower())
+    ]
 
 
 def map_domain_error(e: BaseException) -> ApiError | None:
@@ -354,7 +366,10 @@ class RequestsHandler(BaseHandler):
     def get(self) -> None:
         assert self.user is not None
         status = self.get_query_argument("status", None)
-        with_outputs = self.get_query_argument("outputs", "false").lower() in {"1", "true"}
+        flag = self.get_query_argument("outputs", "false").lower()
+        if flag not in {"1", "true", "0", "false"}:
+            raise ApiError(400, f"'outputs' must be true, false, 1 or 0, not {flag!r}")
+        with_outputs = flag in {"1", "true"}
         store = self.datasite.store
         views = []
         for request in self.datasite.requests_for(self.user, status):
