@@ -150,9 +150,19 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.set_defaults(func=cmd_serve)
 
-    p = site_cmds.add_parser("audit", help="check the hash-chained audit log")
-    p.add_argument("action", choices=["verify", "export"])
+    p = site_cmds.add_parser(
+        "audit",
+        help="check the hash-chained audit log (verify), print it as JSON lines (export), "
+        "or print its head to record somewhere else (head)",
+    )
+    p.add_argument("action", choices=["verify", "export", "head"])
     p.add_argument("directory")
+    p.add_argument(
+        "--head",
+        metavar="HASH",
+        help="verify: also require this earlier head hash (from 'audit head') in the chain; "
+        "catches a cut-off tail or a rewritten chain",
+    )
     p.set_defaults(func=cmd_audit)
 
     # --- review (reviewers) ---
@@ -412,14 +422,24 @@ def cmd_audit(args: argparse.Namespace) -> int:
                     )
                 )
             return 0
+        entries = store.audit_entries()
+        if args.action == "head":
+            last = entries[-1].hash if entries else "0" * 64
+            print(f"{len(entries)} {last}")
+            return 0
         problems = store.verify_audit()
     finally:
         store.close()
+    if args.head and args.head not in {entry.hash for entry in entries}:
+        problems.append(
+            f"the recorded head {args.head} is not in the chain: entries were removed "
+            "from its end, or the chain was rewritten"
+        )
     for problem in problems:
         print(problem)
     if problems:
         return 1
-    print(f"audit log intact ({len(store.audit_entries())} entries)")
+    print(f"audit log intact ({len(entries)} entries)")
     return 0
 
 
