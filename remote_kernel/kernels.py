@@ -10,11 +10,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import logging
 import os
 import queue
 import shutil
 import signal
+import stat
 import sys
 import tempfile
 import time
@@ -303,7 +305,15 @@ class LocalKernelProvider:
         """A fresh ``0711`` root-owned directory outside the datasite directory."""
         if self._sandbox_root is None:
             base = Path(self.settings.sandbox_dir or tempfile.gettempdir())
-            root = Path(tempfile.mkdtemp(prefix=f"rk-sandbox-{self.site}-", dir=base))
+            # Named after this datasite directory: what a killed server left behind
+            # (kernel scratch files) is removed at the next start, and only that.
+            digest = hashlib.sha256(str(self.runtime_dir.resolve()).encode()).hexdigest()[:12]
+            prefix = f"rk-sandbox-{self.site}-{digest}-"
+            for stale in base.glob(prefix + "*"):
+                info = stale.lstat()
+                if stat.S_ISDIR(info.st_mode) and info.st_uid == os.geteuid():
+                    shutil.rmtree(stale, ignore_errors=True)
+            root = Path(tempfile.mkdtemp(prefix=prefix, dir=base))
             os.chmod(root, 0o711)  # noqa: S103 (enter, not list: each kernel's dir is 0700)
             self._sandbox_root = root
         return self._sandbox_root
