@@ -195,6 +195,9 @@ async def test_review_through_the_extension_reaches_the_researcher(
     denied = await call(jp_fetch, "GET", "connections", "cleveland", "requests", str(second.id))
     assert denied["outputs"][0]["state"] == "denied" and "content" not in denied["outputs"][0]
 
+    listed = await call(jp_fetch, "GET", "connections", "cleveland", "requests")
+    assert {first.id, second.id} <= {r["id"] for r in listed}
+
     history = await call(jp_fetch, "GET", "reviews", "history")
     decided = {i["id"]: i for i in history["items"]}
     assert decided[item["id"]]["state"] == "released"

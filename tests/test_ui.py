@@ -38,7 +38,7 @@ def _stop_leftovers() -> None:
 
 
 @pytest.mark.timeout(900)
-def test_jupyterlab_ui_suite(tmp_path: Path) -> None:
+def test_jupyterlab_ui_suite() -> None:
     if os.environ.get("REMOTE_KERNEL_UI_TESTS") == "skip":
         pytest.skip("REMOTE_KERNEL_UI_TESTS=skip")
     assert Path(CHROMIUM).exists(), (
@@ -47,13 +47,15 @@ def test_jupyterlab_ui_suite(tmp_path: Path) -> None:
     )
     jlpm = shutil.which("jlpm")
     assert jlpm, "jlpm (from jupyterlab) is not on PATH"
+    # TMPDIR is left alone: the datasites inherit it, their kernels' IPC socket paths
+    # must fit in AF_UNIX's 108 bytes (a pytest tmp_path does not), and a sandboxed
+    # kernel user must be able to enter it (a private mkdtemp directory is not).
     env = {
         **os.environ,
         "PLAYWRIGHT_SKIP_BROWSER_DOWNLOAD": "1",
         "PYTHON": sys.executable,
         "REMOTE_KERNEL_UI_PORT": str(free_port()),
         "CHROMIUM": CHROMIUM,
-        "TMPDIR": str(tmp_path),  # Playwright's fresh browser profiles
         "CI": "1",
     }
     if not (UI_TESTS / "node_modules" / "@jupyterlab" / "galata").exists():

@@ -119,6 +119,10 @@ export class RemoteKernelApi {
     );
   }
 
+  requests(site: string): Promise<IRequestView[]> {
+    return this.call(`connections/${encodeURIComponent(site)}/requests`);
+  }
+
   reviewQueue(): Promise<{ items: IReviewItem[]; errors: ISiteError[] }> {
     return this.call('reviews');
   }

@@ -159,6 +159,26 @@ export function requestsFromOutputs(
   return requests;
 }
 
+/**
+ * The request a run made at a site when the cell's outputs do not name it: the
+ * newest of the researcher's requests with exactly this code that the cell did
+ * not know before the run.
+ */
+export function findRunRequest(
+  listed: IRequestView[],
+  source: string,
+  before: number | undefined
+): number | undefined {
+  const candidates = listed
+    .filter(
+      r =>
+        r.code.trim() === source.trim() &&
+        (before === undefined || r.id > before)
+    )
+    .map(r => r.id);
+  return candidates.length ? Math.max(...candidates) : undefined;
+}
+
 /** Whether the cell still waits for something from a datasite (and so must be polled). */
 export function needsRefresh(
   outputs: INbOutput[],

@@ -22,6 +22,7 @@ import {
   INbOutput,
   hasRemoteTag,
   mergeRequest,
+  findRunRequest,
   needsRefresh,
   outputLabel,
   remoteMagicCode,
@@ -262,7 +263,9 @@ export class RemoteCellController {
       silent: true,
       store_history: false
     }).done;
-    const code = remoteMagicCode(cell.model.sharedModel.getSource(), sites);
+    const source = cell.model.sharedModel.getSource();
+    const code = remoteMagicCode(source, sites);
+    const previous = this.requestsOf(cell);
     cell.model.setMetadata(METADATA_KEY, {
       ...this.cellMeta(cell),
       requests: {}
@@ -280,6 +283,19 @@ export class RemoteCellController {
       throw error;
     }
     const requests = requestsFromOutputs(this.outputsOf(cell));
+    for (const site of sites.filter(s => requests[s] === undefined)) {
+      // Nothing in the outputs names this site's request (it failed to start, or
+      // printed nothing): find it among the researcher's own requests there.
+      try {
+        const listed = await this.api.requests(site);
+        const found = findRunRequest(listed, source, previous[site]);
+        if (found !== undefined) {
+          requests[site] = found;
+        }
+      } catch {
+        // The site is unreachable: nothing was sent there.
+      }
+    }
     cell.model.setMetadata(METADATA_KEY, { ...this.cellMeta(cell), requests });
     this.decorate(panel, cell);
     await this.refreshCell(panel, cell);

@@ -271,6 +271,18 @@ class RequestHandler(RemoteKernelHandler):
         self.write_json(await self.datasite_json(self.connection(name), "GET", path))
 
 
+class RequestsHandler(RemoteKernelHandler):
+    @web.authenticated
+    async def get(self, name: str) -> None:
+        """This connection's user's requests, newest first (no outputs).
+
+        Lets the notebook find the request a run made when the run displayed
+        nothing that names it (a cell that failed to start, or printed nothing).
+        """
+        path = "/api/requests"
+        self.write_json(await self.datasite_json(self.connection(name), "GET", path))
+
+
 # --- reviewers -----------------------------------------------------------------------------
 def reviewer_connections() -> list[Connection]:
     return sorted(
@@ -376,6 +388,7 @@ def route_table() -> list[tuple[str, type[RemoteKernelHandler]]]:
         (f"{PREFIX}/connections/{name}/datasets", DatasetsHandler),
         (f"{PREFIX}/connections/{name}/datasets/{dataset}", DatasetHandler),
         (f"{PREFIX}/connections/{name}/datasets/{dataset}/mock", MockPreviewHandler),
+        (f"{PREFIX}/connections/{name}/requests", RequestsHandler),
         (f"{PREFIX}/connections/{name}/requests/{number % 'request_id'}", RequestHandler),
         (f"{PREFIX}/connections/{name}/outputs/{number % 'output_id'}", OutputHandler),
         (f"{PREFIX}/connections/{name}/outputs/{number % 'output_id'}/review", ReviewHandler),

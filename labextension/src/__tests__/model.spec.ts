@@ -4,6 +4,7 @@ import {
   IReviewItem,
   ageText,
   combineItems,
+  findRunRequest,
   matchesFilter,
   mergeRequest,
   needsRefresh,
@@ -276,5 +277,18 @@ describe('review queue', () => {
     };
     expect(voteSummary(two)).toBe('1 of 2 approvals (bob approved)');
     expect(voteSummary(item('c', 1, 'alice', 'pending', ''))).toBe('');
+  });
+});
+
+describe('finding the request a run made', () => {
+  const listed = [
+    { id: 9, user: 'alice', code: 'x = 1\n', status: 'failed', message: '' },
+    { id: 8, user: 'alice', code: 'other', status: 'completed', message: '' },
+    { id: 5, user: 'alice', code: 'x = 1', status: 'completed', message: '' }
+  ];
+  it('takes the newest request with this code that the cell did not know', () => {
+    expect(findRunRequest(listed, 'x = 1', 5)).toBe(9);
+    expect(findRunRequest(listed, 'x = 1', 9)).toBeUndefined();
+    expect(findRunRequest(listed, 'y', undefined)).toBeUndefined();
   });
 });
