@@ -29,6 +29,7 @@ function el<K extends keyof HTMLElementTagNameMap>(
 
 export class DatasitesPanel extends Widget {
   private connections: IConnection[] = [];
+  private renderedKey = '';
   private readonly form = el('form', 'rk-ConnectForm');
   private readonly messageNode = el('div', 'rk-Message');
   private readonly listNode = el('div', 'rk-Connections');
@@ -96,10 +97,12 @@ export class DatasitesPanel extends Widget {
     this.form.onsubmit = event => {
       event.preventDefault();
       submit.disabled = true;
+      this.messageNode.classList.remove('rk-mod-ok');
       this.messageNode.textContent = 'Connecting…';
       this.api
         .connect(url.value.trim(), token.value, name.value.trim())
         .then(connection => {
+          this.messageNode.classList.add('rk-mod-ok');
           this.messageNode.textContent = `Connected to ${connection.name} as ${connection.user} (${connection.role}).`;
           url.value = '';
           name.value = '';
@@ -128,8 +131,33 @@ export class DatasitesPanel extends Widget {
     this.controller.setSites(
       this.connections.filter(c => c.role === 'researcher').map(c => c.name)
     );
-    this.renderList();
+    // Re-render only when the connections changed, so that open datasets and mock
+    // previews stay open; otherwise just refresh the health dots.
+    const key = JSON.stringify(
+      this.connections.map(c => [c.name, c.url, c.user, c.role])
+    );
+    if (key !== this.renderedKey) {
+      this.renderedKey = key;
+      this.renderList();
+    } else {
+      for (const connection of this.connections) {
+        const item = this.listNode.querySelector<HTMLElement>(
+          `.rk-Connection[data-site="${connection.name}"] .rk-Health`
+        );
+        if (item) {
+          this.renderHealth(item, connection);
+        }
+      }
+    }
     this.renderTargets();
+  }
+
+  private renderHealth(dot: HTMLElement, connection: IConnection): void {
+    const health = connection.health;
+    dot.className = `rk-Health ${health?.ok ? 'rk-mod-ok' : 'rk-mod-down'}`;
+    dot.title = health?.ok
+      ? `healthy (${health.latency_ms} ms, datasite ${health.datasite})`
+      : `unreachable: ${health?.message ?? 'unknown'}`;
   }
 
   private renderTargets(): void {
@@ -183,15 +211,8 @@ export class DatasitesPanel extends Widget {
       const item = el('details', 'rk-Connection');
       item.dataset.site = connection.name;
       const summary = el('summary');
-      const health = connection.health;
-      const dot = el(
-        'span',
-        `rk-Health ${health?.ok ? 'rk-mod-ok' : 'rk-mod-down'}`,
-        '●'
-      );
-      dot.title = health?.ok
-        ? `healthy (${health.latency_ms} ms, datasite ${health.datasite})`
-        : `unreachable: ${health?.message ?? 'unknown'}`;
+      const dot = el('span', 'rk-Health', '●');
+      this.renderHealth(dot, connection);
       summary.append(
         dot,
         el('b', '', ` ${connection.name} `),

@@ -130,6 +130,7 @@ export class ReviewPanel extends Panel {
     status: 'pending'
   };
   private selected = '';
+  private filtersKey = '';
   private busy = false;
   private timer: number | undefined;
   private readonly listNode = el('div', 'rk-ReviewList');
@@ -288,6 +289,12 @@ export class ReviewPanel extends Panel {
       site: [...new Set(all.map(i => i.site))].sort(),
       researcher: [...new Set(all.map(i => i.request.user))].sort()
     };
+    // Rebuilding the selects on every poll would close one the reviewer has open.
+    const key = JSON.stringify([options, this.filter]);
+    if (key === this.filtersKey) {
+      return;
+    }
+    this.filtersKey = key;
     this.filtersNode.textContent = '';
     const make = (
       name: keyof IReviewFilter,

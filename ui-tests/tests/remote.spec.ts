@@ -39,6 +39,21 @@ async function openPanel(page: Page, id: string): Promise<void> {
   await expect(page.locator(`#${id}`)).toBeVisible();
 }
 
+/** A wider left sidebar: the panels' screenshots in docs/ are readable. */
+async function widenSidebar(page: Page, x = 520): Promise<void> {
+  const handle = page
+    .locator('#jp-main-split-panel > .lm-SplitPanel-handle')
+    .first();
+  const box = await handle.boundingBox();
+  if (box) {
+    const y = box.y + box.height / 2;
+    await page.mouse.move(box.x + box.width / 2, y);
+    await page.mouse.down();
+    await page.mouse.move(x, y, { steps: 5 });
+    await page.mouse.up();
+  }
+}
+
 /** A notebook whose first cell imports rk (run locally) and second cell is `source`. */
 async function notebookWith(
   page: Page,
@@ -89,6 +104,7 @@ test('tag a cell, run it remotely, approve it, see the released output', async (
 }) => {
   const t = tokens();
   await openPanel(page, 'remote-kernel-datasites');
+  await widenSidebar(page);
   const panel = page.locator('#remote-kernel-datasites');
   await panel.locator('input[name=url]').fill(t.cleveland.url);
   await panel.locator('input[name=token]').fill(t.cleveland.alice);
@@ -253,6 +269,7 @@ test('two reviewers release at a two-person site', async ({ page }) => {
     'print("mean age", round(rk.data("heart").age.mean(), -1))',
     ['hungary']
   );
+  await widenSidebar(page);
   await runRemotely(page, 1);
   await expect(
     cell(page, 1).locator('.rk-SiteStatus[data-site="hungary"]')
