@@ -10,7 +10,12 @@ import * as fs from 'fs';
 import * as path from 'path';
 
 const STATE = path.resolve(__dirname, '..', '.servers');
-const IMAGES = path.resolve(__dirname, '..', '..', 'docs', 'images');
+// Screenshots go to docs/images/ only when asked (REMOTE_KERNEL_UI_SCREENSHOTS=docs),
+// so that ordinary runs do not rewrite the documentation's images.
+const IMAGES =
+  process.env.REMOTE_KERNEL_UI_SCREENSHOTS === 'docs'
+    ? path.resolve(__dirname, '..', '..', 'docs', 'images')
+    : path.resolve(__dirname, '..', 'test-results', 'screenshots');
 const tokens = () =>
   JSON.parse(fs.readFileSync(path.join(STATE, 'tokens.json'), 'utf-8'));
 
