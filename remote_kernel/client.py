@@ -39,7 +39,8 @@ FINISHED = {"completed", "error", "failed", "interrupted"}
 #: Tables the datasite computed itself (sound tier); mirrors filter.QUERY_MIME.
 QUERY_MIME = "application/vnd.remote-kernel.query+json"
 STATUS_ORDER = {"queued": 0, "running": 1, **dict.fromkeys(FINISHED, 2)}
-DECIDED = {"released", "denied", "blocked"}
+#: Final output states (conflicted: two reviewers disagreed, see the two-person rule).
+DECIDED = {"released", "denied", "blocked", "conflicted"}
 
 
 class RemoteKernelError(Exception):
@@ -182,6 +183,8 @@ class RemoteRequest:
                 )
             if last.state == "blocked":
                 raise NoValue(f"the value at {self.site} was blocked: {last.summary}")
+            if last.state == "conflicted":
+                raise NoValue(f"the reviewers at {self.site} disagreed: {last.comment}")
             raise NoValue(f"the value at {self.site} is pending review ({last.summary})")
         if queries:
             table = queries[-1].data[QUERY_MIME]

@@ -52,6 +52,12 @@ def output_bundle(request: RemoteRequest, output: RemoteOutput) -> tuple[Bundle,
     if output.state == "denied":
         text = f"✖ {site}: output {output.seq + 1} denied by {output.decided_by}: {output.comment}"
         return _note(text, "#c62828"), metadata
+    if output.state == "conflicted":
+        text = (
+            f"✖ {site}: output {output.seq + 1} not released, the reviewers disagreed: "
+            f"{output.comment}"
+        )
+        return _note(text, "#c62828"), metadata
     if output.state == "blocked":
         number = output.seq + 1
         text = f"⛔ {site}: output {number} blocked by the datasite's policy ({output.summary})"
@@ -128,6 +134,7 @@ STATE_COLORS = {
     "pending review": "#f9a825",
     "released": "#2e7d32",
     "denied": "#c62828",
+    "conflicted": "#c62828",
     "blocked": "#6a1b9a",
     "failed": "#c62828",
     "interrupted": "#c62828",

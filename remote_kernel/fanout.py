@@ -48,6 +48,8 @@ class SiteRun:
             return "released" if request.status == "completed" else f"{request.status} (released)"
         if "denied" in states:
             return "denied"
+        if "conflicted" in states:
+            return "conflicted"
         if "blocked" in states:
             return "blocked"
         return request.status

@@ -114,7 +114,10 @@ class FanoutView:
         self.last_key: tuple[Any, ...] = ()
         self._lock = threading.Lock()
         self.widget = _html_widget() if widgets else None
-        show(self._bundle(), {}, self.ident, False)
+        # Frontends (the JupyterLab extension) find each site's request from here.
+        requests = {name: r.id for name, r in result.requests.items()}
+        self.metadata = {"remote_kernel": {"requests": requests}}
+        show(self._bundle(), self.metadata, self.ident, False)
         self.requests = [
             RequestDisplay(request, show_status=False, show=show)
             for request in result.requests.values()
@@ -152,7 +155,7 @@ class FanoutView:
             if key == self.last_key:
                 return
             self.last_key = key
-            self.show(self._bundle(), {}, self.ident, True)
+            self.show(self._bundle(), self.metadata, self.ident, True)
 
     def _tick(self) -> None:
         """Elapsed time in the widget, once a second, while any site is still running.

@@ -114,6 +114,8 @@ def test_fan_out_to_all_four_in_a_real_kernel(
         assert len(status) == 1, [m["msg_type"] for m in messages]
         for name in SITES:
             assert name in status[0]["content"]["data"]["text/plain"]
+        requests = status[0]["content"]["metadata"]["remote_kernel"]["requests"]
+        assert sorted(requests) == sorted(SITES)  # for frontends: each site's request id
         pending = {
             m["content"]["metadata"]["remote_kernel"]["site"]
             for m in messages
