@@ -365,6 +365,7 @@ def cmd_serve(args: argparse.Namespace) -> None:
     import logging
 
     from .filter import InsecureFilterRefused
+    from .kernels import SandboxUnavailable
     from .server.app import run_server
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
@@ -395,7 +396,7 @@ def cmd_serve(args: argparse.Namespace) -> None:
                 behind_proxy=args.behind_proxy,
             )
         )
-    except InsecureFilterRefused as exc:
+    except (InsecureFilterRefused, SandboxUnavailable) as exc:
         raise CliError(str(exc)) from None
     except OSError as exc:
         raise CliError(f"cannot serve on {args.host}:{args.port}: {exc}") from None

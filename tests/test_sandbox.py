@@ -11,6 +11,9 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
+import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -177,3 +180,50 @@ def test_an_output_flood_is_cut_off_with_a_message(limited: RunningDatasite) -> 
     assert len(cut) == 2 and store.verify_audit() == []
     store.close()
     client.close()
+
+
+def serve_without_unshare(site: RunningDatasite, mode: str) -> subprocess.Popen[bytes]:
+    """The server on a machine where ``unshare`` cannot be found (as in some containers)."""
+    config = DatasiteConfig.load(site.directory)
+    config.kernels.sandbox = mode
+    config.save()
+    site.log_path = site.directory.parent / f"{site.name}-{mode}.log"
+    return subprocess.Popen(
+        [sys.executable, "-m", "remote_kernel.cli", "datasite", "serve", str(site.directory),
+         "--port", str(site.port)],
+        stdout=open(site.log_path, "wb"), stderr=subprocess.STDOUT,
+        env={**os.environ, "PATH": str(site.directory.parent / "no-tools")},
+    )  # fmt: skip
+
+
+def test_without_namespaces_auto_warns_loudly_and_kernels_still_run(tmp_path: Path) -> None:
+    site = make_datasite(tmp_path)
+    process = serve_without_unshare(site, "auto")
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                status = httpx.get(site.url + "/api/health", timeout=2).json()["sandbox"]
+                break
+            except httpx.TransportError:
+                assert process.poll() is None and time.monotonic() < deadline
+                time.sleep(0.2)
+        assert status["mode"] == "none" and not status["network_isolated"]
+        assert "WITHOUT a sandbox" in status["warnings"][0]
+        assert "unshare" in status["warnings"][0]
+        assert "SANDBOX: researcher kernels run WITHOUT a sandbox" in site.log_path.read_text()
+        client = Datasite(site.url, site.tokens["alice"])
+        request, views = run(site, client, "print(len(rk.data('heart')) > 100)")
+        client.close()
+        assert request.status == "completed" and stdout(views) == "True\n"  # tcp transport
+    finally:
+        process.terminate()
+        process.wait(timeout=30)
+
+
+def test_without_namespaces_namespace_mode_refuses_to_start(tmp_path: Path) -> None:
+    site = make_datasite(tmp_path)
+    process = serve_without_unshare(site, "namespace")
+    assert process.wait(timeout=60) == 2
+    log = site.log_path.read_text()
+    assert "error: kernels.sandbox is 'namespace' but the unshare command is not installed" in log
