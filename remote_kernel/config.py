@@ -76,6 +76,8 @@ class KernelSettings:
     #: datasite directory, which they must not be able to enter); default: the
     #: system's temporary directory.
     sandbox_dir: str | None = None
+    #: Size of the private, empty /tmp (and /var/tmp, /dev/shm) a sandboxed kernel gets.
+    private_tmp_mb: int = 256
 
 
 SANDBOX_MODES = ("auto", "namespace", "none")

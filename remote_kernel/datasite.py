@@ -127,6 +127,9 @@ class Datasite:
             self._check_and_store(output)
         status = self.sandbox_status()
         self.kernel_api.start(other_users=bool(status.get("separate_user")))
+        keep = getattr(self.kernels, "keep_paths", None)
+        if keep is not None:
+            keep.append(self.kernel_api.socket_path.parent)
         self._culler = asyncio.create_task(self._cull_loop())
 
     async def stop(self) -> None:

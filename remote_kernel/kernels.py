@@ -265,6 +265,8 @@ class LocalKernelProvider:
         self.datasets = datasets or {}
         self.site = site
         self._uids: dict[str, int] = {}
+        #: Paths in /tmp a sandboxed kernel still needs (the kernel API's socket directory).
+        self.keep_paths: list[Path] = []
         self._sandbox_root: Path | None = None
         self.status = self._decide()
         for warning in self.status.warnings:
@@ -358,6 +360,9 @@ class LocalKernelProvider:
             launcher += ["--staging", str(staging)]
             for path in python_paths():
                 launcher += ["--expose", path]
+            launcher += ["--private-tmp", str(self.settings.private_tmp_mb)]
+            for path in (workdir, *self.keep_paths):
+                launcher += ["--keep", str(path)]
             kernel_env.update(
                 HOME=str(workdir), TMPDIR=str(workdir), IPYTHONDIR=str(workdir / ".ipython")
             )

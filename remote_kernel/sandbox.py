@@ -116,8 +116,35 @@ def closed_ancestor(path: str) -> str | None:
     return None
 
 
-def _mount(*args: str) -> None:
-    subprocess.run(["mount", *args], check=True, capture_output=True, timeout=30)
+def _mount(*args: str, pass_fds: tuple[int, ...] = ()) -> None:
+    subprocess.run(["mount", *args], check=True, capture_output=True, timeout=30, pass_fds=pass_fds)
+
+
+#: Shared temporary directories that get a private, empty tmpfs in the kernel's view.
+SHARED_TMP = ("/tmp", "/var/tmp", "/dev/shm")  # noqa: S108 (these are what we hide)
+
+
+def private_tmp(keep: list[str], size_mb: int) -> None:
+    """Give the kernel empty temporary directories of its own (root, own mount namespace).
+
+    Other processes' files in ``/tmp`` & co. are hidden, and two kernels cannot pass
+    notes through them. The paths in ``keep`` that live there (the kernel's own
+    directory, the kernel API's socket directory) are bound back in, through
+    descriptors opened before the shared directory is covered.
+    """
+    held = []
+    for path in keep:
+        real = os.path.realpath(path)
+        if any(real.startswith(shared + os.sep) for shared in SHARED_TMP):
+            held.append((real, os.open(real, os.O_PATH | os.O_DIRECTORY)))
+    for shared in SHARED_TMP:
+        if os.path.isdir(shared) and not os.path.islink(shared):
+            _mount("-t", "tmpfs", "-o", f"mode=1777,size={size_mb}m", "rk-tmp", shared)
+    for real, fd in held:
+        os.makedirs(real, mode=0o755, exist_ok=True)
+        # --no-canonicalize: the descriptor's magic link, not the path it names now
+        _mount("--no-canonicalize", "--bind", f"/proc/self/fd/{fd}", real, pass_fds=(fd,))
+        os.close(fd)
 
 
 def expose(paths: list[str], staging: str) -> None:
@@ -180,6 +207,15 @@ def main(argv: list[str] | None = None) -> None:
         "--expose", action="append", default=[], help="a path the kernel must reach (Python)"
     )
     parser.add_argument("--staging", help="an empty root-only directory for --expose")
+    parser.add_argument(
+        "--private-tmp",
+        type=int,
+        metavar="MB",
+        help="empty tmpfs of this size over /tmp, /var/tmp and /dev/shm",
+    )
+    parser.add_argument(
+        "--keep", action="append", default=[], help="a path under /tmp the kernel still needs"
+    )
     parser.add_argument("command", nargs=argparse.REMAINDER)
     args = parser.parse_args(argv)
     command = args.command[1:] if args.command[:1] == ["--"] else args.command
@@ -195,6 +231,8 @@ def main(argv: list[str] | None = None) -> None:
             os.chown(path, args.uid, gid)
         if args.expose and args.staging:
             expose(args.expose, args.staging)
+        if args.private_tmp:
+            private_tmp(args.keep, args.private_tmp)
         drop_privileges(args.uid, gid)
     set_limits(args.memory_mb, args.cpu_seconds)
     os.execvpe(command[0], command, env)  # noqa: S606 (our own argument list)

@@ -13,6 +13,7 @@ import json
 import os
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -44,6 +45,9 @@ attempt("dns", lambda: socket.getaddrinfo("example.org", 443))
 for name, path in PATHS.items():
     attempt(name, lambda path=path: open(path, "rb").read(1))
 attempt("list_site", lambda: os.listdir(SITE))
+attempt("host_tmp", lambda: open(HOST_TMP).read())
+open("/tmp/rk-note-from-a-kernel", "w").write("hello")
+report["tmp_listing"] = sorted(os.listdir("/tmp"))
 attempt("write_site", lambda: open(os.path.join(SITE, "planted"), "w").write("x"))
 print(json.dumps(report))
 """
@@ -115,8 +119,13 @@ def test_a_remote_cell_reaches_no_network_and_no_datasite_files(isolated: Runnin
         "server_log": site.log_path,
     }
     assert all(Path(p).exists() for p in paths.values())  # they are there, as root sees
+    handle, host_tmp = tempfile.mkstemp(dir="/tmp", prefix="rk-host-file-")
+    os.write(handle, b"another program's temporary file")
+    os.close(handle)
+    os.chmod(host_tmp, 0o644)  # readable by anyone who can see it
     code = (
-        PROBE.replace("PORT", str(site.port))
+        PROBE.replace("HOST_TMP", repr(host_tmp))
+        .replace("PORT", str(site.port))
         .replace("PATHS", repr({k: str(v) for k, v in paths.items()}))
         .replace("SITE", repr(str(site.directory)))
     )
@@ -132,6 +141,13 @@ def test_a_remote_cell_reaches_no_network_and_no_datasite_files(isolated: Runnin
     for name in (*paths, "list_site", "write_site"):
         assert report[name] in {"PermissionError", "FileNotFoundError"}, (name, report)
     assert not (site.directory / "planted").exists()
+    # Its /tmp is its own: the host's files are not there, and its notes stay there.
+    os.unlink(host_tmp)
+    assert report["host_tmp"] == "FileNotFoundError", report
+    assert not Path("/tmp/rk-note-from-a-kernel").exists()
+    listing = report["tmp_listing"]  # only the way to its own dir and the kernel API, its note
+    assert len(listing) == 3, listing
+    assert all(n.startswith(("rk-kapi-", "rk-sandbox-", "rk-note-")) for n in listing), listing
     assert not report["cwd"].startswith(str(site.directory))
     if os.geteuid() == 0:
         assert report["uid"] != 0
