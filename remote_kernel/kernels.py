@@ -380,7 +380,9 @@ class LocalKernelProvider:
         if status.network_isolated:
             # No network in the kernel: its channels are Unix sockets (ipc), not TCP.
             manager.transport = "ipc"
-            manager.ip = str((workdir if uid is not None else self.runtime_dir) / f"ipc-{tag[-8:]}")
+            # (in a short path: Unix socket paths must stay under 108 bytes)
+            base = workdir if uid is not None else self.sandbox_root()
+            manager.ip = str(base / f"ipc-{tag}")
             prefix = sandbox.unshare_prefix(os.geteuid() == 0)
         # Pin the kernel to this Python rather than whatever "python3" spec is installed.
         manager._kernel_spec = KernelSpec(

@@ -290,9 +290,10 @@ def test_push_reaches_only_the_remote_kernel(
     four_sites: dict[str, RunningDatasite], tmp_path: Path
 ) -> None:
     site = four_sites["va-long-beach"]
-    # A sandboxed kernel runs as a user of its own and cannot enter tmp_path (0700):
-    # give it a directory it may write the marker to.
-    shared = Path(tempfile.mkdtemp(prefix="rk-push-marker-"))
+    # A sandboxed kernel runs as a user of its own, cannot enter tmp_path (0700) and has
+    # a /tmp of its own: give it a directory it may write the marker to, in the project
+    # (which it reaches, as its Python's import path).
+    shared = Path(tempfile.mkdtemp(prefix="rk-push-marker-", dir=Path(__file__).parent))
     shared.chmod(0o777)
     marker = shared / "push-unpickled-by"
     client = researcher(site)
