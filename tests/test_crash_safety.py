@@ -229,7 +229,7 @@ def test_sigkill_at_random_moments_loses_nothing_acknowledged(tmp_path: Path) ->
         site.start()
         check_after_restart(site, ledger)
     finally:
-        site.stop(kill=True)
+        site.stop()  # SIGTERM: the last server cleans up its kernels and sandbox
 
     # The run exercised what it claims to: submissions, releases, denials, interruptions.
     states = Counter(state for state, _ in ledger.decided.values())
