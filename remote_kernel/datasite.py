@@ -397,7 +397,9 @@ class Datasite:
                 path.write_bytes(push.data)
                 if owner is not None:
                     os.chown(path, owner, owner)
-                paths[push.name] = str(path)
+                # Relative to the kernel's working directory: a sandboxed kernel sees its
+                # workdir bound in, not the server's absolute path to it.
+                paths[push.name] = str(path.relative_to(workdir))
             snippet = (
                 "import remote_kernel.values as _rk_values\n"
                 f"_rk_values.receive_pushes({json.dumps(paths)}, get_ipython().user_ns)\n"
@@ -406,7 +408,7 @@ class Datasite:
             result = await kernel.execute(snippet, on_output)
         finally:
             for path_text in paths.values():
-                Path(path_text).unlink(missing_ok=True)
+                (workdir / path_text).unlink(missing_ok=True)
             with contextlib.suppress(OSError):
                 folder.rmdir()
         if result.status == "ok":
