@@ -10,10 +10,12 @@ for its session at start-up.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import secrets
 import shutil
+import stat
 import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -35,7 +37,16 @@ class KernelApi:
     def __init__(self, datasite: Datasite) -> None:
         self.datasite = datasite
         self._tokens: dict[str, str] = {}
-        self._directory = Path(tempfile.mkdtemp(prefix="rk-kapi-"))
+        # Named after the datasite directory, so that what a killed server left behind
+        # is removed when that datasite starts again (and nothing else).
+        where = str(datasite.config.directory.resolve()).encode()
+        prefix = f"rk-kapi-{hashlib.sha256(where).hexdigest()[:12]}-"
+        base = Path(tempfile.gettempdir())
+        for stale in base.glob(prefix + "*"):
+            info = stale.lstat()
+            if stat.S_ISDIR(info.st_mode) and info.st_uid == os.geteuid():
+                shutil.rmtree(stale, ignore_errors=True)
+        self._directory = Path(tempfile.mkdtemp(prefix=prefix))
         os.chmod(self._directory, 0o700)
         self.socket_path = self._directory / "kernel-api.sock"
         self._server: HTTPServer | None = None
