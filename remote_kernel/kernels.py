@@ -361,7 +361,9 @@ class LocalKernelProvider:
             for path in python_paths():
                 launcher += ["--expose", path]
             launcher += ["--private-tmp", str(self.settings.private_tmp_mb)]
-            for path in (workdir, *self.keep_paths):
+            # The Python itself may live under /tmp (a virtualenv, an editable checkout):
+            # it is bound back into the kernel's private /tmp like its working directory.
+            for path in (workdir, *self.keep_paths, *python_paths()):
                 launcher += ["--keep", str(path)]
             kernel_env.update(
                 HOME=str(workdir), TMPDIR=str(workdir), IPYTHONDIR=str(workdir / ".ipython")

@@ -145,7 +145,16 @@ def test_a_remote_cell_reaches_no_network_and_no_datasite_files(isolated: Runnin
     os.unlink(host_tmp)
     assert report["host_tmp"] == "FileNotFoundError", report
     assert not Path("/tmp/rk-note-from-a-kernel").exists()
-    listing = report["tmp_listing"]  # only the way to its own dir and the kernel API, its note
+    # Only the way to its own dir and the kernel API, its note, and (when this Python lives
+    # under /tmp, as in a virtualenv there) the Python installation itself.
+    from remote_kernel.kernels import python_paths
+
+    python_dirs = {
+        Path(p).resolve().relative_to("/tmp").parts[0]
+        for p in python_paths()
+        if Path(p).resolve().is_relative_to("/tmp")
+    }
+    listing = [n for n in report["tmp_listing"] if n not in python_dirs]
     assert len(listing) == 3, listing
     assert all(n.startswith(("rk-kapi-", "rk-sandbox-", "rk-note-")) for n in listing), listing
     assert not report["cwd"].startswith(str(site.directory))
