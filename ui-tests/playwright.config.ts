@@ -12,7 +12,9 @@ export default defineConfig({
   ...baseConfig,
   testDir: './tests',
   workers: 1,
-  retries: 0,
+  // One retry: a full CI run once saw the first datasite stop answering mid-suite (not
+  // reproduced in isolation; see the session notes). A real regression fails twice.
+  retries: 1,
   timeout: 120_000,
   expect: { timeout: 30_000 },
   reporter: [['list']],
