@@ -309,6 +309,16 @@ class Datasite:
         self._reader: threading.Thread | None = None
         self._waiters: dict[str, tuple[threading.Event, list[dict[str, Any]]]] = {}
 
+    @classmethod
+    def from_connection(cls, connection: Any) -> Datasite:
+        """A saved :class:`~remote_kernel.connections.Connection`, contacted only when used."""
+        return cls(
+            connection.url,
+            connection.token,
+            connection.name,
+            known_identity=(connection.user, connection.role or "researcher"),
+        )
+
     def __repr__(self) -> str:
         return f"<Datasite {self.name} at {self.url} as {self.user} ({self.role})>"
 
@@ -610,12 +620,7 @@ def sites() -> dict[str, Datasite]:
         saved = {}
     for name, connection in saved.items():
         if name not in _sites and connection.role in ("", "researcher"):
-            _sites[name] = Datasite(
-                connection.url,
-                connection.token,
-                name,
-                known_identity=(connection.user, connection.role or "researcher"),
-            )
+            _sites[name] = Datasite.from_connection(connection)
     return dict(_sites)
 
 

@@ -325,16 +325,18 @@ def requests(
             except RemoteKernelError as exc:
                 print(f"remote_kernel: {target.name}: live updates unavailable ({exc})")
     if show:
-        for request in found:
-            first_line = (request.code.strip().splitlines() or [""])[0][:80]
-            bundle, metadata = status_bundle(request)
-            bundle = {
-                "text/plain": f"{bundle['text/plain']} · {first_line}",
-                "text/html": bundle["text/html"],
-            }
-            display(bundle, raw=True, metadata=metadata)
-            view = RequestDisplay(request, show_status=False)
-            view.sync()
-            if not request.decided:
-                view.follow_later()
+        show_history(found)
     return found
+
+
+def show_history(requests: list[RemoteRequest], show: Show = ipython_show) -> None:
+    """Each request's status line and outputs again; pending ones keep updating."""
+    for request in requests:
+        first_line = (request.code.strip().splitlines() or [""])[0][:80]
+        bundle, metadata = status_bundle(request)
+        bundle = {**bundle, "text/plain": f"{bundle['text/plain']} · {first_line}"}
+        show(bundle, metadata, f"rk-{request.site}-{request.id}-history", False)
+        view = RequestDisplay(request, show_status=False, show=show)
+        view.sync()
+        if not request.decided:
+            view.follow_later()

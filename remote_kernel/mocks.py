@@ -127,13 +127,7 @@ class NumericModel(ColumnModel):
 
     def finish(self, values: np.ndarray, rng: np.random.Generator) -> pd.Series:
         if self.is_datetime:
-            series = pd.Series(pd.DatetimeIndex(values))
-            if self.missing > 0:
-                series = series.where(rng.random(len(series)) >= self.missing)
-            try:
-                return series.astype(self.dtype)
-            except (TypeError, ValueError):
-                return series
+            values = pd.DatetimeIndex(values)  # type: ignore[assignment]
         return super().finish(values, rng)
 
 

@@ -36,9 +36,9 @@ from ipykernel.kernelbase import Kernel
 from ._version import __version__
 from .client import Datasite, RemoteKernelError, RemoteRequest
 from .connections import load_connections
-from .display import Bundle, status_bundle
+from .display import Bundle
 from .fanout import run_everywhere
-from .magics import FanoutView, RequestDisplay
+from .magics import FanoutView, show_history
 
 SITE_ENV = "REMOTE_KERNEL_PROXY_SITE"
 LOCAL_PREFIX = "%rk"
@@ -80,12 +80,7 @@ class RemoteProxyKernel(Kernel):
                     f"(saved: {', '.join(saved) or 'none'}); run "
                     f"`remote-kernel connect URL --token T --name {self.site_name or 'NAME'}`"
                 )
-            self._site = Datasite(
-                connection.url,
-                connection.token,
-                connection.name,
-                known_identity=(connection.user, connection.role or "researcher"),
-            )
+            self._site = Datasite.from_connection(connection)
         return self._site
 
     # --- sending to the frontend ------------------------------------------------------------
@@ -189,15 +184,7 @@ class RemoteProxyKernel(Kernel):
                 self.site().follow()
             except RemoteKernelError as exc:
                 return self._error("RemoteKernelError", str(exc))
-            show = self._shower(self.get_parent())
-            for request in requests[:20]:
-                bundle, metadata = status_bundle(request)
-                first = (request.code.strip().splitlines() or [""])[0][:80]
-                bundle = {**bundle, "text/plain": f"{bundle['text/plain']} · {first}"}
-                show(bundle, metadata, f"rk-{request.site}-{request.id}-history", False)
-                view = RequestDisplay(request, show_status=False, show=show)
-                view.sync()
-                view.follow_later()
+            show_history(requests[:20], self._shower(self.get_parent()))
             return self._ok()
         return self._error(
             "UsageError", "proxy commands: '%rk requests', '%rk review-wait SECONDS'"

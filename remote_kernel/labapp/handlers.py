@@ -291,16 +291,19 @@ def reviewer_connections() -> list[Connection]:
     )
 
 
-class ReviewQueueHandler(RemoteKernelHandler):
-    @web.authenticated
-    async def get(self) -> None:
-        """Pending outputs of every reviewer connection; a failing site is reported, not fatal."""
+class ReviewerSitesHandler(RemoteKernelHandler):
+    """Base of the handlers that ask every reviewer connection's datasite the same thing."""
+
+    async def at_every_site(
+        self, path: str, **kwargs: Any
+    ) -> tuple[list[tuple[Connection, Any]], list[dict[str, str]]]:
+        """``[(connection, answer)]`` and ``[{site, message}]`` for the sites that failed."""
         connections = reviewer_connections()
         results = await asyncio.gather(
-            *(self.datasite_json(c, "GET", "/api/reviews") for c in connections),
+            *(self.datasite_json(c, "GET", path, **kwargs) for c in connections),
             return_exceptions=True,
         )
-        items: list[dict[str, Any]] = []
+        answers: list[tuple[Connection, Any]] = []
         errors: list[dict[str, str]] = []
         for connection, result in zip(connections, results, strict=True):
             if isinstance(result, LabApiError):
@@ -308,12 +311,24 @@ class ReviewQueueHandler(RemoteKernelHandler):
                 continue
             if isinstance(result, BaseException):
                 raise result
-            for item in result:
-                items.append({**item, "site": connection.name, "reviewer": connection.user})
+            answers.append((connection, result))
+        return answers, errors
+
+
+class ReviewQueueHandler(ReviewerSitesHandler):
+    @web.authenticated
+    async def get(self) -> None:
+        """Pending outputs of every reviewer connection; a failing site is reported, not fatal."""
+        answers, errors = await self.at_every_site("/api/reviews")
+        items = [
+            {**item, "site": connection.name, "reviewer": connection.user}
+            for connection, result in answers
+            for item in result
+        ]
         self.write_json({"items": items, "errors": errors})
 
 
-class ReviewHistoryHandler(RemoteKernelHandler):
+class ReviewHistoryHandler(ReviewerSitesHandler):
     @web.authenticated
     async def get(self) -> None:
         """Decided outputs (newest first) at every reviewer connection's datasite.
@@ -321,22 +336,9 @@ class ReviewHistoryHandler(RemoteKernelHandler):
         Items have the review queue's shape (the output in the reviewer's view
         with its request), so the panel shows history and queue alike.
         """
-        connections = reviewer_connections()
-        results = await asyncio.gather(
-            *(
-                self.datasite_json(c, "GET", "/api/requests", params={"outputs": "true"})
-                for c in connections
-            ),
-            return_exceptions=True,
-        )
+        answers, errors = await self.at_every_site("/api/requests", params={"outputs": "true"})
         items: list[dict[str, Any]] = []
-        errors: list[dict[str, str]] = []
-        for connection, result in zip(connections, results, strict=True):
-            if isinstance(result, LabApiError):
-                errors.append({"site": connection.name, "message": result.message})
-                continue
-            if isinstance(result, BaseException):
-                raise result
+        for connection, result in answers:
             for request in result:
                 outputs = request.pop("outputs", None) or []
                 for output in outputs:
