@@ -611,6 +611,26 @@ class Store:
                 self._decide(db, output, state, by, comments)
         return output
 
+    def votes_of(self, output_ids: list[int]) -> dict[int, list[tuple[str, str, str]]]:
+        """Each output's recorded votes as (reviewer name, "approve"/"deny", comment).
+
+        One query for a whole review queue, oldest vote first; outputs without
+        votes are absent from the result.
+        """
+        if not output_ids:
+            return {}
+        query = (
+            select(Review.output_id, User.name, Review.decision, Review.comment)
+            .join(User, User.id == Review.reviewer_id)
+            .where(Review.output_id.in_(output_ids))
+            .order_by(Review.id)
+        )
+        votes: dict[int, list[tuple[str, str, str]]] = {}
+        with self._sessions() as db:
+            for output_id, name, decision, comment in db.execute(query):
+                votes.setdefault(output_id, []).append((name, decision, comment))
+        return votes
+
     def get_output(self, output_id: int) -> Output:
         with self._sessions() as db:
             return self._get_output(db, output_id)
