@@ -72,6 +72,8 @@ class SessionRuntime:
     #: The running kernel's working directory and uid (None: the server's user).
     workdir: Path | None = None
     kernel_uid: int | None = None
+    #: Queued requests that carry pushes (most do not: no push query for them).
+    with_pushes: set[int] = field(default_factory=set)
 
 
 class EventBus:
@@ -272,6 +274,8 @@ class Datasite:
             raise InputError(f"session {session_id} is closed; create a new one")
         request = self.store.create_request(session_id, user, code, pushes)
         runtime = self.runtimes.setdefault(session_id, SessionRuntime(session_id))
+        if pushes:
+            runtime.with_pushes.add(request.id)
         runtime.queue.put_nowait(request.id)
         if runtime.worker is None or runtime.worker.done():
             runtime.worker = asyncio.create_task(self._worker(runtime, user))
@@ -381,9 +385,10 @@ class Datasite:
         asks the kernel to load them: unpickling happens only in the researcher's
         kernel (invariant 3). What the loading prints is an output like any other.
         """
-        pushes = self.store.pushes_of(request.id)
-        if not pushes:
+        if request.id not in runtime.with_pushes:
             return True
+        runtime.with_pushes.discard(request.id)
+        pushes = self.store.pushes_of(request.id)
         workdir = runtime.workdir or self.config.scratch_dir / runtime.session_id
         folder = workdir / f".rk-push-{request.id}"
         folder.mkdir(parents=True, exist_ok=True, mode=0o700)
