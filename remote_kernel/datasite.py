@@ -42,7 +42,7 @@ from .policy import Policy
 from .server.kernel_api import KernelApi
 from .server.throttle import AuthThrottle
 from .store import KernelSession, NewPush, NotFound, Output, Request, Store, User
-from .views import output_view, request_view
+from .views import Votes, output_view, request_view
 
 log = logging.getLogger("remote_kernel.datasite")
 
@@ -522,10 +522,19 @@ class Datasite:
             return self.store.list_requests(user_id=user.id, status=status)
         return self.store.list_requests(status=status)
 
-    def pending_for_review(self, user: User) -> list[Output]:
+    def pending_for_review(self, user: User) -> tuple[list[Output], Votes]:
+        """The outputs waiting for ``user``'s review, oldest first, and their votes so far.
+
+        A reviewer's queue leaves out the outputs they already voted on (under the
+        two-person rule those wait for another reviewer); admins see every one.
+        """
         if user.role_enum is Role.RESEARCHER:
             raise PermissionDenied("only reviewers and admins see the review queue")
-        return self.store.pending_outputs()
+        outputs = self.store.pending_outputs()
+        votes = Votes(self.policy.required_reviews, self.store.votes_of([o.id for o in outputs]))
+        if user.role_enum is Role.REVIEWER:
+            outputs = [o for o in outputs if not votes.voted(o.id, user.name)]
+        return outputs, votes
 
 
 MAX_PUSHES = 32

@@ -8,6 +8,8 @@ one function, :func:`output_view`, and tested against every route.
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
@@ -19,8 +21,34 @@ def _time(value: datetime | None) -> str | None:
     return value.isoformat() + "Z" if value else None
 
 
-def output_view(output: Output, role: Role) -> dict[str, Any]:
-    """An output as ``role`` may see it. Researchers get content only once released."""
+@dataclass(frozen=True)
+class Votes:
+    """How the reviews of some outputs stand: the votes each has, and how many it needs.
+
+    ``by_output`` is :meth:`Store.votes_of` of a whole list (one query per queue or
+    page); an output absent from it has no votes yet.
+    """
+
+    required: int
+    by_output: Mapping[int, Sequence[tuple[str, str, str]]] = field(default_factory=dict)
+
+    def voted(self, output_id: int, reviewer: str) -> bool:
+        return any(name == reviewer for name, _, _ in self.by_output.get(output_id, ()))
+
+    def view(self, output_id: int) -> dict[str, Any]:
+        votes = [
+            {"reviewer": name, "decision": decision, **({"comment": comment} if comment else {})}
+            for name, decision, comment in self.by_output.get(output_id, ())
+        ]
+        return {"required_reviews": self.required, "votes": votes}
+
+
+def output_view(output: Output, role: Role, votes: Votes | None = None) -> dict[str, Any]:
+    """An output as ``role`` may see it. Researchers get content only once released.
+
+    Reviewers and admins also get ``required_reviews`` and ``votes`` when ``votes``
+    is given; researchers never do (a first vote of two changes nothing they see).
+    """
     view: dict[str, Any] = {
         "id": output.id,
         "request_id": output.request_id,
@@ -43,6 +71,8 @@ def output_view(output: Output, role: Role) -> dict[str, Any]:
         view["verdict"] = output.verdict
         view["findings"] = output.findings
         view["comment"] = output.comment
+        if votes is not None:
+            view.update(votes.view(output.id))
     return view
 
 
@@ -52,6 +82,7 @@ def request_view(
     user_name: str,
     outputs: list[Output] | None = None,
     pushes: list[Push] | None = None,
+    votes: Votes | None = None,
 ) -> dict[str, Any]:
     view: dict[str, Any] = {
         "id": request.id,
@@ -65,7 +96,7 @@ def request_view(
         "finished_at": _time(request.finished_at),
     }
     if outputs is not None:
-        view["outputs"] = [output_view(o, role) for o in outputs]
+        view["outputs"] = [output_view(o, role, votes) for o in outputs]
     if pushes is not None:
         # What was sent, never the bytes: reviewers see names, types, sizes and hashes.
         view["pushes"] = [

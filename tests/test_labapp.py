@@ -3,8 +3,9 @@
 pytest-jupyter serves the extension; a real datasite (``shared_datasite``)
 answers the proxied calls. Checks: tokens are saved in the 0600 connections
 file and never returned, errors are typed JSON 4xx (502 when a datasite is
-down), and a reviewer's approve/deny through the extension reaches the
-researcher's request.
+down), a reviewer's approve/deny through the extension reaches the
+researcher's request, and at a two-person site the votes pass through
+("1 of 2") while the first reviewer's queue no longer has the output.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ from __future__ import annotations
 import inspect
 import json
 import stat
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable, Coroutine, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -21,8 +22,9 @@ from tornado.httpclient import HTTPClientError
 
 from remote_kernel.client import Datasite
 from remote_kernel.connections import load_connections
+from remote_kernel.models import Role
 
-from .conftest import RunningDatasite, free_port
+from .conftest import RunningDatasite, free_port, make_datasite
 
 pytest_plugins = ("pytest_jupyter.jupyter_server",)
 
@@ -204,3 +206,61 @@ async def test_review_through_the_extension_reaches_the_researcher(
     assert decided[other]["comment"] == "not needed"
     queue = await call(jp_fetch, "GET", "reviews")
     assert item["id"] not in [i["id"] for i in queue["items"]]
+
+
+@pytest.fixture(scope="module")
+def two_person_site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningDatasite]:
+    site = make_datasite(tmp_path_factory.mktemp("labapp-two"), "hungary")
+    (site.directory / "policy.yaml").write_text("required_reviews: 2\n")
+    store = site.store()
+    _, site.tokens["dave"] = store.create_user("dave", Role.REVIEWER)
+    store.close()
+    site.start()
+    yield site
+    site.stop()
+
+
+@on_server_loop
+async def test_votes_pass_through_and_a_voter_queue_drops_the_output(
+    jp_fetch: Any, two_person_site: RunningDatasite, connections_file: Path
+) -> None:
+    for user, name in (("alice", "hungary"), ("bob", "hungary-bob"), ("dave", "hungary-dave")):
+        await connect(jp_fetch, two_person_site, user, name)
+    researcher = Datasite(two_person_site.url, two_person_site.tokens["alice"])
+    try:
+        request = researcher.run("print('mean age', round(rk.data('heart').age.mean(), -1))")
+        request.wait(120, until="finished")
+    finally:
+        researcher.close()
+
+    def of_request(items: list[dict]) -> dict[str, dict]:
+        return {i["site"]: i for i in items if i["request_id"] == request.id}
+
+    queue = of_request((await call(jp_fetch, "GET", "reviews"))["items"])
+    assert set(queue) == {"hungary-bob", "hungary-dave"}
+    assert all(i["required_reviews"] == 2 and i["votes"] == [] for i in queue.values())
+
+    output_id = str(queue["hungary-bob"]["id"])
+    review = ("connections", "hungary-bob", "outputs", output_id, "review")
+    voted = await call(jp_fetch, "POST", *review, body={"decision": "approve"})
+    bob_vote = {"reviewer": "bob", "decision": "approve"}
+    assert voted["state"] == "pending" and voted["votes"] == [bob_vote]
+
+    # Only the second reviewer's queue has it now, with bob's vote ("1 of 2").
+    queue = of_request((await call(jp_fetch, "GET", "reviews"))["items"])
+    assert set(queue) == {"hungary-dave"}
+    assert queue["hungary-dave"]["votes"] == [bob_vote]
+    # Bob finds it in his history, still pending, with his vote; dave's has nothing yet.
+    history = of_request((await call(jp_fetch, "GET", "reviews", "history"))["items"])
+    assert set(history) == {"hungary-bob"}
+    assert history["hungary-bob"]["state"] == "pending"
+    assert history["hungary-bob"]["votes"] == [bob_vote]
+    # The researcher's connection never shows votes.
+    seen = await call(jp_fetch, "GET", "connections", "hungary", "requests", str(request.id))
+    assert "votes" not in seen["outputs"][0] and "required_reviews" not in seen["outputs"][0]
+
+    review = ("connections", "hungary-dave", "outputs", output_id, "review")
+    released = await call(jp_fetch, "POST", *review, body={"decision": "approve"})
+    assert released["state"] == "released" and released["decided_by"] == "bob, dave"
+    history = of_request((await call(jp_fetch, "GET", "reviews", "history"))["items"])
+    assert {i["state"] for i in history.values()} == {"released"} and len(history) == 2

@@ -100,6 +100,63 @@ def test_two_approvals_release_and_one_changes_nothing_for_the_researcher(
     ]
 
 
+def queue_item(site: RunningDatasite, user: str, output_id: int) -> dict | None:
+    items = [item for item in get(site, user, "/api/reviews") if item["id"] == output_id]
+    return items[0] if items else None
+
+
+def test_reviewers_see_the_votes_and_a_voter_no_longer_queues_the_output(
+    two_person_site: RunningDatasite,
+) -> None:
+    request_id, output_id = pending_output(two_person_site)
+    before = queue_item(two_person_site, "bob", output_id)
+    assert before is not None
+    assert before["required_reviews"] == 2 and before["votes"] == []
+
+    first = vote(two_person_site, "bob", output_id, "approve", "aggregate only")
+    assert first.status_code == 200, first.text
+    bob_vote = {"reviewer": "bob", "decision": "approve", "comment": "aggregate only"}
+    assert first.json()["votes"] == [bob_vote] and first.json()["required_reviews"] == 2
+
+    # Bob's queue leaves it out (Approve/Deny would be a 409 there) ...
+    assert queue_item(two_person_site, "bob", output_id) is None
+    # ... the second reviewer still has it, with "1 of 2" ...
+    second = queue_item(two_person_site, "dave", output_id)
+    assert second is not None
+    assert second["required_reviews"] == 2 and second["votes"] == [bob_vote]
+    # ... and so does an admin (who cannot vote).
+    assert queue_item(two_person_site, "admin", output_id)["votes"] == [bob_vote]
+
+    # Bob still finds it, with its votes, in the other views.
+    seen = get(two_person_site, "bob", f"/api/outputs/{output_id}")
+    assert seen["state"] == "pending" and seen["votes"] == [bob_vote]
+    (listed,) = get(two_person_site, "bob", f"/api/requests/{request_id}")["outputs"]
+    assert listed["votes"] == [bob_vote] and listed["required_reviews"] == 2
+    history = httpx.get(
+        two_person_site.url + "/api/requests",
+        params={"outputs": "true"},
+        headers=two_person_site.headers("bob"),
+        timeout=30,
+    ).json()
+    (in_history,) = [o for r in history for o in r["outputs"] if o["id"] == output_id]
+    assert in_history["votes"] == [bob_vote]
+
+    # The researcher never sees votes, in any view.
+    for path in (f"/api/outputs/{output_id}", f"/api/requests/{request_id}"):
+        text = httpx.get(
+            two_person_site.url + path, headers=two_person_site.headers("alice"), timeout=30
+        ).text
+        assert '"votes"' not in text and "required_reviews" not in text
+        assert "aggregate only" not in text
+
+    # A vote without a comment has no "comment" key; the decided output keeps its votes.
+    decided = vote(two_person_site, "dave", output_id, "approve").json()
+    assert decided["state"] == "released"
+    assert decided["votes"] == [bob_vote, {"reviewer": "dave", "decision": "approve"}]
+    assert queue_item(two_person_site, "dave", output_id) is None
+    assert queue_item(two_person_site, "admin", output_id) is None
+
+
 def test_mixed_votes_are_conflicted_and_send_the_comments_back(
     two_person_site: RunningDatasite,
 ) -> None:

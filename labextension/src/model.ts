@@ -47,11 +47,11 @@ export interface IFinding {
   location: string | null;
 }
 
+/** One reviewer's vote on an output (`votes` in a reviewer's view of it). */
 export interface IVote {
   reviewer: string;
   decision: string;
-  comment: string;
-  at?: string | null;
+  comment?: string;
 }
 
 /** An output as a datasite shows it (researchers: content only when released). */
@@ -69,7 +69,8 @@ export interface IOutputView {
   content?: JSONObject;
   verdict?: string | null;
   findings?: IFinding[];
-  reviews?: IVote[];
+  /** Reviewers and admins only: the votes so far and how many approvals release it. */
+  votes?: IVote[];
   required_reviews?: number;
 }
 
@@ -494,8 +495,11 @@ export function matchesFilter(
     case '':
     case 'all':
       return true;
+    case 'pending':
+      return item.state === 'pending' && !votedBy(item, item.reviewer);
     case 'decided':
-      return item.state !== 'pending';
+      // Decided from this reviewer's side: their vote is in, even if the output waits.
+      return item.state !== 'pending' || votedBy(item, item.reviewer);
     default:
       return item.state === filter.status;
   }
@@ -575,14 +579,26 @@ export function step(current: number, length: number, delta: number): number {
   return Math.min(length - 1, Math.max(0, current + delta));
 }
 
-/** How a two-person review stands, for the reviewer's detail ("1 of 2 approvals"). */
+/** Whether `reviewer` has voted on this output (then their Approve/Deny would be refused). */
+export function votedBy(item: IOutputView, reviewer: string): boolean {
+  return (item.votes ?? []).some(vote => vote.reviewer === reviewer);
+}
+
+const VOTED: Record<string, string> = { approve: 'approved', deny: 'denied' };
+
+/**
+ * How a review stands where more than one approval is needed, for a reviewer's
+ * card and detail: "1 of 2 approvals — bob approved". Empty where one review decides.
+ */
 export function voteSummary(item: IOutputView): string {
-  const votes = item.reviews ?? [];
+  const votes = item.votes ?? [];
   const required = item.required_reviews ?? 1;
   if (required <= 1 && votes.length === 0) {
     return '';
   }
   const approvals = votes.filter(v => v.decision === 'approve').length;
-  const who = votes.map(v => `${v.reviewer} ${v.decision}d`).join(', ');
-  return `${approvals} of ${required} approvals${who ? ` (${who})` : ''}`;
+  const who = votes
+    .map(v => `${v.reviewer} ${VOTED[v.decision] ?? v.decision}`)
+    .join(', ');
+  return `${approvals} of ${required} approvals${who ? ` — ${who}` : ''}`;
 }

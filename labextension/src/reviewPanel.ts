@@ -19,7 +19,8 @@ import {
   parseLocation,
   reviewKey,
   step,
-  voteSummary
+  voteSummary,
+  votedBy
 } from './model';
 
 const POLL_MS = 4000;
@@ -278,6 +279,11 @@ export class ReviewPanel extends Panel {
       bottom.appendChild(el('span', 'rk-Summary', item.summary));
       row.appendChild(top);
       row.appendChild(bottom);
+      const votes = voteSummary(item);
+      if (votes) {
+        // Two-person rule: "1 of 2 approvals — bob approved".
+        row.appendChild(el('div', 'rk-RowVotes', votes));
+      }
       row.onclick = () => this.select(reviewKey(item));
       this.listNode.appendChild(row);
     }
@@ -384,6 +390,14 @@ export class ReviewPanel extends Panel {
           `${item.state} by ${item.decided_by ?? '?'}${item.comment ? `: ${item.comment}` : ''}`
         )
       );
+    } else if (votedBy(item, item.reviewer)) {
+      head.appendChild(
+        el(
+          'div',
+          'rk-Decision',
+          `${item.reviewer} has voted; another reviewer decides`
+        )
+      );
     }
     add(head);
 
@@ -440,7 +454,7 @@ export class ReviewPanel extends Panel {
       add(el('pre', 'rk-Hints', JSON.stringify(hints, null, 1)));
     }
 
-    if (item.state === 'pending') {
+    if (this.canDecide(item)) {
       const actions = el('div', 'rk-Actions');
       actions.appendChild(this.comment);
       const approve = el(
@@ -464,9 +478,14 @@ export class ReviewPanel extends Panel {
     }
   }
 
+  /** Pending, and this connection's reviewer has not voted on it yet. */
+  private canDecide(item: IReviewItem): boolean {
+    return item.state === 'pending' && !votedBy(item, item.reviewer);
+  }
+
   async decide(decision: 'approve' | 'deny'): Promise<void> {
     const item = this.selectedItem;
-    if (!item || item.state !== 'pending') {
+    if (!item || !this.canDecide(item)) {
       return;
     }
     const comment = this.comment.value.trim();

@@ -318,7 +318,12 @@ class ReviewerSitesHandler(RemoteKernelHandler):
 class ReviewQueueHandler(ReviewerSitesHandler):
     @web.authenticated
     async def get(self) -> None:
-        """Pending outputs of every reviewer connection; a failing site is reported, not fatal."""
+        """Pending outputs of every reviewer connection; a failing site is reported, not fatal.
+
+        Each item is the datasite's review item as it is (its ``votes`` and
+        ``required_reviews`` included; the datasite already left out the outputs
+        this connection's reviewer voted on) plus ``site`` and ``reviewer``.
+        """
         answers, errors = await self.at_every_site("/api/reviews")
         items = [
             {**item, "site": connection.name, "reviewer": connection.user}
@@ -328,13 +333,24 @@ class ReviewQueueHandler(ReviewerSitesHandler):
         self.write_json({"items": items, "errors": errors})
 
 
+def voted(output: dict[str, Any], reviewer: str) -> bool:
+    """Whether ``reviewer`` has voted on this output (its ``votes``, in a reviewer's view)."""
+    votes = output.get("votes")
+    if not isinstance(votes, list):
+        return False
+    return any(isinstance(v, dict) and v.get("reviewer") == reviewer for v in votes)
+
+
 class ReviewHistoryHandler(ReviewerSitesHandler):
     @web.authenticated
     async def get(self) -> None:
         """Decided outputs (newest first) at every reviewer connection's datasite.
 
         Items have the review queue's shape (the output in the reviewer's view
-        with its request), so the panel shows history and queue alike.
+        with its request, votes included), so the panel shows history and queue
+        alike. "Decided" is from the connection's reviewer's side: an output they
+        voted on that waits for another reviewer (two-person rule) is listed too,
+        still ``pending``, since their queue no longer has it.
         """
         answers, errors = await self.at_every_site("/api/requests", params={"outputs": "true"})
         items: list[dict[str, Any]] = []
@@ -342,7 +358,7 @@ class ReviewHistoryHandler(ReviewerSitesHandler):
             for request in result:
                 outputs = request.pop("outputs", None) or []
                 for output in outputs:
-                    if output.get("state") == "pending":
+                    if output.get("state") == "pending" and not voted(output, connection.user):
                         continue
                     items.append(
                         {

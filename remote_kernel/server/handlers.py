@@ -22,8 +22,8 @@ from ..config import DatasiteConfig
 from ..errors import Conflict, InputError, NotFound, PermissionDenied, StoreError
 from ..mock_report import load_summary
 from ..models import Role
-from ..store import User
-from ..views import output_view, request_view, session_view
+from ..store import Output, User
+from ..views import Votes, output_view, request_view, session_view
 
 if TYPE_CHECKING:
     from ..datasite import Datasite
@@ -163,6 +163,17 @@ class BaseHandler(AuthMixin, JsonErrorsMixin):
         if not isinstance(body, dict):
             raise ApiError(400, "request body must be a JSON object")
         return body
+
+    def votes(self, outputs: list[Output]) -> Votes | None:
+        """The votes of these outputs (one query) for a reviewer's or admin's view.
+
+        None for researchers: their views never show votes, so nothing is queried.
+        """
+        assert self.user is not None
+        if self.user.role_enum is Role.RESEARCHER:
+            return None
+        by_output = self.datasite.store.votes_of([o.id for o in outputs])
+        return Votes(self.datasite.policy.required_reviews, by_output)
 
 
 def load_json(raw: str | bytes, what: str) -> Any:
@@ -371,18 +382,20 @@ class RequestsHandler(BaseHandler):
             raise ApiError(400, f"'outputs' must be true, false, 1 or 0, not {flag!r}")
         with_outputs = flag in {"1", "true"}
         store = self.datasite.store
-        views = []
-        for request in self.datasite.requests_for(self.user, status):
-            outputs = store.outputs_of(request.id) if with_outputs else None
-            views.append(
-                request_view(
-                    request,
-                    self.user.role_enum,
-                    store.user_name(request.user_id),
-                    outputs,
-                    store.pushes_of(request.id) if with_outputs else None,
-                )
+        requests = self.datasite.requests_for(self.user, status)
+        outputs = {r.id: store.outputs_of(r.id) for r in requests} if with_outputs else {}
+        votes = self.votes([o for listed in outputs.values() for o in listed])
+        views = [
+            request_view(
+                request,
+                self.user.role_enum,
+                store.user_name(request.user_id),
+                outputs.get(request.id),
+                store.pushes_of(request.id) if with_outputs else None,
+                votes,
             )
+            for request in requests
+        ]
         self.write_json(views)
 
 
@@ -391,13 +404,15 @@ class RequestHandler(BaseHandler):
         assert self.user is not None
         request = self.datasite.visible_request(self.user, parse_id(request_id, "request"))
         store = self.datasite.store
+        outputs = store.outputs_of(request.id)
         self.write_json(
             request_view(
                 request,
                 self.user.role_enum,
                 store.user_name(request.user_id),
-                store.outputs_of(request.id),
+                outputs,
                 store.pushes_of(request.id),
+                self.votes(outputs),
             )
         )
 
@@ -406,7 +421,7 @@ class OutputHandler(BaseHandler):
     def get(self, output_id: str) -> None:
         assert self.user is not None
         output = self.datasite.visible_output(self.user, parse_id(output_id, "output"))
-        self.write_json(output_view(output, self.user.role_enum))
+        self.write_json(output_view(output, self.user.role_enum, self.votes([output])))
 
 
 class ReviewQueueHandler(BaseHandler):
@@ -414,9 +429,10 @@ class ReviewQueueHandler(BaseHandler):
         user = self.require(Role.REVIEWER, Role.ADMIN)
         store = self.datasite.store
         items = []
-        for output in self.datasite.pending_for_review(user):
+        outputs, votes = self.datasite.pending_for_review(user)
+        for output in outputs:
             request = store.get_request(output.request_id)
-            view = output_view(output, user.role_enum)
+            view = output_view(output, user.role_enum, votes)
             view["request"] = request_view(
                 request,
                 user.role_enum,
@@ -440,7 +456,7 @@ class ReviewHandler(BaseHandler):
         output = self.datasite.review(
             user, parse_id(output_id, "output"), decision == "approve", comment
         )
-        self.write_json(output_view(output, user.role_enum))
+        self.write_json(output_view(output, user.role_enum, self.votes([output])))
 
 
 class NotFoundHandler(BaseHandler):

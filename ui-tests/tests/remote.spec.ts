@@ -2,7 +2,8 @@
  * The main flows, in a real JupyterLab against real datasites (see servers.py):
  * a researcher tags a cell and runs it remotely, a reviewer approves or denies
  * in the Pending outputs panel, released outputs appear in the researcher's
- * cell (also after the notebook was closed), and a two-reviewer release.
+ * cell (also after the notebook was closed), and a two-reviewer release
+ * ("1 of 2 approvals — bob approved" for the second reviewer).
  */
 import { expect, galata, test } from '@jupyterlab/galata';
 import { Page } from '@playwright/test';
@@ -281,9 +282,19 @@ test('two reviewers release at a two-person site', async ({ page }) => {
   ).toContainText('pending');
 
   let reviews = await reviewRow(page, 'hungary-bob', 'alice');
+  await expect(reviews.locator('.rk-Votes')).toHaveText('0 of 2 approvals');
   await reviews.locator('button.rk-Approve').click();
-  // One approval of two: still pending for the researcher.
+  // Bob has voted: his queue no longer has the output (a second vote would be refused).
+  await expect(reviews.locator('.rk-Empty')).toBeVisible();
+  // One approval of two: still pending for the researcher; the second reviewer
+  // sees how the review stands, on the card and in the detail.
   reviews = await reviewRow(page, 'hungary-dave', 'alice');
+  await expect(
+    reviews.locator('.rk-ReviewRow.rk-mod-selected .rk-RowVotes')
+  ).toHaveText('1 of 2 approvals — bob approved');
+  await expect(reviews.locator('.rk-DetailHead .rk-Votes')).toHaveText(
+    '1 of 2 approvals — bob approved'
+  );
   await expect(cell(page, 1).locator('.rk-SiteStatus')).toContainText(
     'pending'
   );

@@ -16,7 +16,8 @@ import {
   step,
   targetSites,
   toggledTags,
-  voteSummary
+  voteSummary,
+  votedBy
 } from '../model';
 
 const placeholder = (outputId: number, state = 'pending'): INbOutput => ({
@@ -269,14 +270,48 @@ describe('review queue', () => {
     expect(step(0, 0, 1)).toBe(-1);
   });
 
-  it('summarises two-person votes', () => {
-    const two = {
-      ...item('c', 1, 'alice', 'pending', ''),
+  it("shows a two-person review's votes on the card", () => {
+    const pending = item('hungary-dave', 1, 'alice', 'pending', '');
+    const first = {
+      ...pending,
+      reviewer: 'dave',
       required_reviews: 2,
-      reviews: [{ reviewer: 'bob', decision: 'approve', comment: '' }]
+      votes: [{ reviewer: 'bob', decision: 'approve' }]
     };
-    expect(voteSummary(two)).toBe('1 of 2 approvals (bob approved)');
-    expect(voteSummary(item('c', 1, 'alice', 'pending', ''))).toBe('');
+    expect(voteSummary(first)).toBe('1 of 2 approvals — bob approved');
+    expect(voteSummary({ ...first, votes: [] })).toBe('0 of 2 approvals');
+    const split = {
+      ...first,
+      votes: [
+        { reviewer: 'bob', decision: 'approve' },
+        { reviewer: 'erin', decision: 'deny', comment: 'too few' }
+      ]
+    };
+    expect(voteSummary(split)).toBe(
+      '1 of 2 approvals — bob approved, erin denied'
+    );
+    // One review decides: no vote line.
+    expect(voteSummary({ ...pending, required_reviews: 1, votes: [] })).toBe(
+      ''
+    );
+    expect(voteSummary(pending)).toBe('');
+  });
+
+  it("moves an output the reviewer voted on from 'pending' to 'decided'", () => {
+    const waiting = {
+      ...item('hungary-bob', 1, 'alice', 'pending', ''),
+      required_reviews: 2,
+      votes: [{ reviewer: 'bob', decision: 'approve' }]
+    };
+    expect(votedBy(waiting, 'bob')).toBe(true);
+    expect(votedBy(waiting, 'dave')).toBe(false);
+    const status = (s: string) => ({ site: '', researcher: '', status: s });
+    expect(matchesFilter(waiting, status('pending'))).toBe(false);
+    expect(matchesFilter(waiting, status('decided'))).toBe(true);
+    expect(matchesFilter(waiting, status('all'))).toBe(true);
+    const second = { ...waiting, site: 'hungary-dave', reviewer: 'dave' };
+    expect(matchesFilter(second, status('pending'))).toBe(true);
+    expect(matchesFilter(second, status('decided'))).toBe(false);
   });
 });
 
