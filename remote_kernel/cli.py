@@ -477,10 +477,25 @@ def cmd_review_list(args: argparse.Namespace) -> None:
     print(f"{'output':>6}  {'request':>7}  {'researcher':<12} {'type':<15} summary")
     for item in queue:
         request = item["request"]
+        votes = vote_tally(item)
         print(
             f"{item['id']:>6}  {request['id']:>7}  {request['user']:<12} "
-            f"{item['msg_type']:<15} {item['summary']}"
+            f"{item['msg_type']:<15} {item['summary']}" + (f" [{votes}]" if votes else "")
         )
+
+
+def vote_tally(output: dict[str, Any]) -> str:
+    """'1 of 2 approvals: bob approved' under the two-person rule, else ''."""
+    required = output.get("required_reviews") or 1
+    votes = output.get("votes") or []
+    if required <= 1 and not votes:
+        return ""
+    approvals = sum(1 for vote in votes if vote["decision"] == "approve")
+    cast = ", ".join(
+        f"{vote['reviewer']} {'approved' if vote['decision'] == 'approve' else 'denied'}"
+        for vote in votes
+    )
+    return f"{approvals} of {required} approvals" + (f": {cast}" if cast else "")
 
 
 def cmd_review_show(args: argparse.Namespace) -> None:
@@ -500,6 +515,12 @@ def cmd_review_show(args: argparse.Namespace) -> None:
         print("\n--- objects the researcher pushed into the kernel (cloudpickle) ---")
         for push in request["pushes"]:
             print(f"{push['name']}: {push['type']}, {push['size']} bytes, sha256 {push['sha256']}")
+    votes = vote_tally(output)
+    if votes:
+        print(f"\n--- votes ---\n{votes}")
+        for vote in output.get("votes") or []:
+            if vote.get("comment"):
+                print(f"{vote['reviewer']}: {vote['comment']}")
     print("\n--- findings ---")
     for finding in output.get("findings") or []:
         where = f" at {finding['location']}" if finding.get("location") else ""

@@ -8,6 +8,8 @@ own output, and every vote and decision is in the hash-chained audit log.
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -220,3 +222,28 @@ def test_policy_validates_required_reviews(tmp_path: Path) -> None:
     for bad in (0, "two", True, 9):
         with pytest.raises(PolicyError, match="required_reviews"):
             parse_policy({"required_reviews": bad})
+
+
+def review_cli(site: RunningDatasite, user: str, *args: str) -> str:
+    done = subprocess.run(
+        [sys.executable, "-m", "remote_kernel.cli", "review", *args,
+         "--url", site.url, "--token", site.tokens[user]],
+        capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    return done.stdout
+
+
+def test_the_command_line_shows_the_votes(two_person_site: RunningDatasite) -> None:
+    _, output_id = pending_output(two_person_site)
+    assert vote(two_person_site, "bob", output_id, "approve", "counts only").status_code == 200
+
+    (row,) = [
+        line
+        for line in review_cli(two_person_site, "dave", "list").splitlines()
+        if line.split()[:1] == [str(output_id)]
+    ]
+    assert row.endswith("[1 of 2 approvals: bob approved]")
+    assert str(output_id) not in review_cli(two_person_site, "bob", "list").split()
+    shown = review_cli(two_person_site, "dave", "show", str(output_id))
+    assert "--- votes ---\n1 of 2 approvals: bob approved\nbob: counts only" in shown
