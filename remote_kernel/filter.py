@@ -21,13 +21,16 @@ Two origins of items reach the filter:
 from __future__ import annotations
 
 import base64
+import logging
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from .models import OUTPUT_MSG_TYPES, FilterDecision, Finding, OutputItem, Verdict
 from .policy import Policy, Thresholds
-from .values import VALUE_MIME, ValueDecodeError, describe, read_table
+from .values import KINDS, VALUE_MIME, ValueDecodeError, describe, value_texts
+
+log = logging.getLogger(__name__)
 
 #: Mime types whose full content the leak scan reads.
 TEXT_MIME_TYPES = frozenset(
@@ -106,7 +109,13 @@ class RuleBasedFilter:
         self.scanner = scanner
 
     def check(self, item: OutputItem, context: CheckContext | None = None) -> FilterDecision:
-        context = context or CheckContext()
+        try:
+            return self._check(item, context or CheckContext())
+        except Exception as exc:  # a check that fails cannot vouch for anything: deny
+            log.exception("the filter failed on an output")
+            return decision([filter_error(exc)])
+
+    def _check(self, item: OutputItem, context: CheckContext) -> FilterDecision:
         thresholds = self.policy.for_researcher(context.researcher)
         findings = size_findings(item, thresholds.max_output_bytes) + type_findings(item)
         if any(f.verdict is Verdict.BLOCK for f in findings):
@@ -124,6 +133,21 @@ class RuleBasedFilter:
         else:
             findings += mime_findings(item) + kernel_origin_findings(item, thresholds)
         return decision(findings)
+
+
+def filter_error(exc: BaseException) -> Finding:
+    """The finding for an output the filter could not finish checking: blocked, never released.
+
+    Researcher code chooses every byte of a kernel output, so an output that makes
+    a check fail is an attack as likely as a bug; and an output nobody could check
+    must not leave (deny by default). A reviewer sees why.
+    """
+    return Finding(
+        "filter-error",
+        Verdict.BLOCK,
+        f"the filter failed on this output ({type(exc).__name__}: {str(exc)[:300]}), so nobody "
+        "can say what it carries; blocked",
+    )
 
 
 def mime_findings(item: OutputItem) -> list[Finding]:
@@ -147,38 +171,59 @@ def mime_findings(item: OutputItem) -> list[Finding]:
 def value_findings(item: OutputItem, scanner: LeakScanner | None) -> list[Finding]:
     """A cell's last value travels as an object: check what the researcher would receive.
 
-    Tables are decoded (Arrow or JSON, never by running anything) and scanned like
-    printed tables; a value that does not decode is blocked, since nobody could
-    say what it carries. Pickles are never opened here (invariant 3): the filter
-    scans their raw bytes for identifier values and always hands them to a person.
+    The payload is made by researcher code, so it is decoded defensively
+    (:func:`remote_kernel.values.value_texts`: canonical Arrow of flat columns,
+    bounded sizes, full validation, never by running anything) and everything it
+    carries (every cell, category, column name and metadata entry) is scanned
+    like a printed table. A value that does not decode, or does not decode to
+    exactly its own bytes, is blocked, since nobody could say what it carries.
+    Pickles are never opened here (invariant 3): the filter scans their raw bytes
+    for identifier values and always hands them to a person.
     """
-    data: dict[str, Any] = item.content.get("data") or {}
-    if VALUE_MIME not in data:
+    data = item.content.get("data")
+    if not isinstance(data, dict) or VALUE_MIME not in data:
         return []
     payload = data[VALUE_MIME]
     kind = payload.get("kind") if isinstance(payload, dict) else None
     findings: list[Finding] = []
     try:
-        if kind in ("dataframe", "series", "ndarray"):
-            text = read_table(payload).to_string()
-            if scanner is not None:
-                findings += scanner.scan_text(text, where="value")
-        elif kind == "pickle":
+        if kind == "pickle":
             raw = base64.b64decode(str(payload.get("pickle", "")), validate=True)
             if scanner is not None:
-                findings += scanner.scan_text(raw.decode("latin-1"), where="pickled value")
+                findings += scanner.scan_text(binary_text(raw), where="pickled value")
             findings.append(Finding("pickled-value", Verdict.REVIEW, describe(payload),
                                     location=VALUE_MIME))  # fmt: skip
             return findings
-        elif kind != "json":
-            raise ValueDecodeError(f"unknown value kind {kind!r}")
-    except (ValueDecodeError, ValueError, TypeError) as exc:
+        if not isinstance(payload, dict):
+            raise ValueDecodeError(f"the value is a JSON {type(payload).__name__}, not an object")
+        if kind not in KINDS:
+            raise ValueDecodeError(f"unknown value kind {str(kind)[:100]!r}")
+        for where, text in value_texts(payload):
+            if scanner is not None:
+                findings += scanner.scan_text(text, where=where)
+        note = describe(payload)
+    except Exception as exc:  # undecodable, malformed, too large, or a bug: nobody checked it
+        reason = str(exc) if isinstance(exc, ValueDecodeError) else f"{type(exc).__name__}"
         return [Finding("value-undecodable", Verdict.BLOCK,
-                        f"the attached value cannot be decoded, so nobody can check it: {exc}",
+                        f"the attached value cannot be decoded, so nobody can check it: {reason}",
                         location=VALUE_MIME)]  # fmt: skip
     # Informational: the value is judged with the rest of the output, not on its own.
-    findings.append(Finding("value", Verdict.RELEASE, describe(payload), location=VALUE_MIME))
+    findings.append(Finding("value", Verdict.RELEASE, note, location=VALUE_MIME))
     return findings
+
+
+#: Control characters become spaces in :func:`binary_text`.
+_CONTROLS = {i: " " for i in range(32)} | {0x7F: " ", 0xFFFD: " "}
+
+
+def binary_text(raw: bytes) -> str:
+    """The strings inside binary data (a pickle) as separate words for the leak scan.
+
+    A pickle stores a string's UTF-8 bytes between opcode bytes (a length before,
+    a memo mark after); read as Latin-1 those glue onto the string and hide it.
+    Bytes that are not valid UTF-8 and control characters become spaces instead.
+    """
+    return raw.decode("utf-8", "replace").translate(_CONTROLS)
 
 
 def kernel_origin_findings(item: OutputItem, thresholds: Thresholds) -> list[Finding]:

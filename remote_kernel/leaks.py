@@ -907,30 +907,54 @@ def _is_text_mime(mime: str) -> bool:
 
 
 def _item_parts(item: OutputItem) -> list[tuple[str, str, bool]]:
-    """``(where, text, is_markup)`` for every piece of text an output item carries."""
+    """``(where, text, is_markup)`` for every piece of text an output item carries.
+
+    Everything in the message content that is released is read: the known
+    fields with their own treatment, and every other field (display metadata, a
+    ``transient`` display id, keys no frontend knows, mime types that are not
+    text, all of them chosen by researcher code) as JSON. Only the base64
+    pictures of ``image/*`` types are left to the rules that send images to a
+    person.
+    """
     content = item.content or {}
     out: list[tuple[str, str, bool]] = []
+    handled = {"data"}
     if item.msg_type == "stream":
         text = content.get("text")
         if isinstance(text, str):
             out.append((f"stream {content.get('name', 'stdout')}", _ANSI.sub("", text), False))
+            handled.add("text")
     elif item.msg_type == "error":
         parts = [str(content.get("ename", "")), str(content.get("evalue", ""))]
         traceback = content.get("traceback") or []
         if isinstance(traceback, list):
             parts += [str(line) for line in traceback]
+            handled.add("traceback")
         out.append(("traceback", _ANSI.sub("", "\n".join(parts)), False))
+        handled.update({"ename", "evalue"})
     data = content.get("data")
+    rest: dict[str, Any] = {k: v for k, v in content.items() if k not in handled}
     if isinstance(data, Mapping):
+        other: dict[str, Any] = {}
         for mime in sorted(data):
             value = data[mime]
             if not _is_text_mime(mime):
+                picture = mime.startswith("image/") and isinstance(value, str)
+                other[mime] = None if picture else value  # the mime name itself is read too
                 continue
             if isinstance(value, str):
                 text = value
             else:
                 text = json.dumps(value, ensure_ascii=False, default=str)
             out.append((mime, text, "html" in mime or mime.endswith("xml")))
+            other[mime] = None
+        if other:
+            rest["data"] = other
+    elif data is not None:
+        rest["data"] = data
+    if any(value not in (None, {}, [], "") for value in rest.values()):
+        text = json.dumps(rest, ensure_ascii=False, default=str, sort_keys=True)
+        out.append(("output's other fields", text, False))
     return out
 
 
@@ -939,8 +963,9 @@ def item_texts(item: OutputItem) -> list[tuple[str, str]]:
 
     Stream text; each text-like mime type of a display (HTML and SVG/XML with
     tags stripped, JSON serialised); an error's name, value and traceback with
-    terminal colour codes removed. Binary mime types (base64 images) carry no
-    text and are left to the rules that send images to a person.
+    terminal colour codes removed; every other field of the content (metadata,
+    transient, unknown keys and mime types) as JSON. Base64 images carry no text
+    and are left to the rules that send images to a person.
     """
     return [
         (where, html_to_text(text) if markup else text) for where, text, markup in _item_parts(item)
