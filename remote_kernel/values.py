@@ -38,6 +38,7 @@ import io
 import json
 import math
 import os
+import warnings
 from dataclasses import dataclass
 from typing import Any
 
@@ -110,9 +111,7 @@ def _encode(obj: Any, allow_pickle: bool) -> dict[str, Any] | None:
         return {**base, "kind": "json", "data": obj}
     try:
         if isinstance(obj, pd.DataFrame):
-            if not all(isinstance(c, str) for c in obj.columns):
-                obj = obj.rename(columns=str)
-            canonical = _canonical_arrow(obj)
+            canonical = _canonical_frame(obj)
             if canonical is not None:
                 raw, decoded = canonical
                 b64 = base64.b64encode(raw).decode()
@@ -151,6 +150,21 @@ def _encode(obj: Any, allow_pickle: bool) -> dict[str, Any] | None:
     except Exception:
         return None
     return {**base, "kind": "pickle", "pickle": base64.b64encode(pickled).decode()}
+
+
+def _canonical_frame(frame: Any) -> tuple[bytes, Any] | None:
+    """:func:`_canonical_arrow` keeping column labels (ints from a crosstab, tuples
+    from ``agg``) when Arrow brings them back unchanged; labels it cannot (mixed
+    types, booleans) travel as their ``str``, as before."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # pyarrow warns before stringifying mixed labels
+        try:
+            canonical = _canonical_arrow(frame)
+        except (ValueError, TypeError):
+            canonical = None
+    if canonical is not None and canonical[1].columns.equals(frame.columns):
+        return canonical
+    return _canonical_arrow(frame.rename(columns=str))
 
 
 def _canonical_arrow(frame: Any) -> tuple[bytes, Any] | None:

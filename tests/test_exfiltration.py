@@ -643,3 +643,27 @@ def test_value_findings_read_a_table_the_way_the_researcher_gets_it() -> None:
     item = OutputItem("display_data", {"data": {VALUE_MIME: tampered}})
     (finding,) = value_findings(item, None)
     assert finding.check == "value-undecodable" and "own encoding" in finding.message
+
+
+@pytest.mark.parametrize(
+    ("label", "make", "columns"),
+    [
+        ("crosstab: int labels", lambda d: pd.crosstab(d.sex, d.num), [0, 1]),
+        (
+            "agg: tuple labels",
+            lambda d: d.groupby("sex").agg({"chol": ["mean", "count"]}),
+            [("chol", "mean"), ("chol", "count")],
+        ),
+        ("mixed labels travel as text", lambda d: pd.DataFrame({1: [1.0], "a": [2.0]}), ["1", "a"]),
+        ("bool labels travel as text", lambda d: pd.crosstab(d.sex, d.num > 0), ["False", "True"]),
+    ],
+)
+def test_honest_tables_keep_their_column_labels(label: str, make: object, columns: list) -> None:
+    """What researchers index by (``result['cleveland'][1]``) survives the trip, and the
+    filter accepts the bytes as canonical."""
+    data = pd.DataFrame({"sex": ["M", "F", "M", "F"], "num": [0, 1, 1, 0], "chol": [1.0, 2, 3, 4]})
+    payload = encode_value(make(data))  # type: ignore[operator]
+    assert payload is not None and payload["kind"] == "dataframe", label
+    (finding,) = value_findings(OutputItem("display_data", {"data": {VALUE_MIME: payload}}), None)
+    assert finding.check == "value", finding.message
+    assert list(decode_value(payload).columns) == columns
