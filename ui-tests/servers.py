@@ -13,25 +13,44 @@ remote_kernel server extension and labextension installed by pip.
   ``hungary-dave``) are connected in advance.
 
 Tokens for the tests are written to ``.servers/tokens.json`` (a temporary
-directory of this checkout, git-ignored); process ids to ``.servers/pids.json``
-so that the pytest wrapper can stop everything even if Playwright could not.
+directory of this checkout, git-ignored). So that nothing is ever killed by a
+stale or foreign process id, ``.servers/pids.json`` names this run
+(``$REMOTE_KERNEL_UI_RUN``, set by ``tests/test_ui.py``) and each process's id
+*and start time*; the pytest wrapper stops only processes that match both.
+
+``.servers`` is shared by every run in this checkout, so one run at a time: a
+second run waits for the first (a lock next to the system's temp files), rather
+than deleting the first run's datasites under it.
+
+If a server exits while the tests run (it should not), a watchdog writes
+``.servers/exits.json`` (exit status or signal, time, the end of its log) and a
+snapshot of the machine's processes at that moment (``exit-<name>-ps.txt``), and
+says so on stderr; ``tests/test_ui.py`` prints them and fails.
 """
 
 from __future__ import annotations
 
+import fcntl
+import hashlib
 import json
 import os
 import shutil
 import signal
 import subprocess
 import sys
+import tempfile
+import threading
+import time
+from datetime import datetime
 from pathlib import Path
-from types import FrameType
+from typing import IO, Any
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 STATE = HERE / ".servers"
 PORT = int(os.environ.get("REMOTE_KERNEL_UI_PORT", "8891"))
+RUN = os.environ.get("REMOTE_KERNEL_UI_RUN", f"manual-{os.getpid()}")
+LOCK_WAIT = float(os.environ.get("REMOTE_KERNEL_UI_LOCK_WAIT", "420"))
 JUPYTER_TOKEN = "rk-ui-test-token"  # noqa: S105 - a throwaway token of a loopback test server
 
 sys.path.insert(0, str(ROOT))
@@ -41,6 +60,138 @@ from remote_kernel.models import Role  # noqa: E402
 from tests.conftest import RunningDatasite, make_datasite  # noqa: E402
 
 
+def say(message: str) -> None:
+    print(f"[servers.py {datetime.now():%H:%M:%S}] {message}", file=sys.stderr, flush=True)
+
+
+def start_time(pid: int) -> int | None:
+    """The process's start time (clock ticks since boot): with the pid, it names one process."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    return int(stat[stat.rfind(")") + 2 :].split()[19])
+
+
+def exit_reason(code: int | None) -> str:
+    if code is None:
+        return "still running"
+    if code < 0:
+        try:
+            return f"killed by {signal.Signals(-code).name}"
+        except ValueError:
+            return f"killed by signal {-code}"
+    if code == 0:
+        # `datasite serve` and JupyterLab stop cleanly, and silently, on SIGTERM or SIGINT.
+        return "exit status 0 (a clean stop: SIGTERM or SIGINT from some process)"
+    return f"exit status {code}"
+
+
+def process_table() -> str:
+    """Every process now (pid, parent, group, command): who was around when a server died."""
+    rows = []
+    for entry in sorted(Path("/proc").iterdir(), key=lambda p: (len(p.name), p.name)):
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+            command = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        except OSError:
+            continue
+        fields = stat[stat.rfind(")") + 2 :].split()
+        rows.append(f"{entry.name:>7} {fields[1]:>7} {fields[2]:>7}  {command[:300]}")
+    return "    pid    ppid    pgid  command\n" + "\n".join(rows) + "\n"
+
+
+def log_tail(path: Path | None, lines: int = 30) -> str:
+    if path is None or not path.exists():
+        return ""
+    return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+
+
+class Watchdog(threading.Thread):
+    """Notices a server that exits while the tests run, and records how and when."""
+
+    def __init__(self, servers: dict[str, tuple[subprocess.Popen[Any], Path | None]]) -> None:
+        super().__init__(name="servers-watchdog", daemon=True)
+        self.servers = servers
+        self.stopping = threading.Event()
+        self.exits: list[dict[str, Any]] = []
+        self._lock = threading.Lock()
+
+    def record(self, name: str, expected: bool) -> None:
+        process, log = self.servers[name]
+        code = process.poll()
+        with self._lock:
+            if code is None or any(e["name"] == name for e in self.exits):
+                return
+            if not expected and self.stopping.is_set():
+                return  # stop() is stopping it, and records it itself
+            entry = {
+                "run": RUN,
+                "name": name,
+                "pid": process.pid,
+                "returncode": code,
+                "reason": "stopped by servers.py" if expected and code == 0 else exit_reason(code),
+                "expected": expected,
+                "noticed_at": datetime.now().isoformat(timespec="milliseconds"),
+                "log": str(log) if log else None,
+            }
+            if not expected:
+                snapshot = STATE / f"exit-{name}-ps.txt"
+                snapshot.write_text(process_table())
+                entry["processes"] = str(snapshot)
+                entry["log_tail"] = log_tail(log)
+                say(
+                    f"{name} (pid {process.pid}) EXITED WHILE THE TESTS RAN: {entry['reason']}; "
+                    f"processes at that moment: {snapshot}; its log: {log}"
+                )
+            self.exits.append(entry)
+            (STATE / "exits.json").write_text(json.dumps(self.exits, indent=1))
+
+    def run(self) -> None:
+        while not self.stopping.wait(0.25):
+            for name in self.servers:
+                self.record(name, expected=False)
+
+
+def lock_path() -> Path:
+    """The lock of this checkout's UI runs (``tests/test_ui.py`` computes the same path)."""
+    digest = hashlib.sha256(str(HERE).encode()).hexdigest()[:12]
+    return Path(tempfile.gettempdir()) / f"remote-kernel-ui-{digest}.lock"
+
+
+def take_lock(asked: threading.Event) -> IO[str] | None:
+    """One UI run per checkout at a time (they share ``.servers``); wait for the other.
+
+    ``tests/test_ui.py`` holds the lock itself for the whole run (so that the next
+    run cannot remove ``.servers`` before it has read it) and says so.
+    """
+    if os.environ.get("REMOTE_KERNEL_UI_LOCK_HELD") == RUN:
+        return None
+    handle = open(lock_path(), "a+")
+    deadline = time.monotonic() + LOCK_WAIT
+    announced = False
+    while True:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            break
+        except BlockingIOError:
+            if not announced:
+                handle.seek(0)
+                say(f"waiting for another UI run in {HERE} ({handle.read().strip()}) to finish")
+                announced = True
+            if time.monotonic() > deadline:
+                sys.exit(f"servers.py: another UI run in {HERE} still holds the lock")
+            if asked.wait(1):
+                sys.exit(0)
+    handle.seek(0)
+    handle.truncate()
+    handle.write(f"run {RUN}, servers.py pid {os.getpid()}")
+    handle.flush()
+    return handle
+
+
 def add_reviewer(site: RunningDatasite, name: str) -> None:
     store = site.store()
     _, site.tokens[name] = store.create_user(name, Role.REVIEWER)
@@ -48,6 +199,13 @@ def add_reviewer(site: RunningDatasite, name: str) -> None:
 
 
 def main() -> None:
+    # The handlers only ask; the stopping happens at the end of main(), outside any
+    # wait() on a child (a Popen.wait() interrupted by a handler that waits on the same
+    # child deadlocks). A request during start-up stops everything once it is started.
+    asked = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda _signum, _frame: asked.set())
+    lock = take_lock(asked)  # held (open) until this process exits
     shutil.rmtree(STATE, ignore_errors=True)
     (STATE / "notebooks").mkdir(parents=True)
     os.environ["REMOTE_KERNEL_CONNECTIONS"] = str(STATE / "connections.json")
@@ -61,8 +219,13 @@ def main() -> None:
     (hungary.directory / "policy.yaml").write_text("required_reviews: 2\n")
     add_reviewer(hungary, "dave")
     sites = [cleveland, hungary]
-    for site in sites:
-        site.start()
+    try:
+        for site in sites:
+            site.start()
+    except BaseException:
+        for site in sites:
+            site.stop()
+        raise
 
     for name, site, user, role in (
         ("cleveland-bob", cleveland, "bob", "reviewer"),
@@ -95,25 +258,50 @@ def main() -> None:
         ],
         start_new_session=True,
     )
-    pids = [lab.pid] + [s.process.pid for s in sites if s.process is not None]
-    (STATE / "pids.json").write_text(json.dumps(pids))
+    servers: dict[str, tuple[subprocess.Popen[Any], Path | None]] = {
+        "jupyterlab": (lab, None),
+        **{s.name: (s.process, s.log_path) for s in sites if s.process is not None},
+    }
+    (STATE / "pids.json").write_text(
+        json.dumps(
+            {
+                "run": RUN,
+                "processes": [
+                    {"name": name, "pid": p.pid, "start": start_time(p.pid)}
+                    for name, (p, _) in servers.items()
+                ],
+            },
+            indent=1,
+        )
+    )
+    watchdog = Watchdog(servers)
+    watchdog.start()
 
-    def stop(_signum: int, _frame: FrameType | None) -> None:
-        if lab.poll() is None:
-            os.killpg(lab.pid, signal.SIGTERM)
-        for site in sites:
-            site.stop()
+    while not asked.wait(0.25) and lab.poll() is None:
+        pass
+    if not asked.is_set():
+        watchdog.record("jupyterlab", expected=False)  # it ended by itself
+
+    watchdog.stopping.set()
+    # All at once: Playwright waits only so long (gracefulShutdown) before SIGKILL.
+    for name, (process, _) in servers.items():
+        if process.poll() is None:
+            if name == "jupyterlab":
+                os.killpg(process.pid, signal.SIGTERM)
+            else:
+                process.send_signal(signal.SIGTERM)
+    deadline = time.monotonic() + 20
+    for name, (process, _) in servers.items():
         try:
-            lab.wait(timeout=10)
+            process.wait(timeout=max(0.1, deadline - time.monotonic()))
         except subprocess.TimeoutExpired:
-            os.killpg(lab.pid, signal.SIGKILL)
-        sys.exit(0)
-
-    signal.signal(signal.SIGTERM, stop)
-    signal.signal(signal.SIGINT, stop)
-    lab.wait()
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait()
+        watchdog.record(name, expected=True)
     for site in sites:
-        site.stop()
+        site.process = None
+    if lock is not None:
+        lock.close()
 
 
 if __name__ == "__main__":
