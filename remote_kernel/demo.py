@@ -22,6 +22,7 @@ import hashlib
 import importlib.util
 import json
 import os
+import secrets
 import shutil
 import signal
 import subprocess
@@ -64,6 +65,20 @@ UCI_SHA256 = {
 }
 UCI_BASE_URL = "https://archive.ics.uci.edu/ml/machine-learning-databases/heart-disease/"
 NOTEBOOK = "heart-disease.ipynb"
+#: Sandboxed kernels of demo site n run as uids from kernels.sandbox_uid_base + n * this.
+SANDBOX_UID_STRIDE = 10000
+#: Each demo hospital's output policy (docs/policy.md): ACRO's thresholds, and in the
+#: tables a datasite computes itself (rk.query, rk.crosstab) groups too small are left
+#: out, other failing cells blanked, and the rest released at once, so the automatic
+#: tier shows in the notebook.
+#: Without a policy.yaml a datasite uses the stricter default (preset strict: a query
+#: with a WHERE clause or a computed group key goes to a person).
+DEMO_POLICY = """\
+# The remote-kernel demo's output policy (see docs/policy.md in the project).
+preset: acro
+thresholds:
+  failing_cells: suppress
+"""
 RESEARCHER, REVIEWER = "alice", "bob"
 
 
@@ -90,6 +105,8 @@ def download_uci(target: Path, timeout: float = 10.0) -> Path | None:
             with urllib.request.urlopen(UCI_BASE_URL + filename, timeout=timeout) as response:  # noqa: S310 (a fixed https URL)
                 data = response.read()
         except OSError:
+            if not any(target.iterdir()):
+                target.rmdir()
             return None
         if hashlib.sha256(data).hexdigest() != digest:
             print(f"(the downloaded {filename} does not match its known checksum; not used)")
@@ -107,7 +124,10 @@ def heart_data(directory: Path, data_dir: str | Path | None) -> tuple[Path | Non
         downloaded = download_uci(directory / "uci-heart-disease")
         if downloaded is not None:
             return downloaded, "UCI Heart Disease files, downloaded and checksum-verified"
-    return None, "generated heart-shaped data (no real patients; the UCI files were not found)"
+    return None, (
+        "generated heart-shaped data (no real patients): the UCI files were not found "
+        "(--data-dir) and could not be downloaded"
+    )
 
 
 def prepare_demo(directory: Path, data_dir: str | Path | None = None) -> dict[str, dict[str, str]]:
@@ -120,11 +140,19 @@ def prepare_demo(directory: Path, data_dir: str | Path | None = None) -> dict[st
     if (directory / "sites").exists():
         shutil.rmtree(directory / "sites")  # half-made by an interrupted earlier run
     directory.mkdir(parents=True, exist_ok=True)
+    # Made inside a checkout by default: git should not offer to commit tokens and data.
+    if not (directory / ".gitignore").exists():
+        (directory / ".gitignore").write_text("# remote-kernel demo files\n*\n")
     uci, note = heart_data(directory, data_dir)
     print(f"data: {note}", flush=True)
     tokens: dict[str, dict[str, str]] = {}
     for number, site in enumerate(SITES):
         config = DatasiteConfig.create(directory / "sites" / site, site)
+        # Four datasites on one machine: kernels of different sites must never share a
+        # uid (a process can read the open files of another with its uid, through /proc).
+        config.kernels.sandbox_uid_base += SANDBOX_UID_STRIDE * number
+        config.save()
+        (config.directory / "policy.yaml").write_text(DEMO_POLICY)
         description = f"Heart disease patients, {HOSPITALS[site]}"
         if uci is not None:
             add_dataset(
@@ -212,21 +240,59 @@ def wait_healthy(sites: list[DemoSite], timeout: float = 120.0) -> None:
 
 
 def start_jupyterlab(
-    notebooks: Path, port: int, connections: Path, open_browser: bool
+    notebooks: Path, port: int, connections: Path, open_browser: bool, token: str, log_dir: Path
 ) -> subprocess.Popen[bytes] | None:
-    """JupyterLab on the notebooks folder, in its own session so Ctrl-C reaches only us."""
+    """JupyterLab on the notebooks folder, in its own session so Ctrl-C reaches only us.
+
+    Its log goes to ``logs/jupyterlab.log`` (the terminal keeps the demo's own
+    instructions); its token is ours, so that we can print the whole URL, and is
+    passed in the environment, not on the command line other users can read.
+    """
     if importlib.util.find_spec("jupyterlab") is None:
         print("(JupyterLab is not installed: pip install 'remote_kernel[demo]' to get it)")
         return None
     command = [
-        sys.executable, "-m", "jupyterlab", f"--port={port}",
+        sys.executable, "-m", "jupyterlab", f"--port={port}", "--ServerApp.port_retries=0",
         f"--ServerApp.root_dir={notebooks}", f"--LabApp.default_url=/lab/tree/{NOTEBOOK}",
         f"--ServerApp.open_browser={open_browser}",
+        "--LabApp.news_url=None",  # no news fetched from the internet
     ]  # fmt: skip
     if hasattr(os, "geteuid") and os.geteuid() == 0:
         command.append("--allow-root")
-    env = {**os.environ, "REMOTE_KERNEL_CONNECTIONS": str(connections)}
-    return subprocess.Popen(command, start_new_session=True, env=env)
+    # The demo's own JupyterLab settings: no "get notified about Jupyter news?" prompt
+    # over the notebook (news_url=None alone does not stop it in JupyterLab 4.6).
+    settings = notebooks.parent / "lab-settings"
+    apputils = settings / "@jupyterlab" / "apputils-extension"
+    notification = apputils / "notification.jupyterlab-settings"
+    if not notification.exists():
+        notification.parent.mkdir(parents=True, exist_ok=True)
+        notification.write_text('{"fetchNews": "false", "checkForUpdates": false}\n')
+    env = {
+        **os.environ,
+        "REMOTE_KERNEL_CONNECTIONS": str(connections),
+        "JUPYTER_TOKEN": token,
+        "JUPYTERLAB_SETTINGS_DIR": str(settings),
+    }
+    log = open(log_dir / "jupyterlab.log", "ab")  # the child keeps writing to it
+    return subprocess.Popen(
+        command, start_new_session=True, env=env, stdout=log, stderr=subprocess.STDOUT
+    )
+
+
+def wait_lab(process: subprocess.Popen[bytes], port: int, token: str, log: Path) -> None:
+    """Until JupyterLab answers (so that its URL is printed when it works)."""
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(
+                f"JupyterLab exited (port {port} busy? try --lab-port); see its log in {log}"
+            )
+        with contextlib.suppress(httpx.TransportError):
+            url = f"http://127.0.0.1:{port}/api/status"
+            if httpx.get(url, params={"token": token}, timeout=2).status_code == 200:
+                return
+        time.sleep(0.3)
+    print(f"(JupyterLab is slow to start; its log is in {log})", flush=True)
 
 
 def stop_process(process: subprocess.Popen[bytes] | None, timeout: float = 20.0) -> None:
@@ -246,7 +312,11 @@ def instructions(sites: list[DemoSite], tokens: dict, lab_url: str | None, direc
     rows = "\n".join(f"  {s.name:<14} {s.url:<24} {HOSPITALS[s.name]}" for s in sites)
     first = sites[0]
     lab = (
-        f"JupyterLab: {lab_url}  (notebook: {NOTEBOOK}; sidebars: Datasites, Pending outputs)"
+        f"""JupyterLab, on the study notebook {NOTEBOOK} (open this URL if no browser opened):
+    {lab_url}
+  Left sidebar: Datasites (you, alice, are connected to all four) and Pending outputs
+  (you are also bob, each site's data owner: approve or deny what alice's cells produce).
+  Its log: {directory / "logs" / "jupyterlab.log"}"""
         if lab_url
         else "JupyterLab: not started (--no-lab)"
     )
@@ -256,6 +326,7 @@ remote_kernel demo — four hospitals on this machine
 {rows}
 
 {lab}
+
 Researcher {RESEARCHER} and data owner {REVIEWER} at every site; their connections are in
   {directory / "connections.json"}  (export REMOTE_KERNEL_CONNECTIONS=<that file> to use them
   from another Jupyter; tokens: {directory / "demo-tokens.json"})
@@ -301,15 +372,19 @@ def run_demo(
         connections = write_workspace(directory, sites, tokens)
         lab_url = None
         if lab:
+            token = secrets.token_hex(24)
             lab_process = start_jupyterlab(
-                directory / "notebooks", lab_port, connections, open_browser
+                directory / "notebooks", lab_port, connections, open_browser, token, logs
             )
-            lab_url = f"http://127.0.0.1:{lab_port}/lab" if lab_process else None
+            if lab_process is not None:
+                wait_lab(lab_process, lab_port, token, logs / "jupyterlab.log")
+                lab_url = f"http://127.0.0.1:{lab_port}/lab/tree/{NOTEBOOK}?token={token}"
         (directory / "demo.json").write_text(
             json.dumps(
                 {
                     "sites": {s.name: s.url for s in sites},
-                    "lab": lab_url,
+                    # without its token: this file is not private
+                    "lab": f"http://127.0.0.1:{lab_port}/lab" if lab_url else None,
                     "connections": str(connections),
                     "notebook": str(directory / "notebooks" / NOTEBOOK),
                 },
@@ -322,6 +397,9 @@ def run_demo(
                 if site.process is not None and site.process.poll() is not None:
                     print(f"datasite {site.name} stopped unexpectedly; see {logs}", flush=True)
                     stop.set()
+            if lab_process is not None and lab_process.poll() is not None:
+                print(f"JupyterLab stopped unexpectedly; see {logs / 'jupyterlab.log'}", flush=True)
+                stop.set()
     finally:
         stop_process(lab_process)
         for site in sites:
