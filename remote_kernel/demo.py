@@ -148,8 +148,8 @@ def prepare_demo(directory: Path, data_dir: str | Path | None = None) -> dict[st
     tokens: dict[str, dict[str, str]] = {}
     for number, site in enumerate(SITES):
         config = DatasiteConfig.create(directory / "sites" / site, site)
-        # Four datasites on one machine: kernels of different sites must never share a
-        # uid (a process can read the open files of another with its uid, through /proc).
+        # Kernels claim their uids machine-wide whatever the base (kernels.py); a range
+        # per site only makes `ps` say which hospital a kernel belongs to.
         config.kernels.sandbox_uid_base += SANDBOX_UID_STRIDE * number
         config.save()
         (config.directory / "policy.yaml").write_text(DEMO_POLICY)

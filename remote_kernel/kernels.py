@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import fcntl
 import hashlib
 import logging
 import os
@@ -34,6 +35,12 @@ from .config import KernelSettings
 from .models import OUTPUT_MSG_TYPES, OutputItem
 
 log = logging.getLogger("remote_kernel.kernels")
+
+#: Where datasites on one machine claim kernel uids (one lock file per uid in use).
+UID_LOCK_DIR_ENV = "REMOTE_KERNEL_UID_LOCKS"
+DEFAULT_UID_LOCK_DIR = "/run/remote-kernel-uids"
+#: How many uids past ``kernels.sandbox_uid_base`` a datasite may use.
+UID_RANGE = 10000
 
 #: The launcher runs as a script (stdlib only), not as ``-m``: no package imports.
 SANDBOX_SCRIPT = str(Path(sandbox.__file__).resolve())
@@ -63,6 +70,17 @@ INHERITED_ENV = frozenset(
 )
 
 OutputCallback = Callable[[OutputItem], Awaitable[None]]
+
+
+def uids_of_processes() -> set[int]:
+    """The uids processes on this machine run as (owners of /proc/<pid>; empty elsewhere)."""
+    uids = set()
+    with contextlib.suppress(OSError):
+        for entry in os.scandir("/proc"):
+            if entry.name.isdigit():
+                with contextlib.suppress(OSError):
+                    uids.add(entry.stat().st_uid)
+    return uids
 
 
 class KernelDied(RuntimeError):
@@ -265,6 +283,7 @@ class LocalKernelProvider:
         self.datasets = datasets or {}
         self.site = site
         self._uids: dict[str, int] = {}
+        self._uid_locks: dict[str, Any] = {}
         #: Paths in /tmp a sandboxed kernel still needs (the kernel API's socket directory).
         self.keep_paths: list[Path] = []
         self._sandbox_root: Path | None = None
@@ -326,12 +345,39 @@ class LocalKernelProvider:
             self._sandbox_root = None
 
     def _allocate_uid(self, key: str) -> int:
+        """A uid no other kernel on this machine has, held until :meth:`_release_uid`.
+
+        Kernels with one uid can read each other's open files (``/proc/<pid>/fd``),
+        so two datasites on one machine must never hand out the same uid, whatever
+        their ``sandbox_uid_base``. Each uid in use is claimed with an exclusive
+        ``flock`` on a file in a machine-wide directory (released by the kernel or by
+        the death of the server that held it), and a uid some process still runs as
+        (a kernel a killed server left behind) is skipped too.
+        """
+        folder = Path(os.environ.get(UID_LOCK_DIR_ENV, DEFAULT_UID_LOCK_DIR))
+        folder.mkdir(mode=0o700, parents=True, exist_ok=True)
         used = set(self._uids.values())
-        offset = 0
-        while self.settings.sandbox_uid_base + offset in used:
-            offset += 1
-        uid = self._uids[key] = self.settings.sandbox_uid_base + offset
-        return uid
+        running = uids_of_processes()
+        base = self.settings.sandbox_uid_base
+        for uid in range(base, base + UID_RANGE):
+            if uid in used or uid in running:
+                continue
+            # Stays open while the kernel runs: the open file is the claim.
+            lock = open(folder / f"{uid}.lock", "a")
+            try:
+                fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                lock.close()
+                continue
+            self._uids[key], self._uid_locks[key] = uid, lock
+            return uid
+        raise RuntimeError(f"no free kernel uid in {base}..{base + UID_RANGE - 1}")
+
+    def _release_uid(self, key: str) -> None:
+        self._uids.pop(key, None)
+        lock = self._uid_locks.pop(key, None)
+        if lock is not None:
+            lock.close()  # closing the file drops the flock
 
     async def start(self, session_id: str, cwd: Path, env: dict[str, str]) -> LocalKernel:
         self.runtime_dir.mkdir(parents=True, exist_ok=True)
@@ -370,7 +416,7 @@ class LocalKernelProvider:
             )
 
             def release() -> None:
-                self._uids.pop(tag, None)
+                self._release_uid(tag)
                 shutil.rmtree(workdir, ignore_errors=True)
                 shutil.rmtree(staging, ignore_errors=True)
 

@@ -252,3 +252,66 @@ def test_without_namespaces_namespace_mode_refuses_to_start(tmp_path: Path) -> N
     assert process.wait(timeout=60) == 2
     log = site.log_path.read_text()
     assert "error: kernels.sandbox is 'namespace' but the unshare command is not installed" in log
+
+
+def test_kernel_uids_are_claimed_machine_wide(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Two datasites with the same ``sandbox_uid_base`` never hand out one uid twice (a
+    kernel could read the other's open private files through /proc), a uid some process
+    still runs as is skipped, and a released uid is free again."""
+    from remote_kernel.config import KernelSettings
+    from remote_kernel.kernels import LocalKernelProvider
+
+    monkeypatch.setenv("REMOTE_KERNEL_UID_LOCKS", str(tmp_path / "locks"))
+    base = 300000 + os.getpid() % 1000 * 10
+    settings = KernelSettings(sandbox="none", memory_limit_mb=0, sandbox_uid_base=base)
+    cleveland = LocalKernelProvider(tmp_path / "a", settings=settings)
+    hungary = LocalKernelProvider(tmp_path / "b", settings=settings)
+    first = cleveland._allocate_uid("k1")
+    second = hungary._allocate_uid("k1")
+    third = cleveland._allocate_uid("k2")
+    assert len({first, second, third}) == 3 and first == base
+    cleveland._release_uid("k1")
+    assert hungary._allocate_uid("k2") == base  # free again once its kernel is gone
+    if os.geteuid() == 0:  # a leftover process running as the next free uid
+        leftover = subprocess.Popen(["sleep", "30"], user=base + 3, group=base + 3)
+        try:
+            time.sleep(0.2)
+            assert cleveland._allocate_uid("k3") == base + 4
+        finally:
+            leftover.kill()
+            leftover.wait()
+
+
+def test_two_sites_on_one_machine_run_kernels_as_different_users(
+    isolated: RunningDatasite, tmp_path: Path
+) -> None:
+    """Both sites left at the default uid base: the second site's kernel gets another
+    uid, so it cannot look into the first site's kernel (its open private files)."""
+    if os.geteuid() != 0:
+        pytest.skip("kernels get a uid of their own only when the server runs as root")
+    other = make_datasite(tmp_path, "hungary")
+    other.start()
+    first = Datasite(isolated.url, isolated.tokens["alice"])
+    second = Datasite(other.url, other.tokens["alice"])
+    try:
+        probe = "import os, json\ndf = rk.data('heart')\n"
+        probe += "print(json.dumps([os.getpid(), os.getuid()]))"
+        request, views = run(isolated, first, probe)
+        assert request.status == "completed", request.message
+        pid, uid = json.loads(stdout(views))
+        look = (
+            "import os\n"
+            f"try:\n    print(os.getuid(), sorted(os.listdir('/proc/{pid}/fd')))\n"
+            "except OSError as exc:\n    print(os.getuid(), type(exc).__name__)"
+        )
+        request, views = run(other, second, look)
+        assert request.status == "completed", request.message
+        other_uid, result = stdout(views).split(" ", 1)
+        assert int(other_uid) != uid
+        assert result.strip() == "PermissionError"
+    finally:
+        first.close()
+        second.close()
+        other.stop()
