@@ -113,8 +113,26 @@ export function targetSites(saved: unknown, connected: string[]): string[] {
 
 const SITE_NAME = /^[a-z0-9][a-z0-9_-]{0,62}$/;
 
-/** The code that runs a cell through `%%remote` (site names are checked, never quoted). */
+const OWN_REMOTE_LINE = /^\s*%%remote(?:[ \t][^\n]*)?(?:\n|$)/;
+
+/** Whether a cell starts with a `%%remote` line of its own (typed by the researcher). */
+export function hasOwnRemoteLine(source: string): boolean {
+  return OWN_REMOTE_LINE.test(source);
+}
+
+/** The code a datasite receives for a cell: its source without a `%%remote` line. */
+export function remoteBody(source: string): string {
+  return source.replace(OWN_REMOTE_LINE, '');
+}
+
+/**
+ * The code that runs a cell through `%%remote` (site names are checked, never quoted).
+ * A cell with its own `%%remote` line runs as written: its options are the researcher's.
+ */
 export function remoteMagicCode(source: string, sites: string[]): string {
+  if (hasOwnRemoteLine(source)) {
+    return source;
+  }
   for (const site of sites) {
     if (!SITE_NAME.test(site)) {
       throw new Error(`invalid datasite name ${JSON.stringify(site)}`);

@@ -25,6 +25,7 @@ import {
   findRunRequest,
   needsRefresh,
   outputLabel,
+  remoteBody,
   remoteMagicCode,
   remoteMeta,
   requestsFromOutputs,
@@ -288,7 +289,11 @@ export class RemoteCellController {
       // printed nothing): find it among the researcher's own requests there.
       try {
         const listed = await this.api.requests(site);
-        const found = findRunRequest(listed, source, previous[site]);
+        const found = findRunRequest(
+          listed,
+          remoteBody(source),
+          previous[site]
+        );
         if (found !== undefined) {
           requests[site] = found;
         }

@@ -10,6 +10,7 @@ import {
   needsRefresh,
   outputLabel,
   parseLocation,
+  remoteBody,
   remoteMagicCode,
   requestsFromOutputs,
   siteBadges,
@@ -72,6 +73,17 @@ describe('the %%remote command', () => {
     expect(remoteMagicCode('x = 1\nx', ['a', 'b-2'])).toBe(
       '%%remote --site a --site b-2\nx = 1\nx'
     );
+  });
+  it('runs a cell with its own %%remote line as written', () => {
+    const typed = '%%remote --all --timeout 30\nx = 1\nx';
+    expect(remoteMagicCode(typed, ['a'])).toBe(typed);
+    expect(remoteMagicCode('\n%%remote\nx', ['a'])).toBe('\n%%remote\nx');
+    expect(remoteBody(typed)).toBe('x = 1\nx');
+    // Not a remote line: a longer magic name, or %%remote further down.
+    expect(remoteMagicCode('%%remotely\n1', ['a'])).toBe(
+      '%%remote --site a\n%%remotely\n1'
+    );
+    expect(remoteBody('x = 1\n%%remote\n')).toBe('x = 1\n%%remote\n');
   });
   it('refuses names that could inject options', () => {
     expect(() => remoteMagicCode('1', ['a --all'])).toThrow(
