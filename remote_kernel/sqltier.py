@@ -334,6 +334,22 @@ def _refuse_aggregate(name: str, text: str) -> QueryRejected:
     )
 
 
+def _is_order_by_all(sql: str, expression: dict[str, Any]) -> bool:
+    """``ORDER BY ALL``: DuckDB parses it as a ``COLUMNS(*)`` star with no place in the
+    text (``ORDER BY COLUMNS(*)`` and ``ORDER BY *`` have one, and stay refused)."""
+    location = expression.get("query_location")
+    return (
+        expression.get("class") == "STAR"
+        and expression.get("columns") is True
+        and not expression.get("relation_name")
+        and not expression.get("expr")
+        and not any(expression.get(k) for k in ("exclude_list", "replace_list", "rename_list"))
+        and not expression.get("qualified_exclude_list")
+        and not expression.get("query_location_length")
+        and not (isinstance(location, int) and 0 <= location < len(sql.encode()))
+    )
+
+
 def _check_expression(sql: str, node: Any, where: str) -> None:
     """A WHERE clause, group key or ORDER BY item: row-wise expressions of columns only."""
     for child in _walk(node):
@@ -478,7 +494,7 @@ def check_query(
         )
 
     dataset, qualifiers = _check_from(node.get("from_table"), dataset_names)
-    _forbid_anywhere(node)
+    _forbid_anywhere(node, sql)
 
     where = node.get("where_clause")
     if where is not None:
@@ -581,6 +597,10 @@ def check_query(
             has_order_by = True
             for order in modifier.get("orders") or []:
                 expression = order["expression"]
+                if _is_order_by_all(sql, expression):
+                    # Every result column, left to right: the aggregates among them too.
+                    order_aggregates.extend(sorted(aggregate_positions))
+                    continue
                 position = _resolve_reference(expression, forms, aliases, qualifiers, [])
                 if position is None and canonical(expression, qualifiers) in key_forms:
                     _check_expression(sql, expression, "ORDER BY")
@@ -657,10 +677,20 @@ def _check_from(table: Any, dataset_names: Collection[str]) -> tuple[str, frozen
     return names[name.lower()], frozenset(qualifiers)
 
 
-def _forbid_anywhere(node: Mapping[str, Any]) -> None:
-    """No nested query, window, star or parameter anywhere in the tree, whatever the clause."""
+def _forbid_anywhere(node: Mapping[str, Any], sql: str) -> None:
+    """No nested query, window, star or parameter anywhere in the tree, whatever the clause
+    (``ORDER BY ALL``, which DuckDB writes as a star, is no star)."""
+    order_by_all = {
+        id(order["expression"])
+        for modifier in node.get("modifiers") or []
+        if modifier.get("type") == "ORDER_MODIFIER"
+        for order in modifier.get("orders") or []
+        if _is_order_by_all(sql, order.get("expression") or {})
+    }
     children = [v for k, v in node.items() if k != "from_table"]
     for child in _walk(children):
+        if id(child) in order_by_all:
+            continue
         cls = child.get("class")
         if cls in _CLASS_MESSAGES:
             raise QueryRejected(f"{_CLASS_MESSAGES[cls]}.")

@@ -269,6 +269,24 @@ def test_order_by_and_limit_are_kept() -> None:
     assert outcome.released["cp"].tolist() == expected.index.tolist()
 
 
+def test_order_by_all_orders_by_every_result_column() -> None:
+    outcome = run_query(
+        "SELECT sex, cp, COUNT(*) AS n FROM heart GROUP BY ALL ORDER BY ALL DESC",
+        {"heart": SYNTHETIC},
+        ACRO,
+    )
+    expected = SYNTHETIC.groupby(["sex", "cp"]).size().rename("n").reset_index()
+    expected = expected.sort_values(["sex", "cp", "n"], ascending=False)
+    assert outcome.released is not None
+    assert (
+        outcome.released[["sex", "cp"]].values.tolist() == expected[["sex", "cp"]].values.tolist()
+    )
+    for star in ("*", "COLUMNS(*)"):  # these are not ORDER BY ALL
+        with pytest.raises(QueryRejected, match="not allowed"):
+            run_query(f"SELECT sex, COUNT(*) FROM heart GROUP BY sex ORDER BY {star}",
+                      {"heart": SYNTHETIC}, ACRO)  # fmt: skip
+
+
 def test_mock_mode_runs_without_checks() -> None:
     mock = synthetic_heart(50, seed=3)
     outcome = run_query(
