@@ -131,14 +131,23 @@ async def run_server(
     server.listen(port, address=host)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
+    received: list[str] = []
+
+    def on_signal(sig: signal.Signals) -> None:
+        received.append(sig.name)
+        stop.set()
+
     for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
+        loop.add_signal_handler(sig, on_signal, sig)
     url = f"{'https' if tls else 'http'}://{host}:{port}"
     if ready:
         ready(url)
     try:
         await stop.wait()
+        # A server that stops says why (its log would otherwise just end).
+        log.info("%s received: stopping the datasite %s", received[0], config.name)
     finally:
         server.stop()
         await datasite.stop()
         datasite.store.close()
+        log.info("datasite %s stopped", config.name)
