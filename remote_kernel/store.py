@@ -703,18 +703,18 @@ class Store:
         One query for a whole review queue, oldest vote first; outputs without
         votes are absent from the result.
         """
-        if not output_ids:
-            return {}
-        query = (
-            select(Review.output_id, User.name, Review.decision, Review.comment)
-            .join(User, User.id == Review.reviewer_id)
-            .where(Review.output_id.in_(output_ids))
-            .order_by(Review.id)
-        )
         votes: dict[int, list[tuple[str, str, str]]] = {}
-        with self._sessions() as db:
-            for output_id, name, decision, comment in db.execute(query):
-                votes.setdefault(output_id, []).append((name, decision, comment))
+        with self.engine.connect() as conn:
+            # In slices: SQLite caps the parameters of one statement (a long history page).
+            for start in range(0, len(output_ids), 500):
+                query = (
+                    select(Review.output_id, User.name, Review.decision, Review.comment)
+                    .join(User, User.id == Review.reviewer_id)
+                    .where(Review.output_id.in_(output_ids[start : start + 500]))
+                    .order_by(Review.id)
+                )
+                for output_id, name, decision, comment in conn.execute(query):
+                    votes.setdefault(output_id, []).append((name, decision, comment))
         return votes
 
     def get_output(self, output_id: int) -> Output:

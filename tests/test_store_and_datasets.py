@@ -35,6 +35,17 @@ def make_output(store: Store, text: str = "hello\n") -> tuple[int, int]:
     return request.id, output.id
 
 
+def test_votes_of_a_long_page_in_one_call(store: Store) -> None:
+    """More output ids than SQLite takes parameters in one statement (32,766)."""
+    _, output_id = make_output(store)
+    store.apply_filter_decision(output_id, FilterDecision(Verdict.REVIEW, ()), "rules")
+    bob, _ = store.create_user("bob", Role.REVIEWER)
+    store.review_output(output_id, bob, approve=True, comment="ok", required_reviews=2)
+    ids = [*range(10**6, 10**6 + 40_000), output_id]
+    assert store.votes_of(ids) == {output_id: [("bob", "approve", "ok")]}
+    assert store.votes_of([]) == {}
+
+
 def test_tokens_are_stored_hashed(tmp_path: Path, store: Store) -> None:
     _, token = store.create_user("alice", Role.RESEARCHER)
     assert store.user_by_token(token).name == "alice"
