@@ -522,6 +522,10 @@ class Datasite:
             return self.store.list_requests(user_id=user.id, status=status)
         return self.store.list_requests(status=status)
 
+    def votes_of(self, outputs: list[Output]) -> Votes:
+        """How the reviews of ``outputs`` stand under this site's policy (one query)."""
+        return Votes(self.policy.required_reviews, self.store.votes_of([o.id for o in outputs]))
+
     def pending_for_review(self, user: User) -> tuple[list[Output], Votes]:
         """The outputs waiting for ``user``'s review, oldest first, and their votes so far.
 
@@ -531,7 +535,7 @@ class Datasite:
         if user.role_enum is Role.RESEARCHER:
             raise PermissionDenied("only reviewers and admins see the review queue")
         outputs = self.store.pending_outputs()
-        votes = Votes(self.policy.required_reviews, self.store.votes_of([o.id for o in outputs]))
+        votes = self.votes_of(outputs)
         if user.role_enum is Role.REVIEWER:
             outputs = [o for o in outputs if not votes.voted(o.id, user.name)]
         return outputs, votes

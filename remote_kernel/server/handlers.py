@@ -172,8 +172,7 @@ class BaseHandler(AuthMixin, JsonErrorsMixin):
         assert self.user is not None
         if self.user.role_enum is Role.RESEARCHER:
             return None
-        by_output = self.datasite.store.votes_of([o.id for o in outputs])
-        return Votes(self.datasite.policy.required_reviews, by_output)
+        return self.datasite.votes_of(outputs)
 
 
 def load_json(raw: str | bytes, what: str) -> Any:
