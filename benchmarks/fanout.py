@@ -83,7 +83,7 @@ def main() -> int:
     args = parser.parse_args()
     counts = sorted({int(n) for n in args.sites.split(",")} | {1})
 
-    from remote_kernel.client import Datasite
+    from remote_kernel.researcher.client import Datasite
 
     results: dict[int, dict[str, Any]] = {}
     with tempfile.TemporaryDirectory(prefix="rk-fanout-") as tmp:

@@ -4,20 +4,20 @@
 
 Lines, each with its target and PASS/MISS:
 
-* index build: :meth:`remote_kernel.leaks.PrivateIndex.build` on a private table
+* index build: :meth:`remote_kernel.checks.leaks.PrivateIndex.build` on a private table
   of ``--rows`` rows x 14 heart-shaped columns (generated with numpy by
-  :func:`remote_kernel.datasets.synthetic_heart`); wall time (target <= 5 s) and
+  :func:`remote_kernel.datasite.datasets.synthetic_heart`); wall time (target <= 5 s) and
   peak memory allocated during the build (tracemalloc, which numpy reports to),
   plus the bytes the index keeps.
-* text scan: :meth:`~remote_kernel.leaks.PrivateIndex.scan_text` on a ``--text-mb``
+* text scan: :meth:`~remote_kernel.checks.leaks.PrivateIndex.scan_text` on a ``--text-mb``
   MB output made of aggregate-looking tables (``to_string`` of means, standard
   deviations and counts, many of them equal to private values) and prose;
   throughput in MB/s (target >= 50 MB/s). A second line scans the same size of
   *private records* (the worst case: every window is a candidate), for honesty.
-* HTML scan: :meth:`~remote_kernel.leaks.PrivateIndex.scan_item` on a display_data
+* HTML scan: :meth:`~remote_kernel.checks.leaks.PrivateIndex.scan_item` on a display_data
   item whose text/html is ``to_html`` of a ``--cells``-cell aggregate-looking table
   (tag stripping included); reported against the same 50 MB/s.
-* sound tier: :func:`remote_kernel.sqltier.run_query` (query + per-cell evidence in
+* sound tier: :func:`remote_kernel.checks.sqltier.run_query` (query + per-cell evidence in
   DuckDB) against a plain pandas groupby computing the same aggregates, on the same
   private table; target <= 2x. Skipped, saying so, when the module is not there.
 
@@ -41,10 +41,10 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from remote_kernel.datasets import synthetic_heart
-from remote_kernel.leaks import PrivateIndex
-from remote_kernel.models import OutputItem, Verdict
-from remote_kernel.policy import DatasetPolicy
+from remote_kernel.checks.leaks import PrivateIndex
+from remote_kernel.checks.policy import DatasetPolicy
+from remote_kernel.datasite.datasets import synthetic_heart
+from remote_kernel.protocol.models import OutputItem, Verdict
 
 INDEX_TARGET_S = 5.0
 SCAN_TARGET_MBS = 50.0
@@ -205,8 +205,8 @@ def bench_html(index: PrivateIndex, cells: int, repeat: int) -> Line:
 def bench_sound_tier(frame: pd.DataFrame, repeat: int) -> list[Line]:
     """DuckDB query with per-cell evidence (sqltier.run_query) against a pandas groupby."""
     try:
-        from remote_kernel import sqltier
-        from remote_kernel.policy import Thresholds
+        from remote_kernel.checks import sqltier
+        from remote_kernel.checks.policy import Thresholds
     except ImportError:
         print("sqltier: not available", file=sys.stderr)
         return [Line("sound tier query + evidence vs pandas", "sqltier: not available", "-", None)]

@@ -38,7 +38,7 @@ import pandas as pd
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from remote_kernel.mocks import FIDELITIES, drop_private_copies, fit_mock
+from remote_kernel.mocks.generate import FIDELITIES, drop_private_copies, fit_mock
 
 BASELINE_NAME = "pandas df.sample(n=rows, replace=True) (bootstrap: copies private rows)"
 

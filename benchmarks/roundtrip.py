@@ -152,10 +152,10 @@ def run_baseline(runs: int, warmup: int) -> tuple[list[float], float]:
 # --- ours: a datasite served by the CLI ---------------------------------------------------------
 def make_datasite(root: Path) -> tuple[Path, str]:
     """A datasite the way an admin makes one; returns its directory and a researcher token."""
-    from remote_kernel.config import DatasiteConfig
-    from remote_kernel.datasets import add_dataset, synthetic_heart
-    from remote_kernel.models import Role
-    from remote_kernel.store import Store
+    from remote_kernel.datasite.config import DatasiteConfig
+    from remote_kernel.datasite.datasets import add_dataset, synthetic_heart
+    from remote_kernel.datasite.store import Store
+    from remote_kernel.protocol.models import Role
 
     config = DatasiteConfig.create(root / "bench-site", "bench")
     source = root / "heart.csv"
@@ -234,7 +234,7 @@ def ours_run(site: Any) -> None:
 
 
 def run_ours(root: Path, runs: int, warmup: int) -> tuple[list[float], float]:
-    from remote_kernel.client import Datasite
+    from remote_kernel.researcher.client import Datasite
 
     directory, token = make_datasite(root)
     server = Server(directory, free_port(), root / "server.log")

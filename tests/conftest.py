@@ -21,16 +21,16 @@ import httpx
 import pandas as pd
 import pytest
 
-from remote_kernel.config import DatasiteConfig
-from remote_kernel.datasets import (
+from remote_kernel.datasite.config import DatasiteConfig
+from remote_kernel.datasite.datasets import (
     HEART_COLUMNS,
     UCI_HEART_FILES,
     add_dataset,
     find_uci_heart_dir,
     synthetic_heart,
 )
-from remote_kernel.models import Role
-from remote_kernel.store import Store
+from remote_kernel.datasite.store import Store
+from remote_kernel.protocol.models import Role
 
 
 def free_port() -> int:

@@ -30,7 +30,7 @@ from websockets.exceptions import InvalidStatus
 from websockets.sync.client import ClientConnection
 from websockets.sync.client import connect as ws_connect
 
-from remote_kernel.server.app import routes
+from remote_kernel.datasite.http.app import routes
 
 from .conftest import RunningDatasite, wait_finished
 

@@ -20,9 +20,9 @@ from pathlib import Path
 import pytest
 
 from remote_kernel.cli import main
-from remote_kernel.config import DatasiteConfig
-from remote_kernel.models import Role
-from remote_kernel.store import GENESIS_HASH, Store, audit_hash
+from remote_kernel.datasite.config import DatasiteConfig
+from remote_kernel.datasite.store import GENESIS_HASH, Store, audit_hash
+from remote_kernel.protocol.models import Role
 
 
 def cli(*args: str) -> tuple[int, str]:

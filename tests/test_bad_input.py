@@ -24,9 +24,9 @@ from sqlalchemy import text
 from websockets.sync.client import ClientConnection
 from websockets.sync.client import connect as ws_connect
 
-from remote_kernel.config import DatasiteConfig
-from remote_kernel.server.app import body_limit
-from remote_kernel.store import Store
+from remote_kernel.datasite.config import DatasiteConfig
+from remote_kernel.datasite.http.app import body_limit
+from remote_kernel.datasite.store import Store
 
 from .conftest import RunningDatasite, make_datasite, wait_finished
 

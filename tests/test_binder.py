@@ -30,7 +30,7 @@ pytestmark = [
     pytest.mark.skipif(shutil.which("bash") is None, reason="needs bash"),
     pytest.mark.skipif(shutil.which("setsid") is None, reason="needs setsid (util-linux)"),
     pytest.mark.skipif(
-        "demo.json" not in (ROOT / "remote_kernel" / "demo.py").read_text(encoding="utf-8"),
+        "demo.json" not in (ROOT / "remote_kernel" / "cli" / "demo.py").read_text(encoding="utf-8"),
         reason="this remote-kernel demo does not write demo.json, which binder/start waits for",
     ),
 ]

@@ -31,8 +31,8 @@ from typing import Any
 import httpx
 import pytest
 
-from remote_kernel.datasite import RESTART_MESSAGE
-from remote_kernel.store import Store
+from remote_kernel.datasite.core import RESTART_MESSAGE
+from remote_kernel.datasite.store import Store
 
 from .conftest import RunningDatasite, make_datasite, wait_finished
 

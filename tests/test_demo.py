@@ -15,8 +15,8 @@ import nbformat
 import pytest
 from nbclient import NotebookClient
 
-from remote_kernel.config import DatasiteConfig
-from remote_kernel.store import Store
+from remote_kernel.datasite.config import DatasiteConfig
+from remote_kernel.datasite.store import Store
 
 from .conftest import free_port
 
@@ -90,7 +90,7 @@ def wait_file(path: Path, process: subprocess.Popen[str], timeout: float = 180) 
 def test_demo_starts_runs_its_notebook_and_stops_cleanly(tmp_path: Path) -> None:
     import json
 
-    from remote_kernel.demo import SITES
+    from remote_kernel.cli.demo import SITES
 
     port, lab_port = free_port_run(4), free_port()
     directory = tmp_path / "demo"

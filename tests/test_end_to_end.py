@@ -18,8 +18,8 @@ import pytest
 from jupyter_client.manager import KernelManager
 
 import remote_kernel as rk
-from remote_kernel.client import Datasite
-from remote_kernel.config import DatasiteConfig
+from remote_kernel.datasite.config import DatasiteConfig
+from remote_kernel.researcher.client import Datasite
 
 from .conftest import RunningDatasite, make_datasite
 

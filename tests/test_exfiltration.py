@@ -30,13 +30,14 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from remote_kernel.client import Datasite, RemoteRequest
-from remote_kernel.config import DatasiteConfig
-from remote_kernel.datasets import add_dataset, synthetic_heart
-from remote_kernel.filter import InsecureReleaseAllFilter, value_findings
-from remote_kernel.models import OutputItem, Verdict
-from remote_kernel.sqltier import QueryRejected
-from remote_kernel.values import VALUE_MIME, PickledValue, decode_value, encode_value
+from remote_kernel.checks.filter import InsecureReleaseAllFilter, value_findings
+from remote_kernel.datasite.config import DatasiteConfig
+from remote_kernel.datasite.datasets import add_dataset, synthetic_heart
+from remote_kernel.protocol.errors import QueryRejected
+from remote_kernel.protocol.models import OutputItem, Verdict
+from remote_kernel.protocol.values import VALUE_MIME
+from remote_kernel.researcher.client import Datasite, RemoteRequest
+from remote_kernel.researcher.values import PickledValue, decode_value, encode_value
 
 from .conftest import RunningDatasite, make_datasite
 
@@ -319,7 +320,7 @@ def test_reviewers_see_images_through_the_cli(
 FORGE = '''
 import io, os, pickle, struct
 import pyarrow as pa
-from remote_kernel.values import encode_value
+from remote_kernel.researcher.values import encode_value
 VALUE = 'application/vnd.remote-kernel.value+json'
 PASS = {'acro': {'status': 'pass', 'summary': 'all cells pass'}}
 BENIGN = 'sex    n\\n0     97\\n1    206'
@@ -566,9 +567,10 @@ def test_pickles_are_held_even_by_the_release_everything_filter() -> None:
 FUZZ = """
 import base64, json, random
 import pandas as pd
-from remote_kernel.filter import value_findings
-from remote_kernel.models import OutputItem
-from remote_kernel.values import VALUE_MIME, encode_value
+from remote_kernel.checks.filter import value_findings
+from remote_kernel.protocol.models import OutputItem
+from remote_kernel.protocol.values import VALUE_MIME
+from remote_kernel.researcher.values import encode_value
 frame = pd.DataFrame({"a": [1, 2, 3], "s": ["x", None, "zz"], "f": [0.5, None, 2.0],
                       "c": pd.Categorical(["u", "v", "u"]), "t": pd.date_range("2020", periods=3)})
 payload = encode_value(frame)
@@ -611,9 +613,9 @@ def test_nothing_the_filter_calls_in_values_py_can_unpickle() -> None:
     (encoding, pushing, loading with trust) is free of pickle modules, eval and exec."""
     import ast
 
-    import remote_kernel.values
+    import remote_kernel.protocol.values
 
-    tree = ast.parse(Path(remote_kernel.values.__file__).read_text())
+    tree = ast.parse(Path(remote_kernel.protocol.values.__file__).read_text())
     problems = []
     for node in ast.walk(tree):
         if isinstance(node, ast.FunctionDef) and node.name not in KERNEL_SIDE:

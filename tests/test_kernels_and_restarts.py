@@ -7,7 +7,7 @@ import time
 
 import httpx
 
-from remote_kernel.client import Datasite, RemoteRequest
+from remote_kernel.researcher.client import Datasite, RemoteRequest
 
 from .conftest import RunningDatasite
 
@@ -143,7 +143,7 @@ def _alive(pid: int) -> bool:
 
 
 def test_idle_kernels_are_culled(tmp_path) -> None:
-    from remote_kernel.config import DatasiteConfig
+    from remote_kernel.datasite.config import DatasiteConfig
 
     from .conftest import make_datasite
 

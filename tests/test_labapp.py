@@ -20,9 +20,9 @@ from typing import Any
 import pytest
 from tornado.httpclient import HTTPClientError
 
-from remote_kernel.client import Datasite
-from remote_kernel.connections import load_connections
-from remote_kernel.models import Role
+from remote_kernel.protocol.models import Role
+from remote_kernel.researcher.client import Datasite
+from remote_kernel.researcher.connections import load_connections
 
 from .conftest import RunningDatasite, free_port, make_datasite
 

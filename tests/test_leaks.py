@@ -23,7 +23,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from remote_kernel.datasets import (
+from remote_kernel.checks.leaks import PrivateIndex, html_to_text, item_texts, unwrap_pandas
+from remote_kernel.checks.policy import DatasetPolicy
+from remote_kernel.datasite.datasets import (
     HEART_COLUMNS,
     UCI_HEART_FILES,
     find_uci_heart_dir,
@@ -31,9 +33,7 @@ from remote_kernel.datasets import (
     schema_only_mock,
     synthetic_heart,
 )
-from remote_kernel.leaks import PrivateIndex, html_to_text, item_texts, unwrap_pandas
-from remote_kernel.models import Finding, OutputItem, Verdict
-from remote_kernel.policy import DatasetPolicy
+from remote_kernel.protocol.models import Finding, OutputItem, Verdict
 
 QUASI = ("age", "sex", "trestbps", "chol", "thalach")
 FIRST = ["Anna", "Erik", "Maria", "Johan", "Sofia", "Lars", "Ingrid", "Nils", "Karin", "Olof"]

@@ -20,19 +20,25 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from remote_kernel.cli import main
-from remote_kernel.config import DatasiteConfig
-from remote_kernel.datasets import (
+from remote_kernel.datasite.config import DatasiteConfig
+from remote_kernel.datasite.datasets import (
     HEART_COLUMNS,
-    MIN_CATEGORY_ROWS,
     UCI_HEART_FILES,
-    DatasetError,
     add_dataset,
     find_uci_heart_dir,
     read_table,
     remock_dataset,
     synthetic_heart,
 )
-from remote_kernel.mock_report import (
+from remote_kernel.mocks.generate import (
+    FIDELITIES,
+    MAX_COLUMNS,
+    MAX_JOINT_COLUMNS,
+    MIN_CATEGORY_ROWS,
+    MockError,
+    generate_mock,
+)
+from remote_kernel.mocks.report import (
     REPORT_HTML,
     REPORT_JSON,
     SUMMARY_JSON,
@@ -40,7 +46,7 @@ from remote_kernel.mock_report import (
     column_fidelity,
     researcher_summary,
 )
-from remote_kernel.mocks import FIDELITIES, MAX_COLUMNS, MAX_JOINT_COLUMNS, MockError, generate_mock
+from remote_kernel.protocol.errors import DatasetError
 from tests.conftest import RunningDatasite
 
 #: The stated bounds (docs/mocks.md), for a 2000-row marginal mock.

@@ -22,8 +22,8 @@ from typing import Any
 import httpx
 import pytest
 
-from remote_kernel.client import Datasite
-from remote_kernel.config import DatasiteConfig
+from remote_kernel.datasite.config import DatasiteConfig
+from remote_kernel.researcher.client import Datasite
 
 from .conftest import RunningDatasite, make_datasite
 
@@ -147,7 +147,7 @@ def test_a_remote_cell_reaches_no_network_and_no_datasite_files(isolated: Runnin
     assert not Path("/tmp/rk-note-from-a-kernel").exists()
     # Only the way to its own dir and the kernel API, its note, and (when this Python lives
     # under /tmp, as in a virtualenv there) the Python installation itself.
-    from remote_kernel.kernels import python_paths
+    from remote_kernel.datasite.kernels import python_paths
 
     python_dirs = {
         Path(p).resolve().relative_to("/tmp").parts[0]
@@ -260,8 +260,8 @@ def test_kernel_uids_are_claimed_machine_wide(
     """Two datasites with the same ``sandbox_uid_base`` never hand out one uid twice (a
     kernel could read the other's open private files through /proc), a uid some process
     still runs as is skipped, and a released uid is free again."""
-    from remote_kernel.config import KernelSettings
-    from remote_kernel.kernels import LocalKernelProvider
+    from remote_kernel.datasite.config import KernelSettings
+    from remote_kernel.datasite.kernels import LocalKernelProvider
 
     monkeypatch.setenv("REMOTE_KERNEL_UID_LOCKS", str(tmp_path / "locks"))
     base = 300000 + os.getpid() % 1000 * 10

@@ -1,4 +1,4 @@
-"""The sound auto-release tier (remote_kernel.sqltier) and its rules (remote_kernel.rules).
+"""The sound auto-release tier (checks.sqltier) and its rules (checks.rules).
 
 Three suites:
 
@@ -27,24 +27,24 @@ import pytest
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
-from remote_kernel import rules
-from remote_kernel.datasets import (
-    HEART_COLUMNS,
-    UCI_HEART_FILES,
-    find_uci_heart_dir,
-    synthetic_heart,
-)
-from remote_kernel.models import Verdict
-from remote_kernel.policy import PRESETS, Thresholds
-from remote_kernel.sqltier import (
+from remote_kernel.checks import rules
+from remote_kernel.checks.policy import PRESETS, Thresholds
+from remote_kernel.checks.sqltier import (
     EVIDENCE_PREFIX,
-    QueryRejected,
     check_query,
     crosstab_sql,
     open_connection,
     run_query,
     to_wide,
 )
+from remote_kernel.datasite.datasets import (
+    HEART_COLUMNS,
+    UCI_HEART_FILES,
+    find_uci_heart_dir,
+    synthetic_heart,
+)
+from remote_kernel.protocol.errors import QueryRejected
+from remote_kernel.protocol.models import Verdict
 
 ACRO = PRESETS["acro"]
 STRICT = PRESETS["strict"]

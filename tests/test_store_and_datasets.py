@@ -11,12 +11,13 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from remote_kernel.config import ConfigError, DatasiteConfig
-from remote_kernel.datasets import DatasetError, add_dataset, schema_only_mock, synthetic_heart
-from remote_kernel.filter import DenyByDefaultFilter, InsecureFilterRefused, make_filter
-from remote_kernel.models import FilterDecision, Finding, OutputItem, Role, Verdict
-from remote_kernel.policy import Policy
-from remote_kernel.store import Conflict, Store
+from remote_kernel.checks.filter import DenyByDefaultFilter, InsecureFilterRefused, make_filter
+from remote_kernel.checks.policy import Policy
+from remote_kernel.datasite.config import ConfigError, DatasiteConfig
+from remote_kernel.datasite.datasets import add_dataset, schema_only_mock, synthetic_heart
+from remote_kernel.datasite.store import Conflict, Store
+from remote_kernel.protocol.errors import DatasetError
+from remote_kernel.protocol.models import FilterDecision, Finding, OutputItem, Role, Verdict
 
 
 @pytest.fixture

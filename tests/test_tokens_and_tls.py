@@ -21,9 +21,9 @@ from websockets.exceptions import InvalidStatus
 from websockets.sync.client import connect as ws_connect
 
 from remote_kernel.cli import main
-from remote_kernel.config import DatasiteConfig
-from remote_kernel.models import Role
-from remote_kernel.store import Store, utcnow
+from remote_kernel.datasite.config import DatasiteConfig
+from remote_kernel.datasite.store import Store, utcnow
+from remote_kernel.protocol.models import Role
 
 from .conftest import RunningDatasite, free_port, make_datasite
 

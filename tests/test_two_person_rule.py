@@ -16,10 +16,10 @@ from pathlib import Path
 import httpx
 import pytest
 
-from remote_kernel.client import Datasite
-from remote_kernel.errors import PermissionDenied
-from remote_kernel.models import FilterDecision, OutputItem, Role, Verdict
-from remote_kernel.policy import PolicyError, parse_policy
+from remote_kernel.checks.policy import PolicyError, parse_policy
+from remote_kernel.protocol.errors import PermissionDenied
+from remote_kernel.protocol.models import FilterDecision, OutputItem, Role, Verdict
+from remote_kernel.researcher.client import Datasite
 
 from .conftest import RunningDatasite, make_datasite, wait_finished
 

@@ -55,8 +55,8 @@ JUPYTER_TOKEN = "rk-ui-test-token"  # noqa: S105 - a throwaway token of a loopba
 
 sys.path.insert(0, str(ROOT))
 
-from remote_kernel.connections import Connection, save_connection  # noqa: E402
-from remote_kernel.models import Role  # noqa: E402
+from remote_kernel.protocol.models import Role  # noqa: E402
+from remote_kernel.researcher.connections import Connection, save_connection  # noqa: E402
 from tests.conftest import RunningDatasite, make_datasite  # noqa: E402
 
 

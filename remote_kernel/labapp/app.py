@@ -9,8 +9,8 @@ import httpx
 from jupyter_server.extension.application import ExtensionApp
 from traitlets import Float, Int, Unicode
 
-from ..connections import CONNECTIONS_ENV
-from .handlers import route_table
+from remote_kernel.labapp.handlers import route_table
+from remote_kernel.researcher.connections import CONNECTIONS_ENV
 
 
 class RemoteKernelApp(ExtensionApp):

@@ -20,7 +20,7 @@ import httpx
 from jupyter_server.base.handlers import APIHandler
 from tornado import web
 
-from ..connections import (
+from remote_kernel.researcher.connections import (
     Connection,
     check_name,
     load_connections,
@@ -29,7 +29,7 @@ from ..connections import (
 )
 
 if TYPE_CHECKING:
-    from .app import RemoteKernelApp
+    from remote_kernel.labapp.app import RemoteKernelApp
 
 PREFIX = "/remote-kernel"
 REVIEWER_ROLES = {"reviewer"}

@@ -1,0 +1,410 @@
+"""``remote-kernel demo``: four hospitals on one machine, and JupyterLab on the study notebook.
+
+Starts four datasites — cleveland, hungary, switzerland, va-long-beach — on
+loopback ports, each with its own heart-disease table: the UCI file when it is
+found (``--data-dir``, ``$REMOTE_KERNEL_HEART_DATA``, ``../shared/data/heart-disease``
+beside the checkout, or downloaded from the UCI archive and checked against
+known SHA-256 sums), otherwise generated heart-shaped data. Each site has a
+researcher (alice) and a data owner (bob). The researcher's and the data
+owner's connections go into the demo's own connections file, which JupyterLab
+and its kernels use (so both sidebars are ready and no token is in a notebook).
+JupyterLab's root is the demo's ``notebooks/`` folder, never the datasites'
+directories with their private files.
+
+Everything it starts runs in its own process group and is stopped on Ctrl-C or
+SIGTERM: JupyterLab first, then each datasite (which stops its kernels).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import importlib.util
+import json
+import os
+import secrets
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+import time
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+
+from remote_kernel.datasite.config import CONFIG_FILE, DatasiteConfig
+from remote_kernel.datasite.datasets import (
+    HEART_COLUMNS,
+    UCI_HEART_FILES,
+    add_dataset,
+    find_uci_heart_dir,
+    synthetic_heart,
+)
+from remote_kernel.datasite.store import Store
+from remote_kernel.protocol.models import Role
+from remote_kernel.researcher.connections import Connection, save_connection
+
+SITES = ("cleveland", "hungary", "switzerland", "va-long-beach")
+HOSPITALS = {
+    "cleveland": "Cleveland Clinic Foundation",
+    "hungary": "Hungarian Institute of Cardiology, Budapest",
+    "switzerland": "University Hospitals of Zurich and Basel",
+    "va-long-beach": "V.A. Medical Center, Long Beach",
+}
+#: SHA-256 of the UCI files (CC BY 4.0), so that a download is used only if it is the real one.
+UCI_SHA256 = {
+    "processed.cleveland.data": "a74b7efa387bc9d108d7d0115d831fe9b414b29ae7124f331b622b4efa0427c8",
+    "processed.hungarian.data": "d1ad108f785768cd3d7e82dc522e6f5a61eea93cccfb3a46ee8076f73fc3d796",
+    "processed.switzerland.data": (
+        "834a405ccf5b66ab4056bb77794adc8df0b7125186454c0a1d002d33c6c3b314"
+    ),
+    "processed.va.data": "e7c93d8d0d2acdadfa4c5e8de768e2191e7f618b952e29623f1f0d5949ff6b8f",
+}
+UCI_BASE_URL = "https://archive.ics.uci.edu/ml/machine-learning-databases/heart-disease/"
+NOTEBOOK = "heart-disease.ipynb"
+#: Sandboxed kernels of demo site n run as uids from kernels.sandbox_uid_base + n * this.
+SANDBOX_UID_STRIDE = 10000
+#: Each demo hospital's output policy (docs/policy.md): ACRO's thresholds, and in the
+#: tables a datasite computes itself (rk.query, rk.crosstab) groups too small are left
+#: out, other failing cells blanked, and the rest released at once, so the automatic
+#: tier shows in the notebook.
+#: Without a policy.yaml a datasite uses the stricter default (preset strict: a query
+#: with a WHERE clause or a computed group key goes to a person).
+DEMO_POLICY = """\
+# The remote-kernel demo's output policy (see docs/policy.md in the project).
+preset: acro
+thresholds:
+  failing_cells: suppress
+"""
+RESEARCHER, REVIEWER = "alice", "bob"
+
+
+@dataclass
+class DemoSite:
+    name: str
+    directory: Path
+    port: int
+    process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+
+def download_uci(target: Path, timeout: float = 10.0) -> Path | None:
+    """The four UCI files from the UCI archive into ``target``, or None (offline, changed)."""
+    target.mkdir(parents=True, exist_ok=True)
+    for filename, digest in UCI_SHA256.items():
+        path = target / filename
+        if path.exists() and hashlib.sha256(path.read_bytes()).hexdigest() == digest:
+            continue
+        try:
+            with urllib.request.urlopen(UCI_BASE_URL + filename, timeout=timeout) as response:  # noqa: S310 (a fixed https URL)
+                data = response.read()
+        except OSError:
+            if not any(target.iterdir()):
+                target.rmdir()
+            return None
+        if hashlib.sha256(data).hexdigest() != digest:
+            print(f"(the downloaded {filename} does not match its known checksum; not used)")
+            return None
+        path.write_bytes(data)
+    return target
+
+
+def heart_data(directory: Path, data_dir: str | Path | None) -> tuple[Path | None, str]:
+    """Where the UCI files are (found or downloaded), and a note saying which data is used."""
+    found = find_uci_heart_dir(data_dir)
+    if found is not None:
+        return found, f"UCI Heart Disease files from {found}"
+    if os.environ.get("REMOTE_KERNEL_DEMO_OFFLINE") != "1":
+        downloaded = download_uci(directory / "uci-heart-disease")
+        if downloaded is not None:
+            return downloaded, "UCI Heart Disease files, downloaded and checksum-verified"
+    return None, (
+        "generated heart-shaped data (no real patients): the UCI files were not found "
+        "(--data-dir) and could not be downloaded"
+    )
+
+
+def prepare_demo(directory: Path, data_dir: str | Path | None = None) -> dict[str, dict[str, str]]:
+    """Create (or reuse) the four datasites; return ``{site: {user: token}}``."""
+    tokens_file = directory / "demo-tokens.json"
+    if tokens_file.exists() and all(
+        (directory / "sites" / site / CONFIG_FILE).exists() for site in SITES
+    ):
+        return dict(json.loads(tokens_file.read_text()))
+    if (directory / "sites").exists():
+        shutil.rmtree(directory / "sites")  # half-made by an interrupted earlier run
+    directory.mkdir(parents=True, exist_ok=True)
+    # Made inside a checkout by default: git should not offer to commit tokens and data.
+    if not (directory / ".gitignore").exists():
+        (directory / ".gitignore").write_text("# remote-kernel demo files\n*\n")
+    uci, note = heart_data(directory, data_dir)
+    print(f"data: {note}", flush=True)
+    tokens: dict[str, dict[str, str]] = {}
+    for number, site in enumerate(SITES):
+        config = DatasiteConfig.create(directory / "sites" / site, site)
+        # Kernels claim their uids machine-wide whatever the base (kernels.py); a range
+        # per site only makes `ps` say which hospital a kernel belongs to.
+        config.kernels.sandbox_uid_base += SANDBOX_UID_STRIDE * number
+        config.save()
+        (config.directory / "policy.yaml").write_text(DEMO_POLICY)
+        description = f"Heart disease patients, {HOSPITALS[site]}"
+        if uci is not None:
+            add_dataset(
+                config,
+                "heart",
+                uci / UCI_HEART_FILES[site],
+                columns=HEART_COLUMNS,
+                na_values=["?"],
+                description=f"{description} (UCI Heart Disease, CC BY 4.0)",
+                seed=number,
+            )
+        else:
+            generated = config.directory / "generated-heart.csv"
+            synthetic_heart(300, seed=number).to_csv(generated, index=False)
+            add_dataset(
+                config, "heart", generated, description=f"{description} (generated)", seed=number
+            )
+        store = Store(config.database_url)
+        tokens[site] = {
+            RESEARCHER: store.create_user(RESEARCHER, Role.RESEARCHER)[1],
+            REVIEWER: store.create_user(REVIEWER, Role.REVIEWER)[1],
+        }
+        store.close()
+    tokens_file.write_text(json.dumps(tokens, indent=2))
+    os.chmod(tokens_file, 0o600)
+    return tokens
+
+
+def example_notebook() -> Path | None:
+    """``examples/heart-disease.ipynb`` from the checkout, or the copy inside the wheel."""
+    package = Path(__file__).resolve().parent.parent
+    for candidate in (package.parent / "examples" / NOTEBOOK, package / "examples" / NOTEBOOK):
+        if candidate.exists():
+            return candidate
+    return None
+
+
+def write_workspace(directory: Path, sites: list[DemoSite], tokens: dict) -> Path:
+    """The demo's connections file and its notebooks folder (JupyterLab's root)."""
+    connections = directory / "connections.json"
+    for site in sites:
+        researcher = tokens[site.name][RESEARCHER]
+        save_connection(
+            Connection(site.name, site.url, researcher, RESEARCHER, "researcher"), connections
+        )
+        save_connection(
+            Connection(
+                f"{site.name}-owner", site.url, tokens[site.name][REVIEWER], REVIEWER, "reviewer"
+            ),
+            connections,
+        )
+    notebooks = directory / "notebooks"
+    notebooks.mkdir(exist_ok=True)
+    source = example_notebook()
+    if source is not None and not (notebooks / NOTEBOOK).exists():
+        shutil.copyfile(source, notebooks / NOTEBOOK)
+    return connections
+
+
+def start_site(site: DemoSite, log_dir: Path) -> None:
+    log = open(log_dir / f"{site.name}.log", "ab")  # the child keeps writing to it
+    site.process = subprocess.Popen(
+        [sys.executable, "-m", "remote_kernel.cli", "datasite", "serve", str(site.directory),
+         "--host", "127.0.0.1", "--port", str(site.port)],
+        stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+    )  # fmt: skip
+
+
+def wait_healthy(sites: list[DemoSite], timeout: float = 120.0) -> None:
+    deadline = time.monotonic() + timeout
+    waiting = list(sites)
+    while waiting and time.monotonic() < deadline:
+        for site in list(waiting):
+            if site.process is not None and site.process.poll() is not None:
+                raise RuntimeError(
+                    f"datasite {site.name} exited (port {site.port} busy? try --port); "
+                    f"see its log in {site.directory.parent.parent / 'logs'}"
+                )
+            with contextlib.suppress(httpx.TransportError):
+                if httpx.get(site.url + "/api/health", timeout=1).status_code == 200:
+                    waiting.remove(site)
+        time.sleep(0.2)
+    if waiting:
+        raise TimeoutError(f"datasites not answering: {', '.join(s.name for s in waiting)}")
+
+
+def start_jupyterlab(
+    notebooks: Path, port: int, connections: Path, open_browser: bool, token: str, log_dir: Path
+) -> subprocess.Popen[bytes] | None:
+    """JupyterLab on the notebooks folder, in its own session so Ctrl-C reaches only us.
+
+    Its log goes to ``logs/jupyterlab.log`` (the terminal keeps the demo's own
+    instructions); its token is ours, so that we can print the whole URL, and is
+    passed in the environment, not on the command line other users can read.
+    """
+    if importlib.util.find_spec("jupyterlab") is None:
+        print("(JupyterLab is not installed: pip install 'remote_kernel[demo]' to get it)")
+        return None
+    command = [
+        sys.executable, "-m", "jupyterlab", f"--port={port}", "--ServerApp.port_retries=0",
+        f"--ServerApp.root_dir={notebooks}", f"--LabApp.default_url=/lab/tree/{NOTEBOOK}",
+        f"--ServerApp.open_browser={open_browser}",
+        "--LabApp.news_url=None",  # no news fetched from the internet
+    ]  # fmt: skip
+    if hasattr(os, "geteuid") and os.geteuid() == 0:
+        command.append("--allow-root")
+    # The demo's own JupyterLab settings: no "get notified about Jupyter news?" prompt
+    # over the notebook (news_url=None alone does not stop it in JupyterLab 4.6).
+    settings = notebooks.parent / "lab-settings"
+    apputils = settings / "@jupyterlab" / "apputils-extension"
+    notification = apputils / "notification.jupyterlab-settings"
+    if not notification.exists():
+        notification.parent.mkdir(parents=True, exist_ok=True)
+        notification.write_text('{"fetchNews": "false", "checkForUpdates": false}\n')
+    env = {
+        **os.environ,
+        "REMOTE_KERNEL_CONNECTIONS": str(connections),
+        "JUPYTER_TOKEN": token,
+        "JUPYTERLAB_SETTINGS_DIR": str(settings),
+    }
+    log = open(log_dir / "jupyterlab.log", "ab")  # the child keeps writing to it
+    return subprocess.Popen(
+        command, start_new_session=True, env=env, stdout=log, stderr=subprocess.STDOUT
+    )
+
+
+def wait_lab(process: subprocess.Popen[bytes], port: int, token: str, log: Path) -> None:
+    """Until JupyterLab answers (so that its URL is printed when it works)."""
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(
+                f"JupyterLab exited (port {port} busy? try --lab-port); see its log in {log}"
+            )
+        with contextlib.suppress(httpx.TransportError):
+            url = f"http://127.0.0.1:{port}/api/status"
+            if httpx.get(url, params={"token": token}, timeout=2).status_code == 200:
+                return
+        time.sleep(0.3)
+    print(f"(JupyterLab is slow to start; its log is in {log})", flush=True)
+
+
+def stop_process(process: subprocess.Popen[bytes] | None, timeout: float = 20.0) -> None:
+    if process is None or process.poll() is not None:
+        return
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(process.pid, signal.SIGTERM)
+    try:
+        process.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(process.pid, signal.SIGKILL)
+        process.wait()
+
+
+def instructions(sites: list[DemoSite], tokens: dict, lab_url: str | None, directory: Path) -> str:
+    rows = "\n".join(f"  {s.name:<14} {s.url:<24} {HOSPITALS[s.name]}" for s in sites)
+    first = sites[0]
+    lab = (
+        f"""JupyterLab, on the study notebook {NOTEBOOK} (open this URL if no browser opened):
+    {lab_url}
+  Left sidebar: Datasites (you, alice, are connected to all four) and Pending outputs
+  (you are also bob, each site's data owner: approve or deny what alice's cells produce).
+  Its log: {directory / "logs" / "jupyterlab.log"}"""
+        if lab_url
+        else "JupyterLab: not started (--no-lab)"
+    )
+    return f"""
+remote_kernel demo — four hospitals on this machine
+
+{rows}
+
+{lab}
+
+Researcher {RESEARCHER} and data owner {REVIEWER} at every site; their connections are in
+  {directory / "connections.json"}  (export REMOTE_KERNEL_CONNECTIONS=<that file> to use them
+  from another Jupyter; tokens: {directory / "demo-tokens.json"})
+
+Data owner from a terminal, e.g. at {first.name}:
+    export REMOTE_KERNEL_URL={first.url} REMOTE_KERNEL_TOKEN={tokens[first.name][REVIEWER]}
+    remote-kernel review list
+    remote-kernel review approve OUTPUT_ID     # or: deny OUTPUT_ID --comment "why"
+
+Ctrl-C stops everything.
+"""
+
+
+def run_demo(
+    directory: str | Path,
+    port: int = 8765,
+    data_dir: str | Path | None = None,
+    lab: bool = True,
+    lab_port: int = 8888,
+    open_browser: bool = True,
+) -> None:
+    """Run the demo until Ctrl-C or SIGTERM; leaves no server, kernel or JupyterLab behind."""
+    directory = Path(directory).resolve()
+    tokens = prepare_demo(directory, data_dir)
+    sites = [
+        DemoSite(name, directory / "sites" / name, port + number)
+        for number, name in enumerate(SITES)
+    ]
+    logs = directory / "logs"
+    logs.mkdir(exist_ok=True)
+    stop = threading.Event()
+
+    def on_signal(_signum: int, _frame: object) -> None:
+        stop.set()
+
+    previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
+    lab_process = None
+    (directory / "demo.json").unlink(missing_ok=True)
+    try:
+        for site in sites:
+            start_site(site, logs)
+        wait_healthy(sites)
+        connections = write_workspace(directory, sites, tokens)
+        lab_url = None
+        if lab:
+            token = secrets.token_hex(24)
+            lab_process = start_jupyterlab(
+                directory / "notebooks", lab_port, connections, open_browser, token, logs
+            )
+            if lab_process is not None:
+                wait_lab(lab_process, lab_port, token, logs / "jupyterlab.log")
+                lab_url = f"http://127.0.0.1:{lab_port}/lab/tree/{NOTEBOOK}?token={token}"
+        (directory / "demo.json").write_text(
+            json.dumps(
+                {
+                    "sites": {s.name: s.url for s in sites},
+                    # without its token: this file is not private
+                    "lab": f"http://127.0.0.1:{lab_port}/lab" if lab_url else None,
+                    "connections": str(connections),
+                    "notebook": str(directory / "notebooks" / NOTEBOOK),
+                },
+                indent=2,
+            )
+        )
+        print(instructions(sites, tokens, lab_url, directory), flush=True)
+        while not stop.wait(0.5):
+            for site in sites:
+                if site.process is not None and site.process.poll() is not None:
+                    print(f"datasite {site.name} stopped unexpectedly; see {logs}", flush=True)
+                    stop.set()
+            if lab_process is not None and lab_process.poll() is not None:
+                print(f"JupyterLab stopped unexpectedly; see {logs / 'jupyterlab.log'}", flush=True)
+                stop.set()
+    finally:
+        stop_process(lab_process)
+        for site in sites:
+            stop_process(site.process, timeout=30)
+        (directory / "demo.json").unlink(missing_ok=True)
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+        print("remote_kernel demo stopped", flush=True)

@@ -1,0 +1,110 @@
+"""The datasite's API for researcher kernels, on a Unix socket.
+
+A kernel at the datasite cannot release anything itself; it can only *ask* the
+datasite to run an aggregate query (``rk.query``) whose result the datasite
+checks and releases on its own evidence. That request travels over a Unix
+socket in a private directory (not TCP), so it keeps working when kernels are
+cut off from the network, and each kernel authenticates with a token issued
+for its session at start-up.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import secrets
+import shutil
+import stat
+import tempfile
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from tornado import web
+from tornado.httpserver import HTTPServer
+from tornado.netutil import bind_unix_socket
+
+from remote_kernel.datasite.http.handlers import JsonErrorsMixin, load_json
+from remote_kernel.protocol.errors import AuthenticationError, InputError
+from remote_kernel.protocol.kernel_env import API_SOCKET_ENV, API_TOKEN_ENV
+
+if TYPE_CHECKING:
+    from remote_kernel.datasite.core import DatasiteCore
+
+
+class KernelApi:
+    """Issues per-session kernel tokens and serves kernel requests on a Unix socket."""
+
+    def __init__(self, datasite: DatasiteCore) -> None:
+        self.datasite = datasite
+        self._tokens: dict[str, str] = {}
+        # Named after the datasite directory, so that what a killed server left behind
+        # is removed when that datasite starts again (and nothing else).
+        where = str(datasite.config.directory.resolve()).encode()
+        prefix = f"rk-kapi-{hashlib.sha256(where).hexdigest()[:12]}-"
+        base = Path(tempfile.gettempdir())
+        for stale in base.glob(prefix + "*"):
+            info = stale.lstat()
+            if stat.S_ISDIR(info.st_mode) and info.st_uid == os.geteuid():
+                shutil.rmtree(stale, ignore_errors=True)
+        self._directory = Path(tempfile.mkdtemp(prefix=prefix))
+        os.chmod(self._directory, 0o700)
+        self.socket_path = self._directory / "kernel-api.sock"
+        self._server: HTTPServer | None = None
+
+    def start(self, other_users: bool = False) -> None:
+        """Listen; ``other_users``: kernels run as uids of their own and must reach the socket.
+
+        Then the directory becomes enterable (not listable) and the socket connectable
+        by anyone who knows its random path; every call still needs a kernel token.
+        """
+        app = web.Application([(r"/kernel/query", QueryHandler, {"api": self})])
+        self._server = HTTPServer(app, max_body_size=self.datasite.config.limits.max_code_bytes * 2)
+        mode = 0o666 if other_users else 0o600
+        self._server.add_socket(bind_unix_socket(str(self.socket_path), mode=mode))
+        if other_users:
+            os.chmod(self._directory, 0o711)  # noqa: S103 (enter, not list)
+
+    def stop(self) -> None:
+        if self._server is not None:
+            self._server.stop()
+        shutil.rmtree(self._directory, ignore_errors=True)
+
+    def kernel_env(self, session_id: str) -> dict[str, str]:
+        """Environment for a new kernel of ``session_id`` (a fresh token per start)."""
+        self.revoke(session_id)
+        token = secrets.token_urlsafe(32)
+        self._tokens[token] = session_id
+        return {API_SOCKET_ENV: str(self.socket_path), API_TOKEN_ENV: token}
+
+    def revoke(self, session_id: str) -> None:
+        for token, owner in list(self._tokens.items()):
+            if owner == session_id:
+                del self._tokens[token]
+
+    def session_for(self, token: str | None) -> str:
+        session_id = self._tokens.get(token or "")
+        if session_id is None:
+            raise AuthenticationError("unknown kernel token")
+        return session_id
+
+
+class QueryHandler(JsonErrorsMixin):
+    def initialize(self, api: KernelApi) -> None:
+        self.api = api
+
+    def check_xsrf_cookie(self) -> None:
+        return None
+
+    async def post(self) -> None:
+        header = self.request.headers.get("Authorization", "")
+        session_id = self.api.session_for(header.removeprefix("Bearer ").strip())
+        body = load_json(self.request.body or b"null", "request body")
+        if not isinstance(body, dict):
+            raise InputError("request body must be a JSON object")
+        sql = body.get("sql")
+        if not isinstance(sql, str):
+            raise InputError("field 'sql' must be a string")
+        result = await self.api.datasite.run_query(session_id, sql)
+        self.set_header("Content-Type", "application/json")
+        self.finish(json.dumps(result))

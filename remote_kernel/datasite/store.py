@@ -1,0 +1,762 @@
+"""Durable state of a datasite: users, sessions, requests, outputs, reviews, audit.
+
+SQLAlchemy 2 over SQLite (WAL, ``synchronous=FULL``) by default; any
+``db_url`` SQLAlchemy understands (PostgreSQL at scale) works the same way.
+Every write is one short transaction that also appends to the hash-chained
+audit log, so a state change and its audit entry are committed together or
+not at all (invariants 5 and 6). SQLite transactions start with
+``BEGIN IMMEDIATE`` so that the command line and the server, two processes,
+never interleave audit entries.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import secrets
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import datetime, timedelta, timezone
+from typing import Any
+
+from sqlalchemy import (
+    JSON,
+    Connection,
+    ForeignKey,
+    Integer,
+    LargeBinary,
+    String,
+    Text,
+    bindparam,
+    create_engine,
+    event,
+    func,
+    inspect,
+    select,
+    text,
+)
+from sqlalchemy.engine import Row
+from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
+
+from remote_kernel.protocol.errors import Conflict, NotFound, PermissionDenied
+from remote_kernel.protocol.models import (
+    FilterDecision,
+    OutputItem,
+    OutputState,
+    RequestStatus,
+    Role,
+    Verdict,
+    canonical_json,
+)
+
+TOKEN_PREFIX = "rk_"  # noqa: S105 (a prefix that makes leaked tokens greppable)
+GENESIS_HASH = "0" * 64
+
+
+def utcnow() -> datetime:
+    return datetime.now(timezone.utc).replace(tzinfo=None)
+
+
+def hash_token(token: str) -> str:
+    """Tokens are 256-bit random strings, so a plain SHA-256 is a safe one-way hash."""
+    return hashlib.sha256(token.encode()).hexdigest()
+
+
+def new_token() -> str:
+    return TOKEN_PREFIX + secrets.token_urlsafe(32)
+
+
+class Base(DeclarativeBase):
+    type_annotation_map = {dict[str, Any]: JSON, list[Any]: JSON}
+
+
+class User(Base):
+    __tablename__ = "users"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    name: Mapped[str] = mapped_column(String(64), unique=True)
+    role: Mapped[str] = mapped_column(String(16))
+    token_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    revoked_at: Mapped[datetime | None] = mapped_column(default=None)
+    #: After this moment (UTC) the token is refused; None: it does not expire.
+    expires_at: Mapped[datetime | None] = mapped_column(default=None)
+
+    @property
+    def role_enum(self) -> Role:
+        return Role(self.role)
+
+    def token_state(self, now: datetime | None = None) -> str:
+        """``active``, ``revoked`` or ``expired``."""
+        if self.revoked_at is not None:
+            return "revoked"
+        if self.expires_at is not None and self.expires_at <= (now or utcnow()):
+            return "expired"
+        return "active"
+
+
+class KernelSession(Base):
+    __tablename__ = "sessions"
+    id: Mapped[str] = mapped_column(String(36), primary_key=True)
+    user_id: Mapped[int] = mapped_column(ForeignKey("users.id"))
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    closed_at: Mapped[datetime | None] = mapped_column(default=None)
+    kernel_pid: Mapped[int | None] = mapped_column(default=None)
+
+
+class Request(Base):
+    __tablename__ = "requests"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    session_id: Mapped[str] = mapped_column(ForeignKey("sessions.id"))
+    user_id: Mapped[int] = mapped_column(ForeignKey("users.id"))
+    code: Mapped[str] = mapped_column(Text)
+    status: Mapped[str] = mapped_column(String(16), default=RequestStatus.QUEUED.value)
+    message: Mapped[str] = mapped_column(Text, default="")
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    started_at: Mapped[datetime | None] = mapped_column(default=None)
+    finished_at: Mapped[datetime | None] = mapped_column(default=None)
+
+
+class Push(Base):
+    """An object a researcher sent along with a request (cloudpickle bytes, never loaded here)."""
+
+    __tablename__ = "pushes"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    request_id: Mapped[int] = mapped_column(ForeignKey("requests.id"), index=True)
+    name: Mapped[str] = mapped_column(String(128))
+    type_name: Mapped[str] = mapped_column(String(256), default="")
+    size: Mapped[int] = mapped_column(Integer)
+    sha256: Mapped[str] = mapped_column(String(64))
+    data: Mapped[bytes] = mapped_column(LargeBinary)
+
+
+@dataclass(frozen=True)
+class NewPush:
+    """A validated push, before it is stored."""
+
+    name: str
+    type_name: str
+    data: bytes
+
+
+class Output(Base):
+    __tablename__ = "outputs"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    request_id: Mapped[int] = mapped_column(ForeignKey("requests.id"), index=True)
+    seq: Mapped[int] = mapped_column(Integer)
+    msg_type: Mapped[str] = mapped_column(String(32))
+    # "kernel" (emitted by the researcher's kernel) or "query" (made by the datasite).
+    origin: Mapped[str] = mapped_column(String(16), default="kernel")
+    # The exact canonical bytes checked and released (invariant 2), as UTF-8 text.
+    body: Mapped[str] = mapped_column(Text)
+    sha256: Mapped[str] = mapped_column(String(64))
+    size: Mapped[int] = mapped_column(Integer)
+    state: Mapped[str] = mapped_column(String(16), default=OutputState.PENDING.value)
+    verdict: Mapped[str | None] = mapped_column(String(16), default=None)
+    findings: Mapped[list[Any]] = mapped_column(default=list)
+    summary: Mapped[str] = mapped_column(Text, default="awaiting the output filter")
+    decided_by: Mapped[str | None] = mapped_column(String(64), default=None)
+    decided_at: Mapped[datetime | None] = mapped_column(default=None)
+    comment: Mapped[str] = mapped_column(Text, default="")
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+    @property
+    def item(self) -> OutputItem:
+        parsed = json.loads(self.body)
+        return OutputItem(msg_type=parsed["msg_type"], content=parsed["content"])
+
+
+class Review(Base):
+    __tablename__ = "reviews"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    output_id: Mapped[int] = mapped_column(ForeignKey("outputs.id"), index=True)
+    reviewer_id: Mapped[int] = mapped_column(ForeignKey("users.id"))
+    decision: Mapped[str] = mapped_column(String(16))
+    comment: Mapped[str] = mapped_column(Text, default="")
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class AuditEntry(Base):
+    __tablename__ = "audit"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    at: Mapped[datetime] = mapped_column(default=utcnow)
+    actor: Mapped[str] = mapped_column(String(64))
+    action: Mapped[str] = mapped_column(String(32))
+    target: Mapped[str] = mapped_column(String(64), default="")
+    detail: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    prev_hash: Mapped[str] = mapped_column(String(64))
+    hash: Mapped[str] = mapped_column(String(64))
+
+
+def audit_hash(
+    prev_hash: str, at: datetime, actor: str, action: str, target: str, detail: dict[str, Any]
+) -> str:
+    payload = canonical_json(
+        {
+            "prev": prev_hash,
+            "at": at.isoformat(),
+            "actor": actor,
+            "action": action,
+            "target": target,
+            "detail": detail,
+        }
+    )
+    return hashlib.sha256(payload).hexdigest()
+
+
+# --- prebuilt statements for the path every remote cell takes ------------------------
+# Each cell passes through create_request, set_request_status (twice), add_output and
+# apply_filter_decision. Through the ORM's unit of work each of those cost about 2 ms of
+# CPU, most of a datasite's work per cell; statements built once and run on the
+# transaction's connection cost a third of that (benchmarks/roundtrip.py, fanout.py).
+_REQUESTS = Request.__table__
+_OUTPUTS = Output.__table__
+_AUDIT = AuditEntry.__table__
+_LAST_AUDIT_HASH = select(_AUDIT.c.hash).order_by(_AUDIT.c.id.desc()).limit(1)
+_INSERT_AUDIT = _AUDIT.insert()
+_INSERT_REQUEST = _REQUESTS.insert().returning(*_REQUESTS.c)
+_GET_SESSION = select(KernelSession.__table__).where(
+    KernelSession.__table__.c.id == bindparam("row_id")
+)
+_GET_REQUEST = select(_REQUESTS).where(_REQUESTS.c.id == bindparam("row_id"))
+_INSERT_OUTPUT = _OUTPUTS.insert().returning(*_OUTPUTS.c)
+_GET_OUTPUT = select(_OUTPUTS).where(_OUTPUTS.c.id == bindparam("row_id"))
+_COUNT_OUTPUTS = select(func.count(_OUTPUTS.c.id)).where(
+    _OUTPUTS.c.request_id == bindparam("request_id")
+)
+_UPDATES: dict[tuple[str, tuple[str, ...]], Any] = {}
+
+
+def _update_returning(table: Any, columns: tuple[str, ...]) -> Any:
+    """``UPDATE table SET columns WHERE id = :row_id RETURNING *``, built once per shape."""
+    key = (table.name, columns)
+    statement = _UPDATES.get(key)
+    if statement is None:
+        statement = _UPDATES[key] = (
+            table.update()
+            .where(table.c.id == bindparam("row_id"))
+            .values({name: bindparam(name) for name in columns})
+            .returning(*table.c)
+        )
+    return statement
+
+
+def _update(conn: Connection, table: Any, row_id: int | str, **values: Any) -> Row[Any] | None:
+    statement = _update_returning(table, tuple(sorted(values)))
+    return conn.execute(statement, {"row_id": row_id, **values}).first()
+
+
+def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
+    dbapi_connection.isolation_level = None  # let SQLAlchemy's "begin" hook decide
+    cursor = dbapi_connection.cursor()
+    cursor.execute("PRAGMA journal_mode=WAL")
+    cursor.execute("PRAGMA synchronous=FULL")
+    cursor.execute("PRAGMA foreign_keys=ON")
+    cursor.execute("PRAGMA busy_timeout=10000")
+    cursor.close()
+
+
+class Store:
+    """All reads and writes of datasite state go through here."""
+
+    def __init__(self, url: str) -> None:
+        self.engine = create_engine(url)
+        if self.engine.dialect.name == "sqlite":
+            event.listen(self.engine, "connect", _sqlite_pragmas)
+
+            @event.listens_for(self.engine, "begin")
+            def _begin_immediate(conn: Any) -> None:
+                conn.exec_driver_sql("BEGIN IMMEDIATE")
+
+        Base.metadata.create_all(self.engine)
+        self._add_missing_columns()
+        self._sessions = sessionmaker(self.engine, expire_on_commit=False)
+        self._user_names: dict[int, str] = {}
+
+    def _add_missing_columns(self) -> None:
+        """Columns added after a datasite was created (``create_all`` adds only tables)."""
+        added = {"users": {"expires_at": "DATETIME"}}
+        inspector = inspect(self.engine)
+        for table, columns in added.items():
+            present = {c["name"] for c in inspector.get_columns(table)}
+            for name, sql_type in columns.items():
+                if name not in present:
+                    with self.engine.begin() as conn:
+                        conn.execute(text(f"ALTER TABLE {table} ADD COLUMN {name} {sql_type}"))
+
+    def close(self) -> None:
+        self.engine.dispose()
+
+    @contextmanager
+    def transaction(self) -> Iterator[Session]:
+        with self._sessions() as session, session.begin():
+            yield session
+
+    @contextmanager
+    def _write(self) -> Iterator[Connection]:
+        """One write transaction without the ORM, for the per-cell path."""
+        with self.engine.begin() as conn:
+            yield conn
+
+    # --- audit ---------------------------------------------------------------------------
+    def _audit(
+        self, db: Session | Connection, actor: str, action: str, target: str = "", **detail: Any
+    ) -> None:
+        # Runs in every write transaction, so it works on the connection: the previous
+        # hash, then one INSERT. In an ORM transaction it shares the session's connection.
+        conn = db.connection() if isinstance(db, Session) else db
+        prev = conn.execute(_LAST_AUDIT_HASH).scalar() or GENESIS_HASH
+        at = utcnow()
+        conn.execute(
+            _INSERT_AUDIT,
+            {
+                "at": at,
+                "actor": actor,
+                "action": action,
+                "target": target,
+                "detail": detail,
+                "prev_hash": prev,
+                "hash": audit_hash(prev, at, actor, action, target, detail),
+            },
+        )
+
+    def audit(self, actor: str, action: str, target: str = "", **detail: Any) -> None:
+        with self.transaction() as db:
+            self._audit(db, actor, action, target, **detail)
+
+    def audit_entries(self) -> list[AuditEntry]:
+        with self._sessions() as db:
+            return list(db.scalars(select(AuditEntry).order_by(AuditEntry.id)))
+
+    def verify_audit(self) -> list[str]:
+        """Problems found in the hash chain (empty when intact)."""
+        problems = []
+        prev = GENESIS_HASH
+        for entry in self.audit_entries():
+            if entry.prev_hash != prev:
+                problems.append(f"entry {entry.id}: chain broken (an entry before it changed)")
+            expected = audit_hash(
+                entry.prev_hash, entry.at, entry.actor, entry.action, entry.target, entry.detail
+            )
+            if expected != entry.hash:
+                problems.append(f"entry {entry.id}: content does not match its hash")
+            prev = entry.hash
+        return problems
+
+    # --- users ---------------------------------------------------------------------------
+    def create_user(
+        self,
+        name: str,
+        role: Role,
+        actor: str = "admin-cli",
+        expires_in: timedelta | None = None,
+    ) -> tuple[User, str]:
+        """Create a user and return it with its token; only the token's hash is kept."""
+        token = new_token()
+        if expires_in is not None and expires_in <= timedelta(0):
+            raise ValueError("a token's lifetime must be positive")
+        expires_at = utcnow() + expires_in if expires_in is not None else None
+        with self.transaction() as db:
+            if db.scalars(select(User).where(User.name == name)).first():
+                raise Conflict(f"user {name!r} already exists")
+            user = User(
+                name=name, role=role.value, token_hash=hash_token(token), expires_at=expires_at
+            )
+            db.add(user)
+            db.flush()
+            extra = {"expires_at": expires_at.isoformat() + "Z"} if expires_at else {}
+            self._audit(
+                db, actor, "user.create", f"user:{user.id}", name=name, role=role.value, **extra
+            )
+        return user, token
+
+    def user_by_token(self, token: str) -> User | None:
+        """The active user holding ``token``; None for unknown, revoked or expired tokens."""
+        with self._sessions() as db:
+            user = db.scalars(select(User).where(User.token_hash == hash_token(token))).first()
+            if user is None or user.token_state() != "active":
+                return None
+            return user
+
+    def revoke_user(self, name: str, actor: str = "admin-cli") -> User:
+        """Refuse ``name``'s token from now on (the user and their history stay)."""
+        with self.transaction() as db:
+            user = db.scalars(select(User).where(User.name == name)).first()
+            if user is None:
+                raise NotFound(f"no user {name!r}")
+            if user.revoked_at is not None:
+                raise Conflict(f"user {name!r} was already revoked at {user.revoked_at}Z")
+            user.revoked_at = utcnow()
+            self._audit(db, actor, "user.revoke", f"user:{user.id}", name=name)
+        return user
+
+    def users(self) -> list[User]:
+        with self._sessions() as db:
+            return list(db.scalars(select(User).order_by(User.id)))
+
+    # --- sessions ------------------------------------------------------------------------
+    def create_session(self, session_id: str, user: User) -> KernelSession:
+        with self.transaction() as db:
+            row = KernelSession(id=session_id, user_id=user.id)
+            db.add(row)
+            self._audit(db, user.name, "session.create", f"session:{session_id}")
+        return row
+
+    def get_session(self, session_id: str) -> KernelSession:
+        with self.engine.connect() as conn:
+            row = conn.execute(_GET_SESSION, {"row_id": session_id}).first()
+        if row is None:
+            raise NotFound(f"no session {session_id!r}")
+        return KernelSession(**row._mapping)
+
+    def sessions_of(self, user_id: int) -> list[KernelSession]:
+        with self._sessions() as db:
+            query = select(KernelSession).where(KernelSession.user_id == user_id)
+            return list(db.scalars(query.order_by(KernelSession.created_at)))
+
+    def close_session(self, session_id: str, actor: str) -> None:
+        with self.transaction() as db:
+            row = db.get(KernelSession, session_id)
+            if row is None:
+                raise NotFound(f"no session {session_id!r}")
+            row.closed_at = row.closed_at or utcnow()
+            self._audit(db, actor, "session.close", f"session:{session_id}")
+
+    def set_kernel_pid(self, session_id: str, pid: int | None) -> None:
+        with self.transaction() as db:
+            row = db.get(KernelSession, session_id)
+            if row is not None:
+                row.kernel_pid = pid
+
+    def open_sessions_with_kernels(self) -> list[KernelSession]:
+        with self._sessions() as db:
+            query = select(KernelSession).where(KernelSession.kernel_pid.is_not(None))
+            return list(db.scalars(query))
+
+    # --- requests ------------------------------------------------------------------------
+    def create_request(
+        self, session_id: str, user: User, code: str, pushes: tuple[NewPush, ...] = ()
+    ) -> Request:
+        """Store a request and its pushed objects together (one transaction, one audit entry)."""
+        with self._write() as conn:
+            row = conn.execute(
+                _INSERT_REQUEST, {"session_id": session_id, "user_id": user.id, "code": code}
+            ).one()
+            request = Request(**row._mapping)
+            pushed = []
+            for push in pushes:
+                digest = hashlib.sha256(push.data).hexdigest()
+                conn.execute(
+                    Push.__table__.insert(),
+                    {
+                        "request_id": request.id,
+                        "name": push.name,
+                        "type_name": push.type_name,
+                        "size": len(push.data),
+                        "sha256": digest,
+                        "data": push.data,
+                    },
+                )
+                pushed.append({"name": push.name, "sha256": digest, "size": len(push.data)})
+            self._audit(
+                conn,
+                user.name,
+                "request.submit",
+                f"request:{request.id}",
+                session=session_id,
+                code_sha256=hashlib.sha256(code.encode()).hexdigest(),
+                **({"pushes": pushed} if pushed else {}),
+            )
+        return request
+
+    def pushes_of(self, request_id: int) -> list[Push]:
+        with self._sessions() as db:
+            query = select(Push).where(Push.request_id == request_id).order_by(Push.id)
+            return list(db.scalars(query))
+
+    def set_request_status(
+        self, request_id: int, status: RequestStatus, message: str = ""
+    ) -> Request:
+        changes: dict[str, Any] = {"status": status.value}
+        if message:
+            changes["message"] = message
+        if status is RequestStatus.RUNNING:
+            changes["started_at"] = utcnow()
+        elif status.finished:
+            changes["finished_at"] = utcnow()
+        with self._write() as conn:
+            row = _update(conn, _REQUESTS, request_id, **changes)
+            if row is None:
+                raise NotFound(f"no request {request_id}")
+            self._audit(
+                conn, "datasite", "request.status", f"request:{request_id}", status=status.value
+            )
+        return Request(**row._mapping)
+
+    def get_request(self, request_id: int) -> Request:
+        with self.engine.connect() as conn:
+            row = conn.execute(_GET_REQUEST, {"row_id": request_id}).first()
+        if row is None:
+            raise NotFound(f"no request {request_id}")
+        return Request(**row._mapping)
+
+    def list_requests(
+        self, user_id: int | None = None, status: str | None = None, limit: int = 500
+    ) -> list[Request]:
+        query = select(Request).order_by(Request.id.desc()).limit(limit)
+        if user_id is not None:
+            query = query.where(Request.user_id == user_id)
+        if status is not None:
+            query = query.where(Request.status == status)
+        with self._sessions() as db:
+            return list(db.scalars(query))
+
+    def interrupt_unfinished_requests(self, message: str) -> list[int]:
+        """At start-up: requests that were queued or running when the server died."""
+        unfinished = [RequestStatus.QUEUED.value, RequestStatus.RUNNING.value]
+        with self.transaction() as db:
+            rows = list(db.scalars(select(Request).where(Request.status.in_(unfinished))))
+            for row in rows:
+                row.status = RequestStatus.INTERRUPTED.value
+                row.message = message
+                row.finished_at = utcnow()
+                self._audit(
+                    db,
+                    "datasite",
+                    "request.status",
+                    f"request:{row.id}",
+                    status=row.status,
+                    reason="server restart",
+                )
+            return [row.id for row in rows]
+
+    # --- outputs -------------------------------------------------------------------------
+    def add_output(self, request_id: int, item: OutputItem, origin: str = "kernel") -> Output:
+        """Record an output before anything else happens to it (pending, unchecked)."""
+        body = item.canonical_bytes()
+        with self._write() as conn:
+            seq = conn.execute(_COUNT_OUTPUTS, {"request_id": request_id}).scalar()
+            row = conn.execute(
+                _INSERT_OUTPUT,
+                {
+                    "request_id": request_id,
+                    "seq": int(seq or 0),
+                    "msg_type": item.msg_type,
+                    "origin": origin,
+                    "body": body.decode(),
+                    "sha256": hashlib.sha256(body).hexdigest(),
+                    "size": len(body),
+                },
+            ).one()
+            output = Output(**row._mapping)
+            self._audit(
+                conn,
+                "kernel",
+                "output.record",
+                f"output:{output.id}",
+                request=request_id,
+                sha256=output.sha256,
+                size=output.size,
+            )
+        return output
+
+    def apply_filter_decision(
+        self, output_id: int, decision: FilterDecision, filter_name: str
+    ) -> Output:
+        verdict = {
+            "verdict": decision.verdict.value,
+            "findings": [f.to_json() for f in decision.findings],
+            "summary": decision.summary(),
+        }
+        by = f"policy:{filter_name}"
+        with self._write() as conn:
+            if decision.verdict is Verdict.RELEASE:
+                return self._decide(conn, output_id, OutputState.RELEASED, by, **verdict)
+            if decision.verdict is Verdict.BLOCK:
+                return self._decide(conn, output_id, OutputState.BLOCKED, by, **verdict)
+            row = _update(conn, _OUTPUTS, output_id, **verdict)
+            if row is None:
+                raise NotFound(f"no output {output_id}")
+            self._audit(
+                conn, by, "output.hold", f"output:{output_id}", findings=len(decision.findings)
+            )
+        return Output(**row._mapping)
+
+    def _get_output(self, conn: Connection, output_id: int) -> Output:
+        row = conn.execute(_GET_OUTPUT, {"row_id": output_id}).first()
+        if row is None:
+            raise NotFound(f"no output {output_id}")
+        return Output(**row._mapping)
+
+    def _decide(
+        self,
+        conn: Connection,
+        output_id: int,
+        state: OutputState,
+        by: str,
+        comment: str = "",
+        **also: Any,
+    ) -> Output:
+        """Give an output its final state (with ``also``: other columns) and audit it."""
+        row = _update(
+            conn,
+            _OUTPUTS,
+            output_id,
+            state=state.value,
+            decided_by=by,
+            decided_at=utcnow(),
+            comment=comment,
+            **also,
+        )
+        if row is None:
+            raise NotFound(f"no output {output_id}")
+        output = Output(**row._mapping)
+        detail: dict[str, Any] = {"request": output.request_id}
+        if state is OutputState.RELEASED:
+            detail["released_sha256"] = output.sha256
+            detail["size"] = output.size
+        if comment:
+            detail["comment"] = comment
+        self._audit(conn, by, f"output.{state.value}", f"output:{output.id}", **detail)
+        return output
+
+    def review_output(
+        self,
+        output_id: int,
+        reviewer: User,
+        approve: bool,
+        comment: str = "",
+        required_reviews: int = 1,
+    ) -> Output:
+        """Record one reviewer's vote and decide when the votes allow it.
+
+        With ``required_reviews`` 1 the vote decides. With more (the two-person
+        rule) each vote is recorded and audited (``output.vote``); the output is
+        released when that many reviewers approved, denied when they all denied,
+        and "conflicted" as soon as the votes disagree. Nobody reviews an output
+        of their own request, nor votes twice on one output.
+        """
+        with self._write() as conn:
+            output = self._get_output(conn, output_id)
+            if output.state != OutputState.PENDING.value:
+                raise Conflict(
+                    f"output {output_id} is already {output.state}"
+                    + (f" by {output.decided_by}" if output.decided_by else "")
+                )
+            if output.verdict is None:
+                raise Conflict(f"output {output_id} has not been checked by the filter yet")
+            author = conn.execute(
+                select(Request.user_id).where(Request.id == output.request_id)
+            ).scalar()
+            if author == reviewer.id:
+                raise PermissionDenied("nobody may review an output of their own request")
+            earlier = conn.execute(
+                select(Review.reviewer_id, User.name, Review.decision, Review.comment)
+                .join(User, User.id == Review.reviewer_id)
+                .where(Review.output_id == output_id)
+                .order_by(Review.id)
+            ).all()
+            if any(vote.reviewer_id == reviewer.id for vote in earlier):
+                raise Conflict(
+                    f"{reviewer.name} already reviewed output {output_id}; "
+                    "another reviewer must decide"
+                )
+            decision = "approve" if approve else "deny"
+            conn.execute(
+                Review.__table__.insert(),
+                {
+                    "output_id": output_id,
+                    "reviewer_id": reviewer.id,
+                    "decision": decision,
+                    "comment": comment,
+                },
+            )
+            if required_reviews <= 1:
+                state = OutputState.RELEASED if approve else OutputState.DENIED
+                return self._decide(conn, output_id, state, reviewer.name, comment)
+            votes = [(vote.name, vote.decision, vote.comment) for vote in earlier]
+            votes.append((reviewer.name, decision, comment))
+            self._audit(
+                conn,
+                reviewer.name,
+                "output.vote",
+                f"output:{output.id}",
+                request=output.request_id,
+                decision=decision,
+                votes=len(votes),
+                required=required_reviews,
+                **({"comment": comment} if comment else {}),
+            )
+            decisions = {d for _, d, _ in votes}
+            by = ", ".join(name for name, _, _ in votes)
+            comments = "; ".join(f"{name}: {text}" for name, _, text in votes if text)
+            if len(decisions) > 1:
+                output = self._decide(conn, output_id, OutputState.CONFLICTED, by, comments)
+            elif len(votes) >= required_reviews:
+                state = OutputState.RELEASED if approve else OutputState.DENIED
+                output = self._decide(conn, output_id, state, by, comments)
+        return output
+
+    def votes_of(self, output_ids: list[int]) -> dict[int, list[tuple[str, str, str]]]:
+        """Each output's recorded votes as (reviewer name, "approve"/"deny", comment).
+
+        One query for a whole review queue, oldest vote first; outputs without
+        votes are absent from the result.
+        """
+        votes: dict[int, list[tuple[str, str, str]]] = {}
+        with self.engine.connect() as conn:
+            # In slices: SQLite caps the parameters of one statement (a long history page).
+            for start in range(0, len(output_ids), 500):
+                query = (
+                    select(Review.output_id, User.name, Review.decision, Review.comment)
+                    .join(User, User.id == Review.reviewer_id)
+                    .where(Review.output_id.in_(output_ids[start : start + 500]))
+                    .order_by(Review.id)
+                )
+                for output_id, name, decision, comment in conn.execute(query):
+                    votes.setdefault(output_id, []).append((name, decision, comment))
+        return votes
+
+    def get_output(self, output_id: int) -> Output:
+        with self.engine.connect() as conn:
+            return self._get_output(conn, output_id)
+
+    def outputs_of(self, request_id: int) -> list[Output]:
+        with self._sessions() as db:
+            query = select(Output).where(Output.request_id == request_id).order_by(Output.seq)
+            return list(db.scalars(query))
+
+    def pending_outputs(self) -> list[Output]:
+        with self._sessions() as db:
+            query = (
+                select(Output)
+                .where(Output.state == OutputState.PENDING.value)
+                .where(Output.verdict.is_not(None))
+                .order_by(Output.id)
+            )
+            return list(db.scalars(query))
+
+    def unchecked_outputs(self) -> list[Output]:
+        """Outputs recorded but not yet filtered (the server died in between)."""
+        with self._sessions() as db:
+            query = select(Output).where(Output.verdict.is_(None)).order_by(Output.id)
+            return list(db.scalars(query))
+
+    def user_name(self, user_id: int) -> str:
+        """Names never change once created, so they are cached (a hot path)."""
+        name = self._user_names.get(user_id)
+        if name is None:
+            with self._sessions() as db:
+                user = db.get(User, user_id)
+            if user is None:
+                return f"user-{user_id}"
+            name = self._user_names[user_id] = user.name
+        return name
+
+    def counts(self) -> dict[str, int]:
+        """Row counts per table, used by tests to prove that bad input changed nothing."""
+        with self._sessions() as db:
+            return {
+                model.__tablename__: int(db.scalar(select(func.count()).select_from(model)) or 0)
+                for model in (User, KernelSession, Request, Output, Review, AuditEntry)
+            }

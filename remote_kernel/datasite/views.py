@@ -1,0 +1,115 @@
+"""JSON views of store rows, per role: the single place that decides what a caller sees.
+
+Every API route and websocket event builds its payload here, so invariant 1
+("no researcher-facing endpoint returns unreleased content") is enforced in
+one function, :func:`output_view`, and tested against every route.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+from remote_kernel.datasite.store import KernelSession, Output, Push, Request
+from remote_kernel.protocol.models import OutputState, Role
+
+
+def _time(value: datetime | None) -> str | None:
+    return value.isoformat() + "Z" if value else None
+
+
+@dataclass(frozen=True)
+class Votes:
+    """How the reviews of some outputs stand: the votes each has, and how many it needs.
+
+    ``by_output`` is :meth:`Store.votes_of` of a whole list (one query per queue or
+    page); an output absent from it has no votes yet.
+    """
+
+    required: int
+    by_output: Mapping[int, Sequence[tuple[str, str, str]]] = field(default_factory=dict)
+
+    def voted(self, output_id: int, reviewer: str) -> bool:
+        return any(name == reviewer for name, _, _ in self.by_output.get(output_id, ()))
+
+    def view(self, output_id: int) -> dict[str, Any]:
+        votes = [
+            {"reviewer": name, "decision": decision, **({"comment": comment} if comment else {})}
+            for name, decision, comment in self.by_output.get(output_id, ())
+        ]
+        return {"required_reviews": self.required, "votes": votes}
+
+
+def output_view(output: Output, role: Role, votes: Votes | None = None) -> dict[str, Any]:
+    """An output as ``role`` may see it. Researchers get content only once released.
+
+    Reviewers and admins also get ``required_reviews`` and ``votes`` when ``votes``
+    is given; researchers never do (a first vote of two changes nothing they see).
+    """
+    view: dict[str, Any] = {
+        "id": output.id,
+        "request_id": output.request_id,
+        "seq": output.seq,
+        "msg_type": output.msg_type,
+        "state": output.state,
+        "summary": output.summary,
+        "decided_by": output.decided_by,
+        "decided_at": _time(output.decided_at),
+        "created_at": _time(output.created_at),
+    }
+    if output.state in (OutputState.DENIED.value, OutputState.CONFLICTED.value):
+        view["comment"] = output.comment
+    released = output.state == OutputState.RELEASED.value
+    if released or role is not Role.RESEARCHER:
+        view["content"] = json.loads(output.body)["content"]
+        view["sha256"] = output.sha256
+        view["size"] = output.size
+    if role is not Role.RESEARCHER:
+        view["verdict"] = output.verdict
+        view["findings"] = output.findings
+        view["comment"] = output.comment
+        if votes is not None:
+            view.update(votes.view(output.id))
+    return view
+
+
+def request_view(
+    request: Request,
+    role: Role,
+    user_name: str,
+    outputs: list[Output] | None = None,
+    pushes: list[Push] | None = None,
+    votes: Votes | None = None,
+) -> dict[str, Any]:
+    view: dict[str, Any] = {
+        "id": request.id,
+        "session_id": request.session_id,
+        "user": user_name,
+        "code": request.code,
+        "status": request.status,
+        "message": request.message,
+        "created_at": _time(request.created_at),
+        "started_at": _time(request.started_at),
+        "finished_at": _time(request.finished_at),
+    }
+    if outputs is not None:
+        view["outputs"] = [output_view(o, role, votes) for o in outputs]
+    if pushes is not None:
+        # What was sent, never the bytes: reviewers see names, types, sizes and hashes.
+        view["pushes"] = [
+            {"name": p.name, "type": p.type_name, "size": p.size, "sha256": p.sha256}
+            for p in pushes
+        ]
+    return view
+
+
+def session_view(session: KernelSession, kernel_state: str) -> dict[str, Any]:
+    return {
+        "id": session.id,
+        "created_at": _time(session.created_at),
+        "closed_at": _time(session.closed_at),
+        "kernel": kernel_state,
+    }

@@ -1,0 +1,88 @@
+"""``rk.query(sql)`` and ``rk.crosstab(...)``: aggregates the datasite computes itself.
+
+At the datasite, the kernel only *asks*: the datasite runs the query on the
+private data (DuckDB, read-only, no external access), computes each cell's
+evidence, and releases the table automatically when every cell passes its
+policy. The released table appears as an output of the cell; the call also
+returns the true result to the kernel for further work (what the kernel then
+prints is an ordinary output, checked like any other).
+
+In the researcher's own kernel the same calls run on the mock data, with the
+same validation, so a query that would be rejected fails here first.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from typing import Any
+
+import httpx
+import pandas as pd
+
+from remote_kernel.checks.sqltier import crosstab_sql, run_query
+from remote_kernel.protocol.errors import QueryRejected, RemoteKernelError
+from remote_kernel.protocol.kernel_env import API_SOCKET_ENV, API_TOKEN_ENV
+from remote_kernel.researcher.client import sites
+from remote_kernel.researcher.data import at_datasite
+
+
+class DatasiteTable(pd.DataFrame):
+    """A query result inside a datasite kernel.
+
+    The datasite already shows the checked table as an output of the cell, so
+    this frame displays nothing itself (no second, unchecked copy to review).
+    Anything derived from it is a plain DataFrame and displays normally.
+    """
+
+    @property
+    def _constructor(self) -> type[pd.DataFrame]:
+        return pd.DataFrame
+
+    def _ipython_display_(self) -> None:
+        return None
+
+
+def query(sql: str, site: str | None = None) -> pd.DataFrame:
+    """Run an aggregate SQL query: on the mock here, by the datasite there."""
+    if at_datasite():
+        return _ask_datasite(sql)
+    return run_query(sql, _mock_tables(site), None).result
+
+
+def crosstab(
+    dataset: str,
+    index: str | Sequence[str],
+    columns: str | Sequence[str] | None = None,
+    values: str | None = None,
+    aggfunc: str = "count",
+    site: str | None = None,
+) -> pd.DataFrame:
+    """A cross-tabulation computed as an aggregate query (released as a long table)."""
+    sql = crosstab_sql(dataset, index, columns=columns, values=values, aggfunc=aggfunc)
+    return query(sql, site=site)
+
+
+def _ask_datasite(sql: str) -> pd.DataFrame:
+    transport = httpx.HTTPTransport(uds=os.environ[API_SOCKET_ENV])
+    with httpx.Client(transport=transport, base_url="http://datasite", timeout=600) as http:
+        response = http.post(
+            "/kernel/query",
+            json={"sql": sql},
+            headers={"Authorization": f"Bearer {os.environ[API_TOKEN_ENV]}"},
+        )
+    body: dict[str, Any] = response.json()
+    if response.status_code != 200:
+        raise QueryRejected(body.get("error", {}).get("message", f"HTTP {response.status_code}"))
+    split = body["result"]
+    return DatasiteTable(split["data"], columns=split["columns"])
+
+
+def _mock_tables(site: str | None) -> dict[str, pd.DataFrame]:
+    connected = sites()
+    if not connected:
+        raise RemoteKernelError("no datasite connected: run rk.connect(url, token=..., name=...)")
+    if site is not None and site not in connected:
+        raise RemoteKernelError(f"not connected to {site!r} (connected: {', '.join(connected)})")
+    chosen = connected[site] if site else next(iter(connected.values()))
+    return {d["name"]: chosen.mock(d["name"]) for d in chosen.datasets()}

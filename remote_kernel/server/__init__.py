@@ -1,1 +1,0 @@
-"""The datasite's HTTP and websocket server (tornado)."""
