@@ -107,7 +107,7 @@ def add_dataset(
     """Import a private file (and a hand-made mock, or generate one) into the datasite.
 
     A generated mock is made at ``fidelity`` (default ``marginal``) with a
-    report beside it (``mocks.py``, ``mock_report.py``). Identifier columns are
+    report beside it (:mod:`remote_kernel.mocks`). Identifier columns are
     those given here plus those declared for the dataset in ``policy.yaml``.
     Nothing is left in the datasets folder when any step fails.
     """
@@ -123,14 +123,7 @@ def add_dataset(
     if mock_path is not None:
         if fidelity is not None:
             raise DatasetError("--fidelity applies to generated mocks, not to --mock FILE")
-        mock = read_table(mock_path, columns=columns, na_values=na_values, sep=sep)
-        check_table(mock, mock_path)
-        if list(mock.columns) != list(private.columns):
-            raise DatasetError(
-                f"the mock's columns {list(mock.columns)} differ from the private "
-                f"columns {list(private.columns)}"
-            )
-        mock = mock.astype(private.dtypes.to_dict(), errors="ignore")
+        mock = _given_mock(private, mock_path, columns=columns, na_values=na_values, sep=sep)
         level = "given"
     else:
         level = fidelity or DEFAULT_FIDELITY
@@ -161,6 +154,25 @@ def add_dataset(
     config.datasets[name] = entry
     config.save()
     return entry
+
+
+def _given_mock(
+    private: pd.DataFrame,
+    mock_path: str | Path,
+    *,
+    columns: list[str] | None,
+    na_values: list[str] | None,
+    sep: str,
+) -> pd.DataFrame:
+    """A hand-made mock, read like the private file and held to its columns and dtypes."""
+    mock = read_table(mock_path, columns=columns, na_values=na_values, sep=sep)
+    check_table(mock, mock_path)
+    if list(mock.columns) != list(private.columns):
+        raise DatasetError(
+            f"the mock's columns {list(mock.columns)} differ from the private "
+            f"columns {list(private.columns)}"
+        )
+    return mock.astype(private.dtypes.to_dict(), errors="ignore")
 
 
 def remock_dataset(

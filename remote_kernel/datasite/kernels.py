@@ -383,54 +383,83 @@ class LocalKernelProvider:
     async def start(self, session_id: str, cwd: Path, env: dict[str, str]) -> LocalKernel:
         self.runtime_dir.mkdir(parents=True, exist_ok=True)
         os.chmod(self.runtime_dir, 0o700)
-        status = self.status
         # Short: Unix socket paths (the ipc channels) must stay under 108 bytes.
         tag = uuid.uuid4().hex[:12]
         kernel_env = {k: v for k, v in os.environ.items() if k in INHERITED_ENV}
         kernel_env.update(env)
-        uid: int | None = None
         launcher = [sys.executable, "-I", SANDBOX_SCRIPT]
         launcher += ["--memory-mb", str(self.settings.memory_limit_mb)]
         launcher += ["--cpu-seconds", str(self.settings.cpu_time_seconds)]
-        release: Callable[[], None] | None = None
-        if status.separate_user:
-            uid = self._allocate_uid(tag)
-            workdir = self.sandbox_root() / tag
-            workdir.mkdir(mode=0o700)
-            os.chown(workdir, uid, uid)
-            connection_file = workdir / "kernel.json"
-            for name, path in sorted(self.datasets.items()):
-                launcher += ["--dataset", f"{name}={path}"]
-            launcher += ["--uid", str(uid), "--gid", str(uid), "--give", str(connection_file)]
-            staging = self.sandbox_root() / f"stage-{tag}"
-            staging.mkdir(mode=0o700)
-            launcher += ["--staging", str(staging)]
-            for path in python_paths():
-                launcher += ["--expose", path]
-            launcher += ["--private-tmp", str(self.settings.private_tmp_mb)]
-            # The Python itself may live under /tmp (a virtualenv, an editable checkout):
-            # it is bound back into the kernel's private /tmp like its working directory.
-            for path in (workdir, *self.keep_paths, *python_paths()):
-                launcher += ["--keep", str(path)]
-            kernel_env.update(
-                HOME=str(workdir), TMPDIR=str(workdir), IPYTHONDIR=str(workdir / ".ipython")
-            )
-
-            def release() -> None:
-                self._release_uid(tag)
-                shutil.rmtree(workdir, ignore_errors=True)
-                shutil.rmtree(staging, ignore_errors=True)
-
+        if self.status.separate_user:
+            place = self._own_user_place(tag, launcher, kernel_env)
         else:
-            workdir = cwd
             connection_file = self.runtime_dir / f"kernel-{session_id}-{tag}.json"
-        manager = AsyncKernelManager(connection_file=str(connection_file))
+            place = _KernelPlace(cwd, connection_file)
+        manager = self._manager(place, tag, launcher)
+        try:
+            await manager.start_kernel(cwd=str(place.workdir), env=kernel_env)
+        except Exception:
+            if place.release:
+                place.release()
+            raise
+        kernel = LocalKernel(
+            manager,
+            self.startup_timeout,
+            place.workdir,
+            place.uid,
+            self.settings,
+            on_shutdown=place.release,
+        )
+        try:
+            await kernel._connect()
+        except Exception:
+            await kernel.shutdown()
+            raise
+        return kernel
+
+    def _own_user_place(self, tag: str, launcher: list[str], env: dict[str, str]) -> _KernelPlace:
+        """A uid, a 0700 working directory and launcher flags for a kernel of its own user.
+
+        Adds to ``launcher`` (datasets handed over as open files, the uid to drop to,
+        the paths the kernel must still see) and to ``env`` (home and temp in its own
+        directory). The place's ``release`` gives the uid back and removes the directories.
+        """
+        uid = self._allocate_uid(tag)
+        workdir = self.sandbox_root() / tag
+        workdir.mkdir(mode=0o700)
+        os.chown(workdir, uid, uid)
+        connection_file = workdir / "kernel.json"
+        for name, path in sorted(self.datasets.items()):
+            launcher += ["--dataset", f"{name}={path}"]
+        launcher += ["--uid", str(uid), "--gid", str(uid), "--give", str(connection_file)]
+        staging = self.sandbox_root() / f"stage-{tag}"
+        staging.mkdir(mode=0o700)
+        launcher += ["--staging", str(staging)]
+        for path in python_paths():
+            launcher += ["--expose", path]
+        launcher += ["--private-tmp", str(self.settings.private_tmp_mb)]
+        # The Python itself may live under /tmp (a virtualenv, an editable checkout):
+        # it is bound back into the kernel's private /tmp like its working directory.
+        for path in (workdir, *self.keep_paths, *python_paths()):
+            launcher += ["--keep", str(path)]
+        env.update(HOME=str(workdir), TMPDIR=str(workdir), IPYTHONDIR=str(workdir / ".ipython"))
+
+        def release() -> None:
+            self._release_uid(tag)
+            shutil.rmtree(workdir, ignore_errors=True)
+            shutil.rmtree(staging, ignore_errors=True)
+
+        return _KernelPlace(workdir, connection_file, uid, release)
+
+    def _manager(self, place: _KernelPlace, tag: str, launcher: list[str]) -> AsyncKernelManager:
+        """A kernel manager pinned to this Python, started through the sandbox launcher."""
+        manager = AsyncKernelManager(connection_file=str(place.connection_file))
         prefix: list[str] = []
-        if status.network_isolated:
+        if self.status.network_isolated:
             # No network in the kernel: its channels are Unix sockets (ipc), not TCP.
             manager.transport = "ipc"
             # (in a short path: Unix socket paths must stay under 108 bytes)
-            base = workdir if uid is not None else self.sandbox_root()
+            base = place.workdir if place.uid is not None else self.sandbox_root()
             manager.ip = str(base / f"ipc-{tag}")
             prefix = sandbox.unshare_prefix(os.geteuid() == 0)
         # Pin the kernel to this Python rather than whatever "python3" spec is installed.
@@ -448,21 +477,17 @@ class LocalKernelProvider:
             display_name="remote_kernel datasite kernel",
             language="python",
         )
-        try:
-            await manager.start_kernel(cwd=str(workdir), env=kernel_env)
-        except Exception:
-            if release:
-                release()
-            raise
-        kernel = LocalKernel(
-            manager, self.startup_timeout, workdir, uid, self.settings, on_shutdown=release
-        )
-        try:
-            await kernel._connect()
-        except Exception:
-            await kernel.shutdown()
-            raise
-        return kernel
+        return manager
+
+
+@dataclass
+class _KernelPlace:
+    """Where one kernel runs: its working directory, connection file, uid, and clean-up."""
+
+    workdir: Path
+    connection_file: Path
+    uid: int | None = None
+    release: Callable[[], None] | None = None
 
 
 def python_paths() -> list[str]:

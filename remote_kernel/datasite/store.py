@@ -637,30 +637,7 @@ class Store:
         of their own request, nor votes twice on one output.
         """
         with self._write() as conn:
-            output = self._get_output(conn, output_id)
-            if output.state != OutputState.PENDING.value:
-                raise Conflict(
-                    f"output {output_id} is already {output.state}"
-                    + (f" by {output.decided_by}" if output.decided_by else "")
-                )
-            if output.verdict is None:
-                raise Conflict(f"output {output_id} has not been checked by the filter yet")
-            author = conn.execute(
-                select(Request.user_id).where(Request.id == output.request_id)
-            ).scalar()
-            if author == reviewer.id:
-                raise PermissionDenied("nobody may review an output of their own request")
-            earlier = conn.execute(
-                select(Review.reviewer_id, User.name, Review.decision, Review.comment)
-                .join(User, User.id == Review.reviewer_id)
-                .where(Review.output_id == output_id)
-                .order_by(Review.id)
-            ).all()
-            if any(vote.reviewer_id == reviewer.id for vote in earlier):
-                raise Conflict(
-                    f"{reviewer.name} already reviewed output {output_id}; "
-                    "another reviewer must decide"
-                )
+            output, earlier = self._checked_vote(conn, output_id, reviewer)
             decision = "approve" if approve else "deny"
             conn.execute(
                 Review.__table__.insert(),
@@ -674,8 +651,7 @@ class Store:
             if required_reviews <= 1:
                 state = OutputState.RELEASED if approve else OutputState.DENIED
                 return self._decide(conn, output_id, state, reviewer.name, comment)
-            votes = [(vote.name, vote.decision, vote.comment) for vote in earlier]
-            votes.append((reviewer.name, decision, comment))
+            votes = [*earlier, (reviewer.name, decision, comment)]
             self._audit(
                 conn,
                 reviewer.name,
@@ -687,14 +663,54 @@ class Store:
                 required=required_reviews,
                 **({"comment": comment} if comment else {}),
             )
-            decisions = {d for _, d, _ in votes}
-            by = ", ".join(name for name, _, _ in votes)
-            comments = "; ".join(f"{name}: {text}" for name, _, text in votes if text)
-            if len(decisions) > 1:
-                output = self._decide(conn, output_id, OutputState.CONFLICTED, by, comments)
-            elif len(votes) >= required_reviews:
-                state = OutputState.RELEASED if approve else OutputState.DENIED
-                output = self._decide(conn, output_id, state, by, comments)
+            return self._decide_by_votes(conn, output, votes, required_reviews)
+
+    def _checked_vote(
+        self, conn: Connection, output_id: int, reviewer: User
+    ) -> tuple[Output, list[tuple[str, str, str]]]:
+        """The output a vote is about and its earlier votes, if this reviewer may vote now.
+
+        Conflict when it is decided or not yet checked, or the reviewer voted already;
+        PermissionDenied for a vote on one's own request.
+        """
+        output = self._get_output(conn, output_id)
+        if output.state != OutputState.PENDING.value:
+            raise Conflict(
+                f"output {output_id} is already {output.state}"
+                + (f" by {output.decided_by}" if output.decided_by else "")
+            )
+        if output.verdict is None:
+            raise Conflict(f"output {output_id} has not been checked by the filter yet")
+        author = conn.execute(
+            select(Request.user_id).where(Request.id == output.request_id)
+        ).scalar()
+        if author == reviewer.id:
+            raise PermissionDenied("nobody may review an output of their own request")
+        earlier = conn.execute(
+            select(Review.reviewer_id, User.name, Review.decision, Review.comment)
+            .join(User, User.id == Review.reviewer_id)
+            .where(Review.output_id == output_id)
+            .order_by(Review.id)
+        ).all()
+        if any(vote.reviewer_id == reviewer.id for vote in earlier):
+            raise Conflict(
+                f"{reviewer.name} already reviewed output {output_id}; another reviewer must decide"
+            )
+        return output, [(vote.name, vote.decision, vote.comment) for vote in earlier]
+
+    def _decide_by_votes(
+        self, conn: Connection, output: Output, votes: list[tuple[str, str, str]], required: int
+    ) -> Output:
+        """Two-person rule: conflicted as soon as votes differ, decided when enough agree."""
+        decisions = {d for _, d, _ in votes}
+        by = ", ".join(name for name, _, _ in votes)
+        comments = "; ".join(f"{name}: {text}" for name, _, text in votes if text)
+        if len(decisions) > 1:
+            return self._decide(conn, output.id, OutputState.CONFLICTED, by, comments)
+        if len(votes) >= required:
+            approved = decisions == {"approve"}
+            state = OutputState.RELEASED if approved else OutputState.DENIED
+            return self._decide(conn, output.id, state, by, comments)
         return output
 
     def votes_of(self, output_ids: list[int]) -> dict[int, list[tuple[str, str, str]]]:
