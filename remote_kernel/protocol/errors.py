@@ -20,6 +20,15 @@ from typing import Any
 class RemoteKernelError(Exception):
     """Base of every error remote_kernel raises; the message says what to do."""
 
+    def _render_traceback_(self) -> list[str]:
+        """How IPython shows it in a notebook: one line, name and message, no internals.
+
+        The message already says what happened and what to do; forty lines of the
+        client's and the magic's frames above it only bury that. Errors that are not
+        ours (a KeyError in the researcher's code, a bug) keep their full traceback.
+        """
+        return [f"\x1b[0;31m{type(self).__name__}\x1b[0m: {self}"]
+
 
 # --- categories (each has a status in HTTP_STATUS) -----------------------------------------------
 class InputError(RemoteKernelError, ValueError):
