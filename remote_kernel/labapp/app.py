@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 import os
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import httpx
 from jupyter_server.extension.application import ExtensionApp
 from traitlets import Float, Int, Unicode
 
 from remote_kernel.labapp.handlers import route_table
+from remote_kernel.researcher.api import async_client
 from remote_kernel.researcher.connections import CONNECTIONS_ENV
+
+if TYPE_CHECKING:
+    import httpx
 
 
 class RemoteKernelApp(ExtensionApp):
@@ -58,7 +61,7 @@ class RemoteKernelApp(ExtensionApp):
     def http(self) -> httpx.AsyncClient:
         """One pooled async client (created on first use, inside the server's loop)."""
         if self._http is None or self._http.is_closed:
-            self._http = httpx.AsyncClient(timeout=self.request_timeout)
+            self._http = async_client(self.request_timeout)
         return self._http
 
     async def stop_extension(self) -> None:

@@ -2,10 +2,14 @@
 
 Every handler is ``@tornado.web.authenticated`` (the Jupyter server's own
 token or login), reads the saved connections, calls one or more datasites with
-the saved token (async httpx, so the server's event loop never blocks) and
-returns JSON without the token. Failures are typed (:class:`LabApiError`)
-and written as ``{"error": {"status", "message"}}`` with a 4xx status (502
-when a datasite cannot be reached), so the panels can show the message.
+the saved token and returns JSON without the token. Every call to a datasite
+goes through the researcher's :class:`~remote_kernel.researcher.api.DatasiteApi`
+(its async variant, so the server's event loop never blocks), the one client of
+the datasite API. Failures are the typed errors of
+:mod:`remote_kernel.protocol.errors`, written by one :meth:`write_error` as
+``{"error": {"status", "reason", "message"}}`` with the status of
+:func:`~remote_kernel.protocol.errors.http_status` (502 when a datasite cannot
+be reached), so the panels can show the message.
 """
 
 from __future__ import annotations
@@ -13,13 +17,20 @@ from __future__ import annotations
 import asyncio
 import io
 import json
-import time
 from typing import TYPE_CHECKING, Any
 
-import httpx
 from jupyter_server.base.handlers import APIHandler
 from tornado import web
 
+from remote_kernel.protocol.errors import (
+    InputError,
+    NotFound,
+    RemoteKernelError,
+    error_body,
+    http_status,
+)
+from remote_kernel.protocol.models import OutputState, Role
+from remote_kernel.researcher.api import DatasiteApi
 from remote_kernel.researcher.connections import (
     Connection,
     check_name,
@@ -32,41 +43,22 @@ if TYPE_CHECKING:
     from remote_kernel.labapp.app import RemoteKernelApp
 
 PREFIX = "/remote-kernel"
-REVIEWER_ROLES = {"reviewer"}
+REVIEWER_ROLES = {Role.REVIEWER.value}
+INTERNAL_ERROR = "internal error in the remote_kernel server extension (see the server log)"
 
 
-class LabApiError(web.HTTPError):
-    """An error whose message is meant for the person at the panel."""
-
-    def __init__(self, status: int, message: str) -> None:
-        super().__init__(status)
-        self.message = message
+def unknown_connection(name: str) -> NotFound:
+    return NotFound(f"no saved datasite connection named {name!r}")
 
 
-class BadInput(LabApiError):
-    def __init__(self, message: str) -> None:
-        super().__init__(400, message)
+def answer_status(exc: RemoteKernelError) -> int:
+    """The status this server answers for one of our errors.
 
-
-class UnknownConnection(LabApiError):
-    def __init__(self, name: str) -> None:
-        super().__init__(404, f"no saved datasite connection named {name!r}")
-
-
-class DatasiteRefused(LabApiError):
-    """The datasite answered with an error; its message is passed on.
-
-    A datasite's 401 becomes a 403 here: a 401 from this server would tell
-    JupyterLab that the *Jupyter* login expired.
+    As :func:`http_status`, except that a datasite's 401 becomes a 403 here: a
+    401 from the Jupyter server would tell JupyterLab that its own login expired.
     """
-
-    def __init__(self, connection: str, status: int, message: str) -> None:
-        super().__init__(403 if status == 401 else status, f"{connection}: {message}")
-
-
-class DatasiteUnreachable(LabApiError):
-    def __init__(self, connection: str, url: str, detail: str) -> None:
-        super().__init__(502, f"{connection}: cannot reach the datasite at {url} ({detail})")
+    status = http_status(exc) or 500
+    return 403 if status == 401 else status
 
 
 class RemoteKernelHandler(APIHandler):
@@ -77,15 +69,26 @@ class RemoteKernelHandler(APIHandler):
         return self.settings["remote_kernel"]  # type: ignore[no-any-return]
 
     def write_error(self, status_code: int, **kwargs: Any) -> None:
+        """Every error answer: one of our typed errors, tornado's own, or a bug (500)."""
         exc = kwargs.get("exc_info", (None, None, None))[1]
-        if isinstance(exc, LabApiError):
-            message = exc.message
+        if isinstance(exc, RemoteKernelError):
+            status_code, message = answer_status(exc), str(exc)
+            self.set_status(status_code)
         elif isinstance(exc, web.HTTPError):
             message = exc.log_message or self._reason
         else:
-            message = "internal error in the remote_kernel server extension (see the server log)"
+            message = INTERNAL_ERROR
         self.set_header("Content-Type", "application/json")
-        self.finish(json.dumps({"error": {"status": status_code, "message": message}}))
+        self.finish(json.dumps(error_body(status_code, message)))
+
+    def log_exception(self, typ: Any, value: Any, tb: Any) -> None:
+        """Our typed errors are answers, not bugs: one line, no traceback."""
+        if isinstance(value, RemoteKernelError) and answer_status(value) != 500:
+            self.log.warning(
+                "remote_kernel: %s %s: %s", self.request.method, self.request.path, value
+            )
+        else:
+            super().log_exception(typ, value, tb)
 
     def write_json(self, payload: Any, status: int = 200) -> None:
         self.set_status(status)
@@ -96,58 +99,32 @@ class RemoteKernelHandler(APIHandler):
         try:
             body = json.loads(self.request.body or b"{}")
         except ValueError:
-            raise BadInput("the request body is not JSON") from None
+            raise InputError("the request body is not JSON") from None
         if not isinstance(body, dict):
-            raise BadInput("the request body must be a JSON object")
+            raise InputError("the request body must be a JSON object")
         return body
 
     def connection(self, name: str) -> Connection:
         connection = load_connections().get(name)
         if connection is None:
-            raise UnknownConnection(name)
+            raise unknown_connection(name)
         return connection
 
-    async def datasite(
-        self,
-        connection: Connection,
-        method: str,
-        path: str,
-        timeout: float | None = None,
-        **kwargs: Any,
-    ) -> httpx.Response:
-        """Call ``path`` at the connection's datasite with its token; raise typed errors."""
-        try:
-            response = await self.app.http.request(
-                method,
-                connection.url.rstrip("/") + path,
-                headers={"Authorization": f"Bearer {connection.token}"},
-                timeout=timeout or self.app.request_timeout,
-                **kwargs,
-            )
-        except httpx.HTTPError as exc:
-            raise DatasiteUnreachable(
-                connection.name, connection.url, f"{type(exc).__name__}: {exc}"
-            ) from None
-        if response.status_code >= 400:
-            raise DatasiteRefused(connection.name, response.status_code, datasite_message(response))
-        return response
+    def api(self, connection: Connection) -> DatasiteApi:
+        """The connection's datasite, its errors worded for the panels ("<name>: …").
 
-    async def datasite_json(
-        self, connection: Connection, method: str, path: str, **kwargs: Any
-    ) -> Any:
-        response = await self.datasite(connection, method, path, **kwargs)
-        try:
-            return response.json()
-        except ValueError:
-            message = "answered with something that is not JSON"
-            raise DatasiteRefused(connection.name, 502, message) from None
+        A connection being made has no name yet: its errors read "new: …".
+        """
+        return DatasiteApi(
+            connection.url,
+            connection.token,
+            label=connection.name or "new",
+            timeout=self.app.request_timeout,
+        )
 
-
-def datasite_message(response: httpx.Response) -> str:
-    try:
-        return str(response.json()["error"]["message"])
-    except (ValueError, KeyError, TypeError):
-        return f"HTTP {response.status_code}"
+    async def call(self, connection: Connection, method: str, path: str, **kwargs: Any) -> Any:
+        """Call ``path`` at the connection's datasite; its JSON answer, or a typed error."""
+        return await self.api(connection).acall(self.app.http, method, path, **kwargs)
 
 
 # --- connections ---------------------------------------------------------------------------
@@ -156,7 +133,10 @@ class ConnectionsHandler(RemoteKernelHandler):
     async def get(self) -> None:
         """Saved connections with their health (checked concurrently, short timeout)."""
         connections = sorted(load_connections().values(), key=lambda c: c.name)
-        healths = await asyncio.gather(*(self._health(c) for c in connections))
+        timeout = self.app.health_timeout
+        healths = await asyncio.gather(
+            *(self.api(c).ahealth(self.app.http, timeout) for c in connections)
+        )
         self.write_json(
             {
                 "connections": [
@@ -166,61 +146,50 @@ class ConnectionsHandler(RemoteKernelHandler):
             }
         )
 
-    async def _health(self, connection: Connection) -> dict[str, Any]:
-        started = time.monotonic()
-        try:
-            response = await self.app.http.get(
-                connection.url.rstrip("/") + "/api/health", timeout=self.app.health_timeout
-            )
-            payload = response.json() if response.status_code == 200 else {}
-        except (httpx.HTTPError, ValueError) as exc:
-            return {"ok": False, "message": f"unreachable ({type(exc).__name__})"}
-        latency_ms = round((time.monotonic() - started) * 1000, 1)
-        if response.status_code != 200:
-            return {"ok": False, "message": f"HTTP {response.status_code}"}
-        return {
-            "ok": True,
-            "message": "ok",
-            "latency_ms": latency_ms,
-            "datasite": payload.get("name"),
-            "version": payload.get("version"),
-        }
-
     @web.authenticated
     async def post(self) -> None:
         """Connect: check the token with the datasite (``/api/me``), then save it."""
-        body = self.json_body()
-        url, token, name = body.get("url"), body.get("token"), body.get("name") or ""
-        if not isinstance(url, str) or not url.startswith(("http://", "https://")):
-            raise BadInput("'url' must be the datasite's http:// or https:// address")
-        if not isinstance(token, str) or not token.strip():
-            raise BadInput("'token' is required (the datasite admin gives it to you)")
-        if not isinstance(name, str):
-            raise BadInput("'name' must be a string")
-        probe = Connection(name=name or "new", url=url.rstrip("/"), token=token.strip())
-        me = await self.datasite_json(probe, "GET", "/api/me")
-        name = name or str(me.get("datasite", ""))
-        try:
-            check_name(name)
-        except ValueError as exc:
-            raise BadInput(str(exc)) from None
-        connection = Connection(
-            name=name,
-            url=probe.url,
-            token=probe.token,
-            user=str(me.get("name", "")),
-            role=str(me.get("role", "")),
-        )
+        probe = new_connection(self.json_body())
+        me = await self.call(probe, "GET", "/api/me")
+        connection = identified(probe, me)
         await asyncio.to_thread(save_connection, connection)
-        self.log.info("remote_kernel: saved connection %s (%s as %s)", name, url, connection.user)
+        self.log.info(
+            "remote_kernel: saved connection %s (%s as %s)",
+            connection.name,
+            connection.url,
+            connection.user,
+        )
         self.write_json({**connection.public(), "datasite": me.get("datasite")}, status=201)
+
+
+def new_connection(body: dict[str, Any]) -> Connection:
+    """The connection a connect form asks for, not yet checked (its name may be empty)."""
+    url, token, name = body.get("url"), body.get("token"), body.get("name") or ""
+    if not isinstance(url, str) or not url.startswith(("http://", "https://")):
+        raise InputError("'url' must be the datasite's http:// or https:// address")
+    if not isinstance(token, str) or not token.strip():
+        raise InputError("'token' is required (the datasite admin gives it to you)")
+    if not isinstance(name, str):
+        raise InputError("'name' must be a string")
+    return Connection(name=name, url=url.rstrip("/"), token=token.strip())
+
+
+def identified(probe: Connection, me: dict[str, Any]) -> Connection:
+    """The probed connection with who the token belongs to (named after the site if unnamed)."""
+    name = probe.name or str(me.get("datasite", ""))
+    try:
+        check_name(name)
+    except ValueError as exc:
+        raise InputError(str(exc)) from None
+    user, role = str(me.get("name", "")), str(me.get("role", ""))
+    return Connection(name=name, url=probe.url, token=probe.token, user=user, role=role)
 
 
 class ConnectionHandler(RemoteKernelHandler):
     @web.authenticated
     async def delete(self, name: str) -> None:
         if not await asyncio.to_thread(remove_connection, name):
-            raise UnknownConnection(name)
+            raise unknown_connection(name)
         self.set_status(204)
         self.finish()
 
@@ -229,14 +198,14 @@ class ConnectionHandler(RemoteKernelHandler):
 class DatasetsHandler(RemoteKernelHandler):
     @web.authenticated
     async def get(self, name: str) -> None:
-        self.write_json(await self.datasite_json(self.connection(name), "GET", "/api/datasets"))
+        self.write_json(await self.call(self.connection(name), "GET", "/api/datasets"))
 
 
 class DatasetHandler(RemoteKernelHandler):
     @web.authenticated
     async def get(self, name: str, dataset: str) -> None:
         path = f"/api/datasets/{dataset}"
-        self.write_json(await self.datasite_json(self.connection(name), "GET", path))
+        self.write_json(await self.call(self.connection(name), "GET", path))
 
 
 class MockPreviewHandler(RemoteKernelHandler):
@@ -244,9 +213,9 @@ class MockPreviewHandler(RemoteKernelHandler):
     async def get(self, name: str, dataset: str) -> None:
         """The first rows of a dataset's mock as JSON (parsed off the event loop)."""
         path = f"/api/datasets/{dataset}/mock"
-        response = await self.datasite(self.connection(name), "GET", path)
+        parquet = await self.call(self.connection(name), "GET", path, raw=True)
         rows = self.app.mock_preview_rows
-        self.write_json(await asyncio.to_thread(mock_preview, response.content, rows))
+        self.write_json(await asyncio.to_thread(mock_preview, parquet, rows))
 
 
 def mock_preview(parquet: bytes, rows: int) -> dict[str, Any]:
@@ -268,7 +237,7 @@ class RequestHandler(RemoteKernelHandler):
     async def get(self, name: str, request_id: str) -> None:
         """A request as the datasite shows this connection's user (released content only)."""
         path = f"/api/requests/{int(request_id)}"
-        self.write_json(await self.datasite_json(self.connection(name), "GET", path))
+        self.write_json(await self.call(self.connection(name), "GET", path))
 
 
 class RequestsHandler(RemoteKernelHandler):
@@ -280,7 +249,7 @@ class RequestsHandler(RemoteKernelHandler):
         nothing that names it (a cell that failed to start, or printed nothing).
         """
         path = "/api/requests"
-        self.write_json(await self.datasite_json(self.connection(name), "GET", path))
+        self.write_json(await self.call(self.connection(name), "GET", path))
 
 
 # --- reviewers -----------------------------------------------------------------------------
@@ -300,14 +269,14 @@ class ReviewerSitesHandler(RemoteKernelHandler):
         """``[(connection, answer)]`` and ``[{site, message}]`` for the sites that failed."""
         connections = reviewer_connections()
         results = await asyncio.gather(
-            *(self.datasite_json(c, "GET", path, **kwargs) for c in connections),
+            *(self.call(c, "GET", path, **kwargs) for c in connections),
             return_exceptions=True,
         )
         answers: list[tuple[Connection, Any]] = []
         errors: list[dict[str, str]] = []
         for connection, result in zip(connections, results, strict=True):
-            if isinstance(result, LabApiError):
-                errors.append({"site": connection.name, "message": result.message})
+            if isinstance(result, RemoteKernelError):
+                errors.append({"site": connection.name, "message": str(result)})
                 continue
             if isinstance(result, BaseException):
                 raise result
@@ -353,47 +322,51 @@ class ReviewHistoryHandler(ReviewerSitesHandler):
         still ``pending``, since their queue no longer has it.
         """
         answers, errors = await self.at_every_site("/api/requests", params={"outputs": "true"})
-        items: list[dict[str, Any]] = []
-        for connection, result in answers:
-            for request in result:
-                outputs = request.pop("outputs", None) or []
-                for output in outputs:
-                    if output.get("state") == "pending" and not voted(output, connection.user):
-                        continue
-                    items.append(
-                        {
-                            **output,
-                            "request": request,
-                            "site": connection.name,
-                            "reviewer": connection.user,
-                        }
-                    )
-        items.sort(key=lambda item: item.get("decided_at") or "", reverse=True)
-        self.write_json({"items": items[: self.app.history_limit], "errors": errors})
+        items = history_items(answers)[: self.app.history_limit]
+        self.write_json({"items": items, "errors": errors})
+
+
+def history_items(answers: list[tuple[Connection, Any]]) -> list[dict[str, Any]]:
+    """The outputs each connection's reviewer has had their say on, newest decision first."""
+    items: list[dict[str, Any]] = []
+    for connection, requests in answers:
+        for request in requests:
+            for output in request.pop("outputs", None) or []:
+                pending = output.get("state") == OutputState.PENDING.value
+                if pending and not voted(output, connection.user):
+                    continue
+                site = {"site": connection.name, "reviewer": connection.user}
+                items.append({**output, "request": request, **site})
+    items.sort(key=lambda item: item.get("decided_at") or "", reverse=True)
+    return items
 
 
 class OutputHandler(RemoteKernelHandler):
     @web.authenticated
     async def get(self, name: str, output_id: str) -> None:
         path = f"/api/outputs/{int(output_id)}"
-        self.write_json(await self.datasite_json(self.connection(name), "GET", path))
+        self.write_json(await self.call(self.connection(name), "GET", path))
 
 
 class ReviewHandler(RemoteKernelHandler):
     @web.authenticated
     async def post(self, name: str, output_id: str) -> None:
         """Approve or deny at the datasite, as this connection's reviewer."""
-        body = self.json_body()
-        decision, comment = body.get("decision"), body.get("comment", "")
-        if decision not in ("approve", "deny"):
-            raise BadInput('\'decision\' must be "approve" or "deny"')
-        if not isinstance(comment, str):
-            raise BadInput("'comment' must be a string")
-        if decision == "deny" and not comment.strip():
-            raise BadInput("a denial needs a comment: the researcher reads it")
+        payload = review_body(self.json_body())
         path = f"/api/outputs/{int(output_id)}/review"
-        payload = {"decision": decision, "comment": comment}
-        self.write_json(await self.datasite_json(self.connection(name), "POST", path, json=payload))
+        self.write_json(await self.call(self.connection(name), "POST", path, json=payload))
+
+
+def review_body(body: dict[str, Any]) -> dict[str, str]:
+    """A reviewer's decision, checked before it goes to the datasite."""
+    decision, comment = body.get("decision"), body.get("comment", "")
+    if decision not in ("approve", "deny"):
+        raise InputError('\'decision\' must be "approve" or "deny"')
+    if not isinstance(comment, str):
+        raise InputError("'comment' must be a string")
+    if decision == "deny" and not comment.strip():
+        raise InputError("a denial needs a comment: the researcher reads it")
+    return {"decision": decision, "comment": comment}
 
 
 def route_table() -> list[tuple[str, type[RemoteKernelHandler]]]:

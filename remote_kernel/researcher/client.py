@@ -8,9 +8,11 @@ Plain Python, usable from a script, a notebook or the proxy kernel::
     request.wait(timeout=600)
     request.outputs
 
-REST (httpx) for everything but execution; one websocket per session (a
-background reader thread) for execute requests and live status, so that
-released outputs arrive without polling.
+REST for everything but execution, through :class:`~.api.DatasiteApi` (the
+one place that knows how to call the datasite API, shared with the JupyterLab
+server extension); one websocket per session (a background reader thread) for
+execute requests and live status, so that released outputs arrive without
+polling.
 """
 
 from __future__ import annotations
@@ -29,27 +31,34 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import httpx
 import pandas as pd
 from websockets.exceptions import ConnectionClosed, InvalidStatus, WebSocketException
 from websockets.sync.client import ClientConnection
 from websockets.sync.client import connect as ws_connect
 
 from remote_kernel.protocol.errors import (
-    AuthenticationError,
     DatasiteUnreachable,
     NoValue,
     RemoteKernelError,
     RequestRejected,
     UnknownDataset,
 )
+from remote_kernel.protocol.models import OutputState, RequestStatus
+from remote_kernel.researcher.api import DEFAULT_TIMEOUT, DatasiteApi, sync_client
 
-FINISHED = {"completed", "error", "failed", "interrupted"}
+#: Request states after which nothing runs any more (completed, error, failed, interrupted).
+FINISHED = {status.value for status in RequestStatus if status.finished}
 #: Tables the datasite computed itself (sound tier); mirrors filter.QUERY_MIME.
 QUERY_MIME = "application/vnd.remote-kernel.query+json"
-STATUS_ORDER = {"queued": 0, "running": 1, **dict.fromkeys(FINISHED, 2)}
+STATUS_ORDER = {
+    RequestStatus.QUEUED.value: 0,
+    RequestStatus.RUNNING.value: 1,
+    **dict.fromkeys(FINISHED, 2),
+}
 #: Final output states (conflicted: two reviewers disagreed, see the two-person rule).
-DECIDED = {"released", "denied", "blocked", "conflicted"}
+DECIDED = {state.value for state in OutputState if state.decided}
+RELEASED, DENIED = OutputState.RELEASED.value, OutputState.DENIED.value
+BLOCKED, CONFLICTED = OutputState.BLOCKED.value, OutputState.CONFLICTED.value
 
 
 def default_cache_dir() -> Path:
@@ -87,7 +96,7 @@ class RemoteOutput:
 
     @property
     def released(self) -> bool:
-        return self.state == "released"
+        return self.state == RELEASED
 
     @property
     def data(self) -> dict[str, Any]:
@@ -113,7 +122,7 @@ class RemoteRequest:
     site: str
     id: int
     code: str = ""
-    status: str = "queued"
+    status: str = RequestStatus.QUEUED.value
     message: str = ""
     #: The live channel to the datasite dropped before this request finished.
     connection_lost: bool = False
@@ -158,13 +167,13 @@ class RemoteRequest:
                 return decode_value(last.data[VALUE_MIME], self.site)
             if last.released:
                 raise NoValue(f"the value at {self.site} was released only as text")
-            if last.state == "denied":
+            if last.state == DENIED:
                 raise NoValue(
                     f"the value at {self.site} was denied by {last.decided_by}: {last.comment}"
                 )
-            if last.state == "blocked":
+            if last.state == BLOCKED:
                 raise NoValue(f"the value at {self.site} was blocked: {last.summary}")
-            if last.state == "conflicted":
+            if last.state == CONFLICTED:
                 raise NoValue(f"the reviewers at {self.site} disagreed: {last.comment}")
             raise NoValue(f"the value at {self.site} is pending review ({last.summary})")
         if queries:
@@ -172,7 +181,7 @@ class RemoteRequest:
             return pd.DataFrame(table["data"], columns=table["columns"])
         if not self.finished:
             raise NoValue(f"the cell is still {self.status} at {self.site}")
-        if self.status != "completed":
+        if self.status != RequestStatus.COMPLETED.value:
             raise NoValue(f"the cell {self.status} at {self.site}: {self.message}")
         raise NoValue(f"the cell at {self.site} has no value (its last line is not an expression)")
 
@@ -204,7 +213,7 @@ class RemoteRequest:
                     refreshed_at = time.monotonic()
                     self._changed.release()
                     try:
-                        with contextlib.suppress(RemoteKernelError, httpx.HTTPError):
+                        with contextlib.suppress(RemoteKernelError):
                             self._refresh()
                     finally:
                         self._changed.acquire()
@@ -261,16 +270,12 @@ class Datasite:
         token: str,
         name: str | None = None,
         cache_dir: Path | None = None,
-        timeout: float = 30.0,
+        timeout: float = DEFAULT_TIMEOUT,
         known_identity: tuple[str, str] | None = None,
     ) -> None:
-        self.url = url.rstrip("/")
-        self._token = token
-        self.http = httpx.Client(
-            base_url=self.url,
-            timeout=timeout,
-            headers={"Authorization": f"Bearer {token}"},
-        )
+        self.api = DatasiteApi(url, token, timeout=timeout)
+        self.url = self.api.url
+        self.http = sync_client(timeout)
         self.user: str
         self.role: str
         if name and known_identity:
@@ -305,28 +310,7 @@ class Datasite:
 
     # --- HTTP ----------------------------------------------------------------------------
     def _call(self, method: str, path: str, **kwargs: Any) -> Any:
-        try:
-            response = self.http.request(method, path, **kwargs)
-        except httpx.TransportError as exc:
-            raise DatasiteUnreachable(
-                f"cannot reach the datasite at {self.url} ({exc.__class__.__name__}: {exc}); "
-                "check the URL and that the datasite server is running"
-            ) from None
-        if response.status_code == 401:
-            raise AuthenticationError(
-                f"the datasite at {self.url} rejected the token: "
-                f"{_error_message(response)}. Ask its admin for a valid researcher token."
-            )
-        if response.status_code >= 400:
-            raise RequestRejected(
-                f"{self.url} refused {method} {path}: {_error_message(response)}",
-                response.status_code,
-            )
-        if response.status_code == 204:
-            return None
-        if response.headers.get("content-type", "").startswith("application/json"):
-            return response.json()
-        return response.content
+        return self.api.call(self.http, method, path, **kwargs)
 
     # --- datasets ------------------------------------------------------------------------
     def datasets(self) -> list[dict[str, Any]]:
@@ -349,7 +333,7 @@ class Datasite:
         digest = hashlib.sha256(json.dumps(schema, sort_keys=True).encode()).hexdigest()[:16]
         path = self.cache_dir / f"{dataset}-{digest}.parquet"
         if not path.exists():
-            data = self._call("GET", f"/api/datasets/{dataset}/mock")
+            data = self._call("GET", f"/api/datasets/{dataset}/mock", raw=True)
             path.parent.mkdir(parents=True, exist_ok=True)
             tmp = path.with_suffix(".tmp")
             tmp.write_bytes(data)
@@ -375,11 +359,11 @@ class Datasite:
         with self._lock:
             if self._ws is not None and self._reader is not None and self._reader.is_alive():
                 return self._ws
-            ws_url = "ws" + self.url[4:] + f"/api/sessions/{self.session_id}/channel"
+            ws_url = self.api.ws_url(f"/api/sessions/{self.session_id}/channel")
             try:
                 self._ws = ws_connect(
                     ws_url,
-                    additional_headers={"Authorization": f"Bearer {self._token}"},
+                    additional_headers=self.api.headers,
                     max_size=None,
                     open_timeout=30,
                 )
@@ -552,13 +536,6 @@ def encode_pushes(objects: dict[str, Any]) -> list[dict[str, str]]:
             {"name": name, "type": type_name(obj), "data": base64.b64encode(data).decode()}
         )
     return entries
-
-
-def _error_message(response: httpx.Response) -> str:
-    try:
-        return str(response.json()["error"]["message"])
-    except (ValueError, KeyError, TypeError):
-        return f"HTTP {response.status_code}"
 
 
 def _cache_key(url: str, name: str) -> str:
