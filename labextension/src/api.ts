@@ -1,45 +1,23 @@
 /**
- * Client of the server extension (`/remote-kernel/...`). The browser only ever
- * talks to the Jupyter server; tokens stay there.
+ * The one client of the server extension (`/remote-kernel/...`, see
+ * `route_table()` in remote_kernel/labapp/handlers.py). The browser only ever
+ * talks to the Jupyter server; tokens stay there. Method names follow the
+ * handlers; every call goes through `requestAPI`.
  */
 import { URLExt } from '@jupyterlab/coreutils';
 import { ServerConnection } from '@jupyterlab/services';
 
-import { IRequestView, IReviewItem, JSONObject } from './model';
-
-export interface IHealth {
-  ok: boolean;
-  message: string;
-  latency_ms?: number;
-  datasite?: string;
-  version?: string;
-}
-
-export interface IConnection {
-  name: string;
-  url: string;
-  user: string;
-  role: string;
-  health?: IHealth;
-}
-
-export interface IDatasetSummary {
-  name: string;
-  description: string;
-  columns: { name: string; dtype: string }[];
-}
-
-export interface IMockPreview {
-  columns: string[];
-  dtypes: string[];
-  rows: unknown[][];
-  total_rows: number;
-}
-
-export interface ISiteError {
-  site: string;
-  message: string;
-}
+import {
+  IConnection,
+  IDataset,
+  IDatasetSummary,
+  IMockPreview,
+  IOutputView,
+  IRequestView,
+  IReviewPage,
+  JSONObject,
+  ReviewDecision
+} from './tokens';
 
 /** An error the server extension explained (its JSON `error.message`). */
 export class ApiError extends Error {
@@ -51,13 +29,31 @@ export class ApiError extends Error {
   }
 }
 
+type Method = 'GET' | 'POST' | 'DELETE';
+
 export class RemoteKernelApi {
   constructor(
     private readonly settings: ServerConnection.ISettings = ServerConnection.makeSettings()
   ) {}
 
-  private async call<T>(path: string, init: RequestInit = {}): Promise<T> {
-    const url = URLExt.join(this.settings.baseUrl, 'remote-kernel', path);
+  /**
+   * Calls `/remote-kernel/<path>` (each path segment URL-encoded) and returns its
+   * JSON (undefined for 204). Throws `ApiError` with the server's message.
+   */
+  async requestAPI<T>(
+    path: (string | number)[],
+    method: Method = 'GET',
+    body?: JSONObject
+  ): Promise<T> {
+    const url = URLExt.join(
+      this.settings.baseUrl,
+      'remote-kernel',
+      ...path.map(part => encodeURIComponent(String(part)))
+    );
+    const init: RequestInit = { method };
+    if (body !== undefined) {
+      init.body = JSON.stringify(body);
+    }
     let response: Response;
     try {
       response = await ServerConnection.makeRequest(url, init, this.settings);
@@ -71,73 +67,92 @@ export class RemoteKernelApi {
       return undefined as T;
     }
     const text = await response.text();
-    let body: JSONObject = {};
+    let json: JSONObject = {};
     try {
-      body = text ? JSON.parse(text) : {};
+      json = text ? JSON.parse(text) : {};
     } catch {
-      body = {};
+      json = {};
     }
     if (!response.ok) {
       const message =
-        body?.error?.message ?? body?.message ?? `HTTP ${response.status}`;
+        json?.error?.message ?? json?.message ?? `HTTP ${response.status}`;
       throw new ApiError(String(message), response.status);
     }
-    return body as T;
+    return json as T;
   }
 
-  private post<T>(path: string, body: JSONObject): Promise<T> {
-    return this.call<T>(path, { method: 'POST', body: JSON.stringify(body) });
-  }
+  // --- connections ---------------------------------------------------------------------------
 
+  /** `GET connections`: saved connections with their health. */
   async connections(): Promise<IConnection[]> {
-    return (await this.call<{ connections: IConnection[] }>('connections'))
-      .connections;
+    const page = await this.requestAPI<{ connections: IConnection[] }>([
+      'connections'
+    ]);
+    return page.connections;
   }
 
+  /** `POST connections`: checks the token with the datasite, then saves it. */
   connect(url: string, token: string, name: string): Promise<IConnection> {
-    return this.post('connections', { url, token, name });
+    return this.requestAPI(['connections'], 'POST', { url, token, name });
   }
 
-  disconnect(name: string): Promise<void> {
-    return this.call(`connections/${encodeURIComponent(name)}`, {
-      method: 'DELETE'
-    });
+  /** `DELETE connections/<name>`. */
+  disconnect(site: string): Promise<void> {
+    return this.requestAPI(['connections', site], 'DELETE');
   }
+
+  // --- datasets ------------------------------------------------------------------------------
 
   datasets(site: string): Promise<IDatasetSummary[]> {
-    return this.call(`connections/${encodeURIComponent(site)}/datasets`);
+    return this.requestAPI(['connections', site, 'datasets']);
+  }
+
+  dataset(site: string, dataset: string): Promise<IDataset> {
+    return this.requestAPI(['connections', site, 'datasets', dataset]);
   }
 
   mockPreview(site: string, dataset: string): Promise<IMockPreview> {
-    const path = `connections/${encodeURIComponent(site)}/datasets/${encodeURIComponent(dataset)}/mock`;
-    return this.call(path);
+    return this.requestAPI(['connections', site, 'datasets', dataset, 'mock']);
+  }
+
+  // --- researchers' requests -----------------------------------------------------------------
+
+  /** The connection's user's requests, newest first (no outputs). */
+  requests(site: string): Promise<IRequestView[]> {
+    return this.requestAPI(['connections', site, 'requests']);
   }
 
   request(site: string, requestId: number): Promise<IRequestView> {
-    return this.call(
-      `connections/${encodeURIComponent(site)}/requests/${requestId}`
-    );
+    return this.requestAPI(['connections', site, 'requests', requestId]);
   }
 
-  requests(site: string): Promise<IRequestView[]> {
-    return this.call(`connections/${encodeURIComponent(site)}/requests`);
+  // --- reviewers -----------------------------------------------------------------------------
+
+  /** Pending outputs of every reviewer connection. */
+  reviews(): Promise<IReviewPage> {
+    return this.requestAPI(['reviews']);
   }
 
-  reviewQueue(): Promise<{ items: IReviewItem[]; errors: ISiteError[] }> {
-    return this.call('reviews');
+  /** Decided outputs (newest first) of every reviewer connection. */
+  reviewHistory(): Promise<IReviewPage> {
+    return this.requestAPI(['reviews', 'history']);
   }
 
-  reviewHistory(): Promise<{ items: IReviewItem[]; errors: ISiteError[] }> {
-    return this.call('reviews/history');
+  output(site: string, outputId: number): Promise<IOutputView> {
+    return this.requestAPI(['connections', site, 'outputs', outputId]);
   }
 
+  /** Approve or deny at the datasite, as this connection's reviewer. */
   review(
     site: string,
     outputId: number,
-    decision: 'approve' | 'deny',
+    decision: ReviewDecision,
     comment: string
-  ) {
-    const path = `connections/${encodeURIComponent(site)}/outputs/${outputId}/review`;
-    return this.post<JSONObject>(path, { decision, comment });
+  ): Promise<IOutputView> {
+    return this.requestAPI(
+      ['connections', site, 'outputs', outputId, 'review'],
+      'POST',
+      { decision, comment }
+    );
   }
 }

@@ -4,7 +4,7 @@ import { ICommandPalette, showErrorMessage } from '@jupyterlab/apputils';
 import { INotebookTracker } from '@jupyterlab/notebook';
 
 import { remoteTagIcon, runRemoteIcon } from './icons';
-import { hasRemoteTag } from './model';
+import { hasRemoteTag } from './cells';
 import { RemoteCellController } from './remoteCells';
 
 export const CommandIDs = {

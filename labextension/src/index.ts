@@ -3,6 +3,9 @@
  * (tag, Run remotely, status badges, released outputs, Datasites panel) and the
  * "Pending outputs" panel for reviewers. Tokens never reach the page: every
  * call goes to the server extension under /remote-kernel/.
+ *
+ * The composition root: api (the one HTTP client) → model (owns all polling and
+ * signals) → cell controller, commands and the two sidebar widgets.
  */
 import {
   ILayoutRestorer,
@@ -15,10 +18,11 @@ import { IRenderMimeRegistry } from '@jupyterlab/rendermime';
 
 import { RemoteKernelApi } from './api';
 import { addCommands } from './commands';
-import { DatasitesPanel } from './datasitesPanel';
 import { datasitesIcon, reviewsIcon } from './icons';
+import { RemoteKernelModel } from './model';
 import { RemoteCellController } from './remoteCells';
-import { ReviewPanel } from './reviewPanel';
+import { DatasitesPanel } from './widgets/datasitesPanel';
+import { ReviewPanel } from './widgets/reviewPanel';
 
 const plugin: JupyterFrontEndPlugin<void> = {
   id: 'remote-kernel-jupyterlab:plugin',
@@ -33,15 +37,15 @@ const plugin: JupyterFrontEndPlugin<void> = {
     palette: ICommandPalette | null,
     restorer: ILayoutRestorer | null
   ) => {
-    const api = new RemoteKernelApi();
-    const controller = new RemoteCellController(tracker, api);
+    const model = new RemoteKernelModel(new RemoteKernelApi());
+    const controller = new RemoteCellController(tracker, model);
     addCommands(app, tracker, controller, palette);
 
-    const datasites = new DatasitesPanel(api, controller, tracker);
+    const datasites = new DatasitesPanel(model, controller, tracker);
     datasites.title.icon = datasitesIcon;
     app.shell.add(datasites, 'left', { rank: 600 });
 
-    const reviews = new ReviewPanel(api, rendermime);
+    const reviews = new ReviewPanel(model, rendermime);
     reviews.title.icon = reviewsIcon;
     app.shell.add(reviews, 'left', { rank: 601 });
 
@@ -49,6 +53,9 @@ const plugin: JupyterFrontEndPlugin<void> = {
       restorer.add(datasites, datasites.id);
       restorer.add(reviews, reviews.id);
     }
+
+    // Everything is subscribed: the first fetches, then the polls.
+    model.start();
   }
 };
 

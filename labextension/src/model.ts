@@ -1,622 +1,312 @@
 /**
- * Model code of the extension: pure functions over plain JSON (no JupyterLab
- * imports), so the rules that decide what a cell shows, which outputs are
- * replaced and what a reviewer sees are unit-tested with jest.
- */
-
-/** The cell tag that marks a cell as remote (the same one `%%remote` users type by hand). */
-export const REMOTE_TAG = 'remote';
-
-/** States in which an output will not change any more. */
-const FINAL_STATES = new Set(['released', 'denied', 'blocked', 'conflicted']);
-/** Request statuses after which no new outputs can appear. */
-const FINISHED = new Set(['completed', 'error', 'failed', 'interrupted']);
-
-export type JSONObject = { [key: string]: any };
-
-/** What `%%remote` puts in `metadata.remote_kernel` of every output it displays. */
-export interface IRemoteMeta {
-  site: string;
-  request_id: number;
-  output_id?: number;
-  state?: string;
-  decided_by?: string | null;
-  /** Set by this extension once the output shows the datasite's final answer. */
-  rendered?: boolean;
-  /** On status lines written by this extension: the request's status. */
-  status?: string;
-}
-
-/** A notebook output (nbformat), loosely typed. */
-export interface INbOutput {
-  output_type: string;
-  data?: JSONObject;
-  metadata?: JSONObject;
-  text?: string | string[];
-  name?: string;
-  execution_count?: number | null;
-  ename?: string;
-  evalue?: string;
-  traceback?: string[];
-}
-
-export interface IFinding {
-  check: string;
-  verdict: string;
-  message: string;
-  location: string | null;
-}
-
-/** One reviewer's vote on an output (`votes` in a reviewer's view of it). */
-export interface IVote {
-  reviewer: string;
-  decision: string;
-  comment?: string;
-}
-
-/** An output as a datasite shows it (researchers: content only when released). */
-export interface IOutputView {
-  id: number;
-  request_id: number;
-  seq: number;
-  msg_type: string;
-  state: string;
-  summary: string;
-  decided_by: string | null;
-  decided_at?: string | null;
-  created_at?: string | null;
-  comment?: string;
-  content?: JSONObject;
-  verdict?: string | null;
-  findings?: IFinding[];
-  /** Reviewers and admins only: the votes so far and how many approvals release it. */
-  votes?: IVote[];
-  required_reviews?: number;
-}
-
-export interface IRequestView {
-  id: number;
-  user: string;
-  code: string;
-  status: string;
-  message: string;
-  created_at?: string | null;
-  outputs?: IOutputView[];
-  pushes?: JSONObject[];
-}
-
-// --- tags ---------------------------------------------------------------------------------
-
-export function hasRemoteTag(tags: unknown): boolean {
-  return Array.isArray(tags) && tags.includes(REMOTE_TAG);
-}
-
-/** The cell's tags with `remote` added or removed (other tags kept in order). */
-export function toggledTags(tags: unknown, on?: boolean): string[] {
-  const current = Array.isArray(tags)
-    ? tags.filter(t => typeof t === 'string')
-    : [];
-  const want = on === undefined ? !current.includes(REMOTE_TAG) : on;
-  const without = current.filter(t => t !== REMOTE_TAG);
-  return want ? [...without, REMOTE_TAG] : without;
-}
-
-// --- sites and the %%remote command ----------------------------------------------------------
-
-/** The sites a notebook targets: its saved choice among the connected ones, else all of them. */
-export function targetSites(saved: unknown, connected: string[]): string[] {
-  if (!Array.isArray(saved)) {
-    return [...connected];
-  }
-  return connected.filter(name => saved.includes(name));
-}
-
-const SITE_NAME = /^[a-z0-9][a-z0-9_-]{0,62}$/;
-
-const OWN_REMOTE_LINE = /^\s*%%remote(?:[ \t][^\n]*)?(?:\n|$)/;
-
-/** Whether a cell starts with a `%%remote` line of its own (typed by the researcher). */
-export function hasOwnRemoteLine(source: string): boolean {
-  return OWN_REMOTE_LINE.test(source);
-}
-
-/** The code a datasite receives for a cell: its source without a `%%remote` line. */
-export function remoteBody(source: string): string {
-  return source.replace(OWN_REMOTE_LINE, '');
-}
-
-/**
- * The code that runs a cell through `%%remote` (site names are checked, never quoted).
- * A cell with its own `%%remote` line runs as written: its options are the researcher's.
- */
-export function remoteMagicCode(source: string, sites: string[]): string {
-  if (hasOwnRemoteLine(source)) {
-    return source;
-  }
-  for (const site of sites) {
-    if (!SITE_NAME.test(site)) {
-      throw new Error(`invalid datasite name ${JSON.stringify(site)}`);
-    }
-  }
-  const options = sites.map(site => `--site ${site}`).join(' ');
-  return `%%remote ${options}\n${source}`;
-}
-
-// --- outputs of a remote cell ----------------------------------------------------------------
-
-export function remoteMeta(output: INbOutput): IRemoteMeta | null {
-  const meta = output.metadata?.remote_kernel;
-  if (!meta || typeof meta !== 'object' || typeof meta.site !== 'string') {
-    return null;
-  }
-  if (typeof meta.request_id !== 'number') {
-    return null;
-  }
-  return meta as IRemoteMeta;
-}
-
-/** `{site: request_id}` of the requests whose outputs are in this cell (the newest per site). */
-export function requestsFromOutputs(
-  outputs: INbOutput[]
-): Record<string, number> {
-  const requests: Record<string, number> = {};
-  for (const output of outputs) {
-    // A fan-out summary may list every site's request: {"requests": {site: id}}.
-    const listed = output.metadata?.remote_kernel?.requests;
-    if (listed && typeof listed === 'object') {
-      for (const [site, id] of Object.entries(listed)) {
-        if (typeof id === 'number') {
-          requests[site] = Math.max(requests[site] ?? 0, id);
-        }
-      }
-    }
-    const meta = remoteMeta(output);
-    if (meta) {
-      requests[meta.site] = Math.max(requests[meta.site] ?? 0, meta.request_id);
-    }
-  }
-  return requests;
-}
-
-/**
- * The request a run made at a site when the cell's outputs do not name it: the
- * newest of the researcher's requests with exactly this code that the cell did
- * not know before the run.
- */
-export function findRunRequest(
-  listed: IRequestView[],
-  source: string,
-  before: number | undefined
-): number | undefined {
-  const candidates = listed
-    .filter(
-      r =>
-        r.code.trim() === source.trim() &&
-        (before === undefined || r.id > before)
-    )
-    .map(r => r.id);
-  return candidates.length ? Math.max(...candidates) : undefined;
-}
-
-/** Whether the cell still waits for something from a datasite (and so must be polled). */
-export function needsRefresh(
-  outputs: INbOutput[],
-  requests: Record<string, number>
-): boolean {
-  const statusSeen = new Set<string>();
-  for (const output of outputs) {
-    const meta = remoteMeta(output);
-    if (!meta || requests[meta.site] !== meta.request_id) {
-      continue;
-    }
-    if (meta.output_id === undefined) {
-      if (!meta.rendered || !FINISHED.has(meta.status ?? '')) {
-        return true;
-      }
-      statusSeen.add(meta.site);
-    } else if (!meta.rendered || !FINAL_STATES.has(meta.state ?? '')) {
-      return true;
-    }
-  }
-  return Object.keys(requests).some(site => !statusSeen.has(site));
-}
-
-export function releasedBy(decidedBy: string | null | undefined): string {
-  const who = decidedBy || 'unknown';
-  if (who.startsWith('policy:')) {
-    return `released automatically by policy ${who.slice('policy:'.length)}`;
-  }
-  return `released by ${who}`;
-}
-
-/** The label drawn above a remote output: site and who released (or what happened). */
-export function outputLabel(meta: IRemoteMeta): string {
-  if (meta.output_id === undefined) {
-    return '';
-  }
-  switch (meta.state) {
-    case 'released':
-      return `${meta.site} · ${releasedBy(meta.decided_by)}`;
-    case 'denied':
-      return `${meta.site} · denied by ${meta.decided_by ?? 'a reviewer'}`;
-    case 'conflicted':
-      return `${meta.site} · reviewers disagreed`;
-    case 'blocked':
-      return `${meta.site} · blocked by policy`;
-    default:
-      return `${meta.site} · pending review`;
-  }
-}
-
-function text(value: unknown): string {
-  return Array.isArray(value) ? value.join('') : String(value ?? '');
-}
-
-// eslint-disable-next-line no-control-regex -- ANSI colour codes in tracebacks
-const ANSI = /\x1b\[[0-9;]*[A-Za-z]/g;
-
-/**
- * The nbformat output that shows one output view in the researcher's cell.
+ * The extension's model: the one owner of everything that is polled from the
+ * server extension, and of the state more than one view needs.
  *
- * Released content keeps its own mime bundle, so JupyterLab's renderers draw it
- * (tables, images, HTML); streams and errors become display_data with the
- * stdout/stderr mime types (same renderer as a stream) because nbformat streams
- * and errors have no metadata to carry the output id.
+ * - connections (and their health) every 15 s, and at once after a connect or
+ *   a disconnect: `connectionsChanged`, `connectionsFailed`;
+ * - the reviewers' queue (and the history when the panel's filter shows
+ *   decided outputs) every 4 s: `reviewsChanged`;
+ * - the requests that remote cells still wait for every 3 s: `requestChanged`.
+ *   The cell controller says which ones (`watchRequests`): only it knows which
+ *   cells are unsettled.
+ *
+ * Widgets and the cell controller subscribe to these signals; none of them runs
+ * a timer or fetches connections itself. Nothing is fetched before `start()`.
  */
-export function outputForView(site: string, view: IOutputView): INbOutput {
-  const meta: IRemoteMeta = {
-    site,
-    request_id: view.request_id,
-    output_id: view.id,
-    state: view.state,
-    decided_by: view.decided_by,
-    rendered: FINAL_STATES.has(view.state)
-  };
-  const metadata = { remote_kernel: meta };
-  const number = view.seq + 1;
-  if (view.state === 'released' && view.content) {
-    const content = view.content;
-    if (view.msg_type === 'stream') {
-      const mime =
-        content.name === 'stderr'
-          ? 'application/vnd.jupyter.stderr'
-          : 'application/vnd.jupyter.stdout';
-      return {
-        output_type: 'display_data',
-        data: { [mime]: text(content.text), 'text/plain': text(content.text) },
-        metadata
-      };
-    }
-    if (view.msg_type === 'error') {
-      const traceback = (content.traceback ?? []).join('\n');
-      const plain = `${content.ename}: ${content.evalue}`;
-      return {
-        output_type: 'display_data',
-        data: {
-          'application/vnd.jupyter.stderr': traceback || plain,
-          'text/plain': traceback.replace(ANSI, '') || plain
-        },
-        metadata
-      };
-    }
-    return {
-      output_type: 'display_data',
-      data: { ...(content.data ?? {}) },
-      metadata: { ...(content.metadata ?? {}), ...metadata }
-    };
-  }
-  let note: string;
-  if (view.state === 'denied') {
-    note = `✖ ${site}: output ${number} denied by ${view.decided_by}: ${view.comment ?? ''}`;
-  } else if (view.state === 'conflicted') {
-    note = `⚖ ${site}: output ${number} sent back: the reviewers disagreed. ${view.comment ?? ''}`;
-  } else if (view.state === 'blocked') {
-    note = `⛔ ${site}: output ${number} blocked by the datasite's policy (${view.summary})`;
-  } else {
-    note = `⏳ pending review at ${site}: output ${number} of request ${view.request_id} (${view.summary})`;
-  }
-  return {
-    output_type: 'display_data',
-    data: { 'text/plain': note.trim() },
-    metadata
-  };
+import { ISignal, Signal } from '@lumino/signaling';
+
+import { RemoteKernelApi } from './api';
+import {
+  IConnection,
+  IDatasetSummary,
+  IMockPreview,
+  IRequestView,
+  IReviewItem,
+  ISiteError,
+  ReviewDecision
+} from './tokens';
+
+/** How often each thing is polled, in milliseconds. */
+export interface IPollIntervals {
+  connections: number;
+  reviews: number;
+  requests: number;
 }
 
-export function requestCounts(request: IRequestView): Record<string, number> {
-  const counts: Record<string, number> = {};
-  for (const output of request.outputs ?? []) {
-    counts[output.state] = (counts[output.state] ?? 0) + 1;
-  }
-  return counts;
+export const POLL_INTERVALS: IPollIntervals = {
+  connections: 15000,
+  reviews: 4000,
+  requests: 3000
+};
+
+/** What the Pending outputs panel shows: every reviewer connection's items. */
+export interface IReviewsState {
+  /** Pending outputs (`GET reviews`). */
+  queue: IReviewItem[];
+  /** Decided outputs (`GET reviews/history`), as of the last time they were wanted. */
+  history: IReviewItem[];
+  /** Sites that did not answer (or the Jupyter server itself, as site "server"). */
+  errors: ISiteError[];
 }
 
-export function statusText(site: string, request: IRequestView): string {
-  const counts = requestCounts(request);
-  const parts = [site, `request ${request.id}`, request.status];
-  const summary = Object.keys(counts)
-    .sort()
-    .map(state => `${counts[state]} ${state}`)
-    .join(', ');
-  if (summary) {
-    parts.push(summary);
-  }
-  if (request.message && request.status !== 'completed') {
-    parts.push(request.message);
-  }
-  return parts.join(' · ');
-}
-
-export function statusOutput(site: string, request: IRequestView): INbOutput {
-  const meta: IRemoteMeta = {
-    site,
-    request_id: request.id,
-    status: request.status,
-    rendered: true
-  };
-  return {
-    output_type: 'display_data',
-    data: { 'text/plain': statusText(site, request) },
-    metadata: { remote_kernel: meta }
-  };
-}
-
-/**
- * The cell's outputs with one request's outputs brought up to date from the
- * datasite's view: placeholders replaced in place (matched by output id), the
- * status line rewritten, and outputs the cell never saw (decided while the
- * notebook was closed, or after the cell's own run stopped following) appended
- * after the request's last output. Returns null when nothing changed.
- */
-export function mergeRequest(
-  outputs: INbOutput[],
-  site: string,
-  request: IRequestView
-): INbOutput[] | null {
-  const views = new Map((request.outputs ?? []).map(v => [v.id, v]));
-  const seen = new Set<number>();
-  let changed = false;
-  let lastIndex = -1;
-  const result: INbOutput[] = outputs.map((output, index) => {
-    const meta = remoteMeta(output);
-    if (!meta || meta.site !== site || meta.request_id !== request.id) {
-      return output;
-    }
-    lastIndex = index;
-    if (meta.output_id === undefined) {
-      const fresh = statusOutput(site, request);
-      if (JSON.stringify(fresh) !== JSON.stringify(output)) {
-        changed = true;
-        return fresh;
-      }
-      return output;
-    }
-    const view = views.get(meta.output_id);
-    if (!view) {
-      return output;
-    }
-    seen.add(view.id);
-    const alreadyFinal = meta.rendered && meta.state === view.state;
-    if (
-      alreadyFinal ||
-      (view.state === 'pending' && meta.state === 'pending')
-    ) {
-      return output;
-    }
-    changed = true;
-    return outputForView(site, view);
-  });
-  const missing = (request.outputs ?? [])
-    .filter(v => !seen.has(v.id))
-    .sort((a, b) => a.seq - b.seq)
-    .map(v => outputForView(site, v));
-  const hasStatus = result.some(o => {
-    const m = remoteMeta(o);
-    return (
-      m &&
-      m.site === site &&
-      m.request_id === request.id &&
-      m.output_id === undefined
-    );
-  });
-  const additions = hasStatus
-    ? missing
-    : [statusOutput(site, request), ...missing];
-  if (additions.length) {
-    changed = true;
-    const at = lastIndex >= 0 ? lastIndex + 1 : result.length;
-    result.splice(at, 0, ...additions);
-  }
-  return changed ? result : null;
-}
-
-export interface ISiteBadge {
+/** A request at a datasite, by its id. */
+export interface IRequestRef {
   site: string;
-  text: string;
-  /** One of running, pending, released, denied, blocked, failed: picks the colour. */
-  kind: string;
+  requestId: number;
 }
 
-/** One badge per site a cell was sent to, from the outputs the cell shows. */
-export function siteBadges(
-  outputs: INbOutput[],
-  requests: Record<string, number>
-): ISiteBadge[] {
-  const badges: ISiteBadge[] = [];
-  for (const site of Object.keys(requests).sort()) {
-    const counts: Record<string, number> = {};
-    let status = '';
-    for (const output of outputs) {
-      const meta = remoteMeta(output);
-      if (!meta || meta.site !== site || meta.request_id !== requests[site]) {
-        continue;
-      }
-      if (meta.output_id === undefined) {
-        status = meta.status ?? status;
-      } else {
-        const state = meta.state ?? 'pending';
-        counts[state] = (counts[state] ?? 0) + 1;
-      }
-    }
-    let kind = 'released';
-    if (status && !FINISHED.has(status)) {
-      kind = 'running';
-    } else if (status === 'failed' || status === 'interrupted') {
-      kind = 'failed';
-    } else if (counts.pending) {
-      kind = 'pending';
-    } else if (counts.denied || counts.conflicted) {
-      kind = 'denied';
-    } else if (counts.blocked) {
-      kind = 'blocked';
-    }
-    const summary = Object.keys(counts)
-      .sort()
-      .map(state => `${counts[state]} ${state}`)
-      .join(', ');
-    const label = kind === 'running' ? status : summary || status || 'sent';
-    badges.push({ site, text: `${site}: ${label}`, kind });
-  }
-  return badges;
-}
-
-// --- reviewers -------------------------------------------------------------------------------
-
-/** A pending (or decided) output with its request, from one reviewer connection. */
-export interface IReviewItem extends IOutputView {
+/** A request as the datasite showed it when it was polled. */
+export interface IRequestUpdate {
   site: string;
-  reviewer: string;
   request: IRequestView;
 }
 
-export interface IReviewFilter {
-  site: string;
-  researcher: string;
-  /** pending | decided | released | denied | conflicted | blocked | all */
-  status: string;
+function messageOf(error: unknown): string {
+  return String((error as Error)?.message ?? error);
 }
 
-export function reviewKey(item: IReviewItem): string {
-  return `${item.site}/${item.id}`;
-}
+export class RemoteKernelModel {
+  private _connections: IConnection[] = [];
+  private _reviews: IReviewsState = { queue: [], history: [], errors: [] };
+  private _includeHistory = false;
+  private _reviewsBusy = false;
+  private _requestsBusy = false;
+  private readonly _requestSources = new Set<() => IRequestRef[]>();
+  private readonly _timers: number[] = [];
+  private _isDisposed = false;
+  private readonly _connectionsChanged = new Signal<this, IConnection[]>(this);
+  private readonly _connectionsFailed = new Signal<this, string>(this);
+  private readonly _reviewsChanged = new Signal<this, IReviewsState>(this);
+  private readonly _requestChanged = new Signal<this, IRequestUpdate>(this);
 
-export function matchesFilter(
-  item: IReviewItem,
-  filter: IReviewFilter
-): boolean {
-  if (filter.site && item.site !== filter.site) {
-    return false;
-  }
-  if (filter.researcher && item.request.user !== filter.researcher) {
-    return false;
-  }
-  switch (filter.status) {
-    case '':
-    case 'all':
-      return true;
-    case 'pending':
-      return item.state === 'pending' && !votedBy(item, item.reviewer);
-    case 'decided':
-      // Decided from this reviewer's side: their vote is in, even if the output waits.
-      return item.state !== 'pending' || votedBy(item, item.reviewer);
-    default:
-      return item.state === filter.status;
-  }
-}
+  constructor(
+    readonly api: RemoteKernelApi,
+    private readonly intervals: IPollIntervals = POLL_INTERVALS
+  ) {}
 
-/** Queue items first (oldest first, the order to review in), then history (newest first). */
-export function combineItems(
-  queue: IReviewItem[],
-  history: IReviewItem[]
-): IReviewItem[] {
-  const keys = new Set(queue.map(reviewKey));
-  const pending = [...queue].sort((a, b) =>
-    (a.created_at ?? '').localeCompare(b.created_at ?? '')
-  );
-  const decided = history
-    .filter(item => !keys.has(reviewKey(item)))
-    .sort((a, b) => (b.decided_at ?? '').localeCompare(a.decided_at ?? ''));
-  return [...pending, ...decided];
-}
+  /** Fetches connections and reviews now, then polls everything at its interval. */
+  start(): void {
+    if (this._timers.length || this._isDisposed) {
+      return;
+    }
+    const every = (ms: number, poll: () => Promise<void>) =>
+      this._timers.push(window.setInterval(() => void poll(), ms));
+    every(this.intervals.connections, () => this.refreshConnections());
+    every(this.intervals.reviews, () => this.refreshReviews());
+    every(this.intervals.requests, () => this.refreshRequests());
+    void this.refreshConnections();
+    void this.refreshReviews();
+  }
 
-/** "45 s", "12 min", "3 h", "2 d": how long an output has waited. */
-export function ageText(
-  createdAt: string | null | undefined,
-  now: number
-): string {
-  if (!createdAt) {
-    return '';
+  get isDisposed(): boolean {
+    return this._isDisposed;
   }
-  const stamp = Date.parse(
-    createdAt.endsWith('Z') ? createdAt : `${createdAt}Z`
-  );
-  if (Number.isNaN(stamp)) {
-    return '';
-  }
-  const seconds = Math.max(0, Math.round((now - stamp) / 1000));
-  if (seconds < 60) {
-    return `${seconds} s`;
-  }
-  if (seconds < 3600) {
-    return `${Math.floor(seconds / 60)} min`;
-  }
-  if (seconds < 86400) {
-    return `${Math.floor(seconds / 3600)} h`;
-  }
-  return `${Math.floor(seconds / 86400)} d`;
-}
 
-export interface ICellLocation {
-  row: number;
-  column: string | null;
-}
-
-/** Parses the filter's table locations: `row 3 (sex=1, num=2), column n` (rows from 0). */
-export function parseLocation(
-  location: string | null | undefined
-): ICellLocation | null {
-  if (!location) {
-    return null;
+  dispose(): void {
+    if (this._isDisposed) {
+      return;
+    }
+    this._isDisposed = true;
+    for (const timer of this._timers) {
+      window.clearInterval(timer);
+    }
+    this._timers.length = 0;
+    this._requestSources.clear();
+    Signal.clearData(this);
   }
-  const match = /^row (\d+)(?: \([^)]*\))?(?:, column (.+))?$/.exec(
-    location.trim()
-  );
-  if (!match) {
-    return null;
-  }
-  return { row: Number(match[1]), column: match[2] ?? null };
-}
 
-/** j/k navigation: the next index, staying inside the list. */
-export function step(current: number, length: number, delta: number): number {
-  if (length === 0) {
-    return -1;
-  }
-  if (current < 0) {
-    return delta > 0 ? 0 : length - 1;
-  }
-  return Math.min(length - 1, Math.max(0, current + delta));
-}
+  // --- connections ---------------------------------------------------------------------------
 
-/** Whether `reviewer` has voted on this output (then their Approve/Deny would be refused). */
-export function votedBy(item: IOutputView, reviewer: string): boolean {
-  return (item.votes ?? []).some(vote => vote.reviewer === reviewer);
-}
-
-const VOTED: Record<string, string> = { approve: 'approved', deny: 'denied' };
-
-/**
- * How a review stands where more than one approval is needed, for a reviewer's
- * card and detail: "1 of 2 approvals — bob approved". Empty where one review decides.
- */
-export function voteSummary(item: IOutputView): string {
-  const votes = item.votes ?? [];
-  const required = item.required_reviews ?? 1;
-  if (required <= 1 && votes.length === 0) {
-    return '';
+  /** The saved connections as last fetched (with their health). */
+  get connections(): readonly IConnection[] {
+    return this._connections;
   }
-  const approvals = votes.filter(v => v.decision === 'approve').length;
-  const who = votes
-    .map(v => `${v.reviewer} ${VOTED[v.decision] ?? v.decision}`)
-    .join(', ');
-  return `${approvals} of ${required} approvals${who ? ` — ${who}` : ''}`;
+
+  /** Names of the researcher connections: the sites remote cells can run at. */
+  get researcherSites(): string[] {
+    return this._connections
+      .filter(c => c.role === 'researcher')
+      .map(c => c.name);
+  }
+
+  /** Emitted after every successful fetch of the connections (health included). */
+  get connectionsChanged(): ISignal<this, IConnection[]> {
+    return this._connectionsChanged;
+  }
+
+  /** Emitted with the error's message when the connections cannot be fetched. */
+  get connectionsFailed(): ISignal<this, string> {
+    return this._connectionsFailed;
+  }
+
+  /** Fetches the connections now (never throws: failures go to `connectionsFailed`). */
+  async refreshConnections(): Promise<void> {
+    let connections: IConnection[];
+    try {
+      connections = await this.api.connections();
+    } catch (error) {
+      if (!this._isDisposed) {
+        this._connectionsFailed.emit(messageOf(error));
+      }
+      return;
+    }
+    if (this._isDisposed) {
+      return;
+    }
+    this._connections = connections;
+    this._connectionsChanged.emit(connections);
+  }
+
+  /** Saves a connection (the token goes to the server, never kept here), then refetches. */
+  async connect(
+    url: string,
+    token: string,
+    name: string
+  ): Promise<IConnection> {
+    const connection = await this.api.connect(url, token, name);
+    void this.refreshConnections();
+    return connection;
+  }
+
+  async disconnect(site: string): Promise<void> {
+    await this.api.disconnect(site);
+    await this.refreshConnections();
+  }
+
+  datasets(site: string): Promise<IDatasetSummary[]> {
+    return this.api.datasets(site);
+  }
+
+  mockPreview(site: string, dataset: string): Promise<IMockPreview> {
+    return this.api.mockPreview(site, dataset);
+  }
+
+  // --- reviews -------------------------------------------------------------------------------
+
+  get reviews(): IReviewsState {
+    return this._reviews;
+  }
+
+  /** Emitted after every poll of the reviews (errors included) and after a decision. */
+  get reviewsChanged(): ISignal<this, IReviewsState> {
+    return this._reviewsChanged;
+  }
+
+  /** Whether the polls also fetch the history (the panel shows decided outputs). */
+  get includeHistory(): boolean {
+    return this._includeHistory;
+  }
+
+  set includeHistory(value: boolean) {
+    this._includeHistory = value;
+  }
+
+  /** Fetches the queue (and the history if wanted) now; skipped while a fetch runs. */
+  async refreshReviews(): Promise<void> {
+    if (this._reviewsBusy || this._isDisposed) {
+      return;
+    }
+    this._reviewsBusy = true;
+    const reviews = { ...this._reviews };
+    try {
+      const [queue, history] = await Promise.all([
+        this.api.reviews(),
+        this._includeHistory ? this.api.reviewHistory() : Promise.resolve(null)
+      ]);
+      reviews.queue = queue.items;
+      reviews.errors = queue.errors;
+      if (history) {
+        reviews.history = history.items;
+      }
+    } catch (error) {
+      reviews.errors = [{ site: 'server', message: messageOf(error) }];
+    } finally {
+      this._reviewsBusy = false;
+    }
+    if (this._isDisposed) {
+      return;
+    }
+    this._reviews = reviews;
+    this._reviewsChanged.emit(reviews);
+  }
+
+  /** Approves or denies at the item's datasite (throws the server's explanation). */
+  async review(
+    item: IReviewItem,
+    decision: ReviewDecision,
+    comment: string
+  ): Promise<void> {
+    await this.api.review(item.site, item.id, decision, comment);
+  }
+
+  /** Drops a decided item from the queue at once, then refetches the reviews. */
+  markDecided(item: IReviewItem): void {
+    const queue = this._reviews.queue.filter(
+      i => !(i.site === item.site && i.id === item.id)
+    );
+    this._reviews = { ...this._reviews, queue };
+    this._reviewsChanged.emit(this._reviews);
+    void this.refreshReviews();
+  }
+
+  // --- requests of remote cells --------------------------------------------------------------
+
+  /** Emitted for every request a poll fetched (whether or not it changed). */
+  get requestChanged(): ISignal<this, IRequestUpdate> {
+    return this._requestChanged;
+  }
+
+  /**
+   * Adds a source of the requests to poll: it is asked at every poll. Calling
+   * the returned function removes it.
+   */
+  watchRequests(source: () => IRequestRef[]): () => void {
+    this._requestSources.add(source);
+    return () => {
+      this._requestSources.delete(source);
+    };
+  }
+
+  /** A researcher's request as the datasite shows it (released content only). */
+  request(site: string, requestId: number): Promise<IRequestView> {
+    return this.api.request(site, requestId);
+  }
+
+  /** The connection's user's requests, newest first (no outputs). */
+  requests(site: string): Promise<IRequestView[]> {
+    return this.api.requests(site);
+  }
+
+  /**
+   * Fetches the watched requests one after the other and emits each; an
+   * unreachable site is tried again at the next poll. Skipped while a poll runs.
+   */
+  async refreshRequests(): Promise<void> {
+    if (this._requestsBusy || this._isDisposed) {
+      return;
+    }
+    this._requestsBusy = true;
+    try {
+      const wanted = new Map<string, IRequestRef>();
+      for (const source of this._requestSources) {
+        for (const ref of source()) {
+          wanted.set(`${ref.site}/${ref.requestId}`, ref);
+        }
+      }
+      for (const { site, requestId } of wanted.values()) {
+        let request: IRequestView;
+        try {
+          request = await this.api.request(site, requestId);
+        } catch {
+          continue;
+        }
+        if (this._isDisposed) {
+          return;
+        }
+        this._requestChanged.emit({ site, request });
+      }
+    } finally {
+      this._requestsBusy = false;
+    }
+  }
 }

@@ -6,20 +6,20 @@
  * `%%remote` magic a researcher can type (so the mock run, the submission and
  * the live placeholders are the magic's). Decisions that arrive after the cell
  * finished are not reliably routed to it by JupyterLab (late
- * `update_display_data`), so this controller also polls the server extension
- * for the requests recorded in the cell's metadata and replaces placeholders in
- * the output model itself, live and when a notebook is reopened.
+ * `update_display_data`), so the requests recorded in the cell's metadata are
+ * fetched from the server extension and this controller replaces placeholders
+ * in the output model itself, live and when a notebook is reopened. It runs no
+ * timer: the model polls the requests that unsettled cells wait for (it asks
+ * `unsettledRequests`) and emits each one; a notebook's own refresh (on open,
+ * after a run, the refresh command) fetches through the model at once.
  */
 import { Cell, CodeCell, ICodeCellModel } from '@jupyterlab/cells';
 import { NotebookPanel, INotebookTracker } from '@jupyterlab/notebook';
 import { OutputArea } from '@jupyterlab/outputarea';
 import { showErrorMessage } from '@jupyterlab/apputils';
-import { Widget, PanelLayout } from '@lumino/widgets';
-import { Signal } from '@lumino/signaling';
+import { PanelLayout } from '@lumino/widgets';
 
-import { RemoteKernelApi } from './api';
 import {
-  INbOutput,
   hasRemoteTag,
   mergeRequest,
   findRunRequest,
@@ -32,87 +32,41 @@ import {
   siteBadges,
   targetSites,
   toggledTags
-} from './model';
+} from './cells';
+import { IRequestRef, IRequestUpdate, RemoteKernelModel } from './model';
+import { INbOutput, IRequestView } from './tokens';
+import { RemoteBadge } from './widgets/cellBadge';
 
 export const METADATA_KEY = 'remote_kernel';
-const POLL_MS = 3000;
-
-/** The badge row above a tagged cell: "remote → cleveland, hungarian" and per-site status. */
-class RemoteBadge extends Widget {
-  constructor() {
-    super();
-    this.addClass('rk-CellBadge');
-  }
-
-  render(
-    targets: string[],
-    badges: { text: string; kind: string; site: string }[]
-  ): void {
-    this.node.textContent = '';
-    const tag = document.createElement('span');
-    tag.className = 'rk-RemoteBadge';
-    tag.textContent = targets.length
-      ? `remote → ${targets.join(', ')}`
-      : 'remote → no datasite';
-    this.node.appendChild(tag);
-    for (const badge of badges) {
-      const span = document.createElement('span');
-      span.className = `rk-SiteStatus rk-mod-${badge.kind}`;
-      span.dataset.site = badge.site;
-      span.textContent = badge.text;
-      this.node.appendChild(span);
-    }
-  }
-}
 
 export class RemoteCellController {
-  /** Researcher connections' names, kept fresh by the Datasites panel and the poller. */
-  private researcherSites: string[] = [];
   private readonly badges = new WeakMap<Cell, RemoteBadge>();
   private readonly watched = new WeakSet<Cell>();
   private readonly refreshing = new WeakSet<Cell>();
-  private timer: number | undefined;
-  readonly sitesChanged = new Signal<this, string[]>(this);
+  private readonly unwatch: () => void;
 
   constructor(
     private readonly tracker: INotebookTracker,
-    private readonly api: RemoteKernelApi
+    private readonly model: RemoteKernelModel
   ) {
     tracker.widgetAdded.connect((_, panel) => this.watchNotebook(panel));
     tracker.forEach(panel => this.watchNotebook(panel));
-    void this.reloadSites();
-    this.timer = window.setInterval(() => void this.pollAll(), POLL_MS);
+    // Sites may have come or gone: every tagged cell's "remote → ..." badge follows.
+    model.connectionsChanged.connect(this.decorateEverything, this);
+    model.requestChanged.connect(this.onRequest, this);
+    this.unwatch = model.watchRequests(() => this.unsettledRequests());
   }
 
   dispose(): void {
-    window.clearInterval(this.timer);
-  }
-
-  get sites(): string[] {
-    return this.researcherSites;
-  }
-
-  async reloadSites(): Promise<void> {
-    try {
-      const connections = await this.api.connections();
-      this.setSites(
-        connections.filter(c => c.role === 'researcher').map(c => c.name)
-      );
-    } catch {
-      // The Datasites panel shows connection errors; badges keep the last known sites.
-    }
-  }
-
-  setSites(sites: string[]): void {
-    this.researcherSites = sites;
-    this.sitesChanged.emit(sites);
-    this.tracker.forEach(panel => this.decorateAll(panel));
+    this.unwatch();
+    this.model.connectionsChanged.disconnect(this.decorateEverything, this);
+    this.model.requestChanged.disconnect(this.onRequest, this);
   }
 
   /** The sites a notebook targets (its saved choice, else every researcher connection). */
   notebookTargets(panel: NotebookPanel): string[] {
     const saved = (panel.model?.getMetadata(METADATA_KEY) as any)?.sites;
-    return targetSites(saved, this.researcherSites);
+    return targetSites(saved, this.model.researcherSites);
   }
 
   setNotebookTargets(panel: NotebookPanel, sites: string[]): void {
@@ -133,6 +87,10 @@ export class RemoteCellController {
     };
     void panel.context.ready.then(connect);
     panel.content.modelChanged.connect(connect);
+  }
+
+  private decorateEverything(): void {
+    this.tracker.forEach(panel => this.decorateAll(panel));
   }
 
   decorateAll(panel: NotebookPanel): void {
@@ -235,8 +193,8 @@ export class RemoteCellController {
     if (!(cell instanceof CodeCell)) {
       return false;
     }
-    if (!this.researcherSites.length) {
-      await this.reloadSites();
+    if (!this.model.researcherSites.length) {
+      await this.model.refreshConnections();
     }
     const sites = this.notebookTargets(panel);
     if (!sites.length) {
@@ -288,7 +246,7 @@ export class RemoteCellController {
       // Nothing in the outputs names this site's request (it failed to start, or
       // printed nothing): find it among the researcher's own requests there.
       try {
-        const listed = await this.api.requests(site);
+        const listed = await this.model.requests(site);
         const found = findRunRequest(
           listed,
           remoteBody(source),
@@ -325,65 +283,114 @@ export class RemoteCellController {
     return { ...((cell.model.getMetadata(METADATA_KEY) as any) ?? {}) };
   }
 
-  private async pollAll(): Promise<void> {
+  private panels(): NotebookPanel[] {
     const panels: NotebookPanel[] = [];
     this.tracker.forEach(panel => panels.push(panel));
-    for (const panel of panels) {
-      await this.refreshNotebook(panel, true);
+    return panels;
+  }
+
+  /** Whether the cell is running: the magic is showing live updates itself. */
+  private isRunning(cell: Cell): boolean {
+    return !!cell.promptNode?.textContent?.includes('*');
+  }
+
+  /** The requests of every open cell that still waits for a datasite (asked at each poll). */
+  private unsettledRequests(): IRequestRef[] {
+    const refs: IRequestRef[] = [];
+    for (const panel of this.panels()) {
+      if (!panel.content.model) {
+        continue;
+      }
+      for (const cell of panel.content.widgets) {
+        if (
+          !(cell instanceof CodeCell) ||
+          this.refreshing.has(cell) ||
+          this.isRunning(cell)
+        ) {
+          continue;
+        }
+        const requests = this.requestsOf(cell);
+        if (
+          Object.keys(requests).length &&
+          needsRefresh(this.outputsOf(cell), requests)
+        ) {
+          for (const [site, requestId] of Object.entries(requests)) {
+            refs.push({ site, requestId });
+          }
+        }
+      }
+    }
+    return refs;
+  }
+
+  /** A polled request: merged into every open cell that shows it. */
+  private onRequest(_: RemoteKernelModel, update: IRequestUpdate): void {
+    const { site, request } = update;
+    for (const panel of this.panels()) {
+      if (!panel.content.model) {
+        continue;
+      }
+      for (const cell of panel.content.widgets) {
+        if (
+          cell instanceof CodeCell &&
+          !cell.isDisposed &&
+          !this.refreshing.has(cell) &&
+          !this.isRunning(cell) &&
+          this.requestsOf(cell)[site] === request.id &&
+          this.merge(cell, site, request)
+        ) {
+          this.decorate(panel, cell);
+        }
+      }
     }
   }
 
-  async refreshNotebook(
-    panel: NotebookPanel,
-    onlyUnsettled = false
-  ): Promise<void> {
+  /** Brings one request's outputs in the cell up to date; whether anything changed. */
+  private merge(cell: CodeCell, site: string, request: IRequestView): boolean {
+    const merged = mergeRequest(this.outputsOf(cell), site, request);
+    if (!merged) {
+      return false;
+    }
+    const outputs = cell.model.outputs;
+    outputs.clear();
+    for (const output of merged) {
+      outputs.add(output as any);
+    }
+    return true;
+  }
+
+  /** Fetches every cell's requests now (the notebook was opened, or the user asked). */
+  async refreshNotebook(panel: NotebookPanel): Promise<void> {
     if (!panel.content.model) {
       return;
     }
     for (const cell of [...panel.content.widgets]) {
-      await this.refreshCell(panel, cell, onlyUnsettled);
+      await this.refreshCell(panel, cell);
     }
   }
 
   /** Fetches the cell's requests from its datasites and merges what changed into its outputs. */
-  async refreshCell(
-    panel: NotebookPanel,
-    cell: Cell,
-    onlyUnsettled = false
-  ): Promise<void> {
+  async refreshCell(panel: NotebookPanel, cell: Cell): Promise<void> {
     if (!(cell instanceof CodeCell) || this.refreshing.has(cell)) {
       return;
     }
     const requests = this.requestsOf(cell);
-    if (!Object.keys(requests).length) {
+    if (!Object.keys(requests).length || this.isRunning(cell)) {
       return;
-    }
-    if (onlyUnsettled && !needsRefresh(this.outputsOf(cell), requests)) {
-      return;
-    }
-    if (cell.promptNode?.textContent?.includes('*')) {
-      return; // the cell is running: the magic is showing live updates itself
     }
     this.refreshing.add(cell);
     try {
       for (const [site, requestId] of Object.entries(requests)) {
         let view;
         try {
-          view = await this.api.request(site, requestId);
+          view = await this.model.request(site, requestId);
         } catch {
-          continue; // unreachable now: the badge keeps its last state, we try again later
+          continue; // unreachable now: the badge keeps its last state, the poll tries again
         }
         if (cell.isDisposed) {
           return;
         }
-        const merged = mergeRequest(this.outputsOf(cell), site, view);
-        if (merged) {
-          const outputs = cell.model.outputs;
-          outputs.clear();
-          for (const output of merged) {
-            outputs.add(output as any);
-          }
-        }
+        this.merge(cell, site, view);
       }
     } finally {
       this.refreshing.delete(cell);

@@ -1,25 +1,25 @@
 import {
-  INbOutput,
-  IRequestView,
-  IReviewItem,
-  ageText,
-  combineItems,
   findRunRequest,
-  matchesFilter,
   mergeRequest,
   needsRefresh,
   outputLabel,
-  parseLocation,
   remoteBody,
   remoteMagicCode,
   requestsFromOutputs,
   siteBadges,
-  step,
   targetSites,
-  toggledTags,
+  toggledTags
+} from '../cells';
+import {
+  ageText,
+  combineItems,
+  matchesFilter,
+  parseLocation,
+  step,
   voteSummary,
   votedBy
-} from '../model';
+} from '../reviews';
+import { INbOutput, IRequestView, IReviewItem } from '../tokens';
 
 const placeholder = (outputId: number, state = 'pending'): INbOutput => ({
   output_type: 'display_data',

@@ -2,42 +2,25 @@
  * The researchers' "Datasites" sidebar: connect with URL + token (the token
  * goes to the server extension and is never kept in the page), connected sites
  * with health, their datasets with schema and a mock preview, and which sites
- * the current notebook targets.
+ * the current notebook targets. The connections come from the model's poll.
  */
 import { INotebookTracker, NotebookPanel } from '@jupyterlab/notebook';
 import { Widget } from '@lumino/widgets';
 
-import { IConnection, RemoteKernelApi } from './api';
-import { RemoteCellController } from './remoteCells';
-
-const POLL_MS = 15000;
-
-function el<K extends keyof HTMLElementTagNameMap>(
-  tag: K,
-  className = '',
-  text = ''
-): HTMLElementTagNameMap[K] {
-  const node = document.createElement(tag);
-  if (className) {
-    node.className = className;
-  }
-  if (text) {
-    node.textContent = text;
-  }
-  return node;
-}
+import { RemoteKernelModel } from '../model';
+import { RemoteCellController } from '../remoteCells';
+import { IConnection } from '../tokens';
+import { el, errorText } from './dom';
 
 export class DatasitesPanel extends Widget {
-  private connections: IConnection[] = [];
   private renderedKey = '';
   private readonly form = el('form', 'rk-ConnectForm');
   private readonly messageNode = el('div', 'rk-Message');
   private readonly listNode = el('div', 'rk-Connections');
   private readonly targetsNode = el('div', 'rk-Targets');
-  private readonly timer: number;
 
   constructor(
-    private readonly api: RemoteKernelApi,
+    private readonly model: RemoteKernelModel,
     private readonly controller: RemoteCellController,
     private readonly tracker: INotebookTracker
   ) {
@@ -54,12 +37,13 @@ export class DatasitesPanel extends Widget {
     this.node.appendChild(el('h3', '', 'Connected'));
     this.node.appendChild(this.listNode);
     tracker.currentChanged.connect(() => this.renderTargets());
-    this.timer = window.setInterval(() => void this.refresh(), POLL_MS);
-    void this.refresh();
+    model.connectionsChanged.connect(this.onConnections, this);
+    model.connectionsFailed.connect(this.onConnectionsFailed, this);
   }
 
   dispose(): void {
-    window.clearInterval(this.timer);
+    this.model.connectionsChanged.disconnect(this.onConnections, this);
+    this.model.connectionsFailed.disconnect(this.onConnectionsFailed, this);
     super.dispose();
   }
 
@@ -99,19 +83,16 @@ export class DatasitesPanel extends Widget {
       submit.disabled = true;
       this.messageNode.classList.remove('rk-mod-ok');
       this.messageNode.textContent = 'Connecting…';
-      this.api
+      this.model
         .connect(url.value.trim(), token.value, name.value.trim())
         .then(connection => {
           this.messageNode.classList.add('rk-mod-ok');
           this.messageNode.textContent = `Connected to ${connection.name} as ${connection.user} (${connection.role}).`;
           url.value = '';
           name.value = '';
-          return this.refresh();
         })
         .catch(error => {
-          this.messageNode.textContent = String(
-            (error as Error).message ?? error
-          );
+          this.messageNode.textContent = errorText(error);
         })
         .finally(() => {
           // The token is never kept in the page, even after a failure.
@@ -121,26 +102,24 @@ export class DatasitesPanel extends Widget {
     };
   }
 
-  async refresh(): Promise<void> {
-    try {
-      this.connections = await this.api.connections();
-    } catch (error) {
-      this.messageNode.textContent = String((error as Error).message ?? error);
-      return;
-    }
-    this.controller.setSites(
-      this.connections.filter(c => c.role === 'researcher').map(c => c.name)
-    );
+  private onConnectionsFailed(_: RemoteKernelModel, message: string): void {
+    this.messageNode.textContent = message;
+  }
+
+  private onConnections(
+    _: RemoteKernelModel,
+    connections: IConnection[]
+  ): void {
     // Re-render only when the connections changed, so that open datasets and mock
     // previews stay open; otherwise just refresh the health dots.
     const key = JSON.stringify(
-      this.connections.map(c => [c.name, c.url, c.user, c.role])
+      connections.map(c => [c.name, c.url, c.user, c.role])
     );
     if (key !== this.renderedKey) {
       this.renderedKey = key;
-      this.renderList();
+      this.renderList(connections);
     } else {
-      for (const connection of this.connections) {
+      for (const connection of connections) {
         const item = this.listNode.querySelector<HTMLElement>(
           `.rk-Connection[data-site="${connection.name}"] .rk-Health`
         );
@@ -163,7 +142,7 @@ export class DatasitesPanel extends Widget {
   private renderTargets(): void {
     this.targetsNode.textContent = '';
     const panel: NotebookPanel | null = this.tracker.currentWidget;
-    const sites = this.controller.sites;
+    const sites = this.model.researcherSites;
     if (!panel) {
       this.targetsNode.appendChild(el('div', 'rk-Empty', 'No notebook open.'));
       return;
@@ -200,14 +179,14 @@ export class DatasitesPanel extends Widget {
     }
   }
 
-  private renderList(): void {
+  private renderList(connections: IConnection[]): void {
     this.listNode.textContent = '';
-    if (!this.connections.length) {
+    if (!connections.length) {
       this.listNode.appendChild(
         el('div', 'rk-Empty', 'No datasite connected yet.')
       );
     }
-    for (const connection of this.connections) {
+    for (const connection of connections) {
       const item = el('details', 'rk-Connection');
       item.dataset.site = connection.name;
       const summary = el('summary');
@@ -229,7 +208,7 @@ export class DatasitesPanel extends Widget {
       );
       remove.onclick = event => {
         event.preventDefault();
-        void this.api.disconnect(connection.name).then(() => this.refresh());
+        void this.model.disconnect(connection.name);
       };
       summary.appendChild(remove);
       item.appendChild(summary);
@@ -247,7 +226,7 @@ export class DatasitesPanel extends Widget {
   private async renderDatasets(site: string, body: HTMLElement): Promise<void> {
     body.textContent = 'Loading datasets…';
     try {
-      const datasets = await this.api.datasets(site);
+      const datasets = await this.model.datasets(site);
       body.textContent = '';
       for (const dataset of datasets) {
         const block = el('details', 'rk-Dataset');
@@ -283,7 +262,7 @@ export class DatasitesPanel extends Widget {
         body.textContent = 'No datasets.';
       }
     } catch (error) {
-      body.textContent = String((error as Error).message ?? error);
+      body.textContent = errorText(error);
     }
   }
 
@@ -294,7 +273,7 @@ export class DatasitesPanel extends Widget {
   ): Promise<void> {
     body.textContent = 'Loading mock…';
     try {
-      const mock = await this.api.mockPreview(site, dataset);
+      const mock = await this.model.mockPreview(site, dataset);
       body.textContent = '';
       body.appendChild(
         el(
@@ -319,7 +298,7 @@ export class DatasitesPanel extends Widget {
       scroller.appendChild(table);
       body.appendChild(scroller);
     } catch (error) {
-      body.textContent = String((error as Error).message ?? error);
+      body.textContent = errorText(error);
     }
   }
 }

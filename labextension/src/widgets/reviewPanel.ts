@@ -1,18 +1,16 @@
 /**
  * The reviewers' "Pending outputs" sidebar: the queue of every reviewer
- * connection (polled), each output rendered with the filter's findings marked
- * on it, and Approve / Deny with a fast keyboard loop (j/k, a, d).
+ * connection (polled by the model), each output rendered with the filter's
+ * findings marked on it, and Approve / Deny with a fast keyboard loop (j/k, a, d).
  */
 import { IRenderMimeRegistry, MimeModel } from '@jupyterlab/rendermime';
 import { OutputAreaModel, SimplifiedOutputArea } from '@jupyterlab/outputarea';
 import { Panel, Widget } from '@lumino/widgets';
 
-import { RemoteKernelApi, ISiteError } from './api';
+import { RemoteKernelModel } from '../model';
 import {
-  IFinding,
-  INbOutput,
   IReviewFilter,
-  IReviewItem,
+  REVIEW_STATUSES,
   ageText,
   combineItems,
   matchesFilter,
@@ -21,33 +19,9 @@ import {
   step,
   voteSummary,
   votedBy
-} from './model';
-
-const POLL_MS = 4000;
-const STATUSES = [
-  'pending',
-  'conflicted',
-  'decided',
-  'released',
-  'denied',
-  'blocked',
-  'all'
-];
-
-function el<K extends keyof HTMLElementTagNameMap>(
-  tag: K,
-  className = '',
-  text = ''
-): HTMLElementTagNameMap[K] {
-  const node = document.createElement(tag);
-  if (className) {
-    node.className = className;
-  }
-  if (text) {
-    node.textContent = text;
-  }
-  return node;
-}
+} from '../reviews';
+import { IFinding, INbOutput, IReviewItem, ReviewDecision } from '../tokens';
+import { el, errorText } from './dom';
 
 /** An output item as nbformat, so JupyterLab's own renderers draw it for the reviewer. */
 export function reviewOutput(item: IReviewItem): INbOutput {
@@ -122,9 +96,6 @@ export function markFindings(root: HTMLElement, findings: IFinding[]): number {
 }
 
 export class ReviewPanel extends Panel {
-  private queue: IReviewItem[] = [];
-  private history: IReviewItem[] = [];
-  private errors: ISiteError[] = [];
   private filter: IReviewFilter = {
     site: '',
     researcher: '',
@@ -132,8 +103,6 @@ export class ReviewPanel extends Panel {
   };
   private selected = '';
   private filtersKey = '';
-  private busy = false;
-  private timer: number | undefined;
   private readonly listNode = el('div', 'rk-ReviewList');
   private readonly filtersNode = el('div', 'rk-Filters');
   private readonly messageNode = el('div', 'rk-Message');
@@ -142,7 +111,7 @@ export class ReviewPanel extends Panel {
   private readonly outputModel = new OutputAreaModel({ trusted: false });
 
   constructor(
-    private readonly api: RemoteKernelApi,
+    private readonly model: RemoteKernelModel,
     private readonly rendermime: IRenderMimeRegistry
   ) {
     super();
@@ -156,7 +125,7 @@ export class ReviewPanel extends Panel {
     const header = el('div', 'rk-Header');
     header.appendChild(el('h2', '', 'Pending outputs'));
     const refresh = el('button', 'jp-Button rk-Small', 'Refresh');
-    refresh.onclick = () => void this.refresh();
+    refresh.onclick = () => void this.model.refreshReviews();
     header.appendChild(refresh);
     top.node.append(header, this.filtersNode, this.messageNode, this.listNode);
     this.addWidget(top);
@@ -165,49 +134,28 @@ export class ReviewPanel extends Panel {
     this.comment.placeholder =
       'Comment (required to deny; the researcher reads it)';
     this.node.addEventListener('keydown', event => this.onKey(event));
-    this.timer = window.setInterval(() => void this.refresh(), POLL_MS);
-    void this.refresh();
+    this.model.includeHistory = this.filter.status !== 'pending';
+    model.reviewsChanged.connect(this.onReviews, this);
   }
 
   dispose(): void {
-    window.clearInterval(this.timer);
+    this.model.reviewsChanged.disconnect(this.onReviews, this);
     super.dispose();
   }
 
   get visibleItems(): IReviewItem[] {
-    return combineItems(this.queue, this.history).filter(item =>
+    const { queue, history } = this.model.reviews;
+    return combineItems(queue, history).filter(item =>
       matchesFilter(item, this.filter)
     );
   }
 
   get pendingCount(): number {
-    return this.queue.filter(item => item.state === 'pending').length;
+    return this.model.reviews.queue.filter(item => item.state === 'pending')
+      .length;
   }
 
-  async refresh(): Promise<void> {
-    if (this.busy) {
-      return;
-    }
-    this.busy = true;
-    try {
-      const [queue, history] = await Promise.all([
-        this.api.reviewQueue(),
-        this.filter.status === 'pending'
-          ? Promise.resolve(null)
-          : this.api.reviewHistory()
-      ]);
-      this.queue = queue.items;
-      this.errors = queue.errors;
-      if (history) {
-        this.history = history.items;
-      }
-    } catch (error) {
-      this.errors = [
-        { site: 'server', message: String((error as Error).message ?? error) }
-      ];
-    } finally {
-      this.busy = false;
-    }
+  private onReviews(): void {
     this.updateBadge();
     this.render();
   }
@@ -226,7 +174,7 @@ export class ReviewPanel extends Panel {
 
   private render(): void {
     this.renderFilters();
-    this.messageNode.textContent = this.errors
+    this.messageNode.textContent = this.model.reviews.errors
       .map(e => `${e.site}: ${e.message}`)
       .join('\n');
     const items = this.visibleItems;
@@ -290,7 +238,8 @@ export class ReviewPanel extends Panel {
   }
 
   private renderFilters(): void {
-    const all = [...this.queue, ...this.history];
+    const { queue, history } = this.model.reviews;
+    const all = [...queue, ...history];
     const options = {
       site: [...new Set(all.map(i => i.site))].sort(),
       researcher: [...new Set(all.map(i => i.request.user))].sort()
@@ -319,16 +268,17 @@ export class ReviewPanel extends Panel {
       select.value = current;
       select.onchange = () => {
         this.filter = { ...this.filter, [name]: select.value };
+        this.model.includeHistory = this.filter.status !== 'pending';
         this.render();
         if (name === 'status') {
-          void this.refresh();
+          void this.model.refreshReviews();
         }
       };
       this.filtersNode.appendChild(select);
     };
     make('site', options.site, 'all sites');
     make('researcher', options.researcher, 'all researchers');
-    make('status', STATUSES, null);
+    make('status', REVIEW_STATUSES, null);
   }
 
   get selectedItem(): IReviewItem | undefined {
@@ -483,7 +433,7 @@ export class ReviewPanel extends Panel {
     return item.state === 'pending' && !votedBy(item, item.reviewer);
   }
 
-  async decide(decision: 'approve' | 'deny'): Promise<void> {
+  async decide(decision: ReviewDecision): Promise<void> {
     const item = this.selectedItem;
     if (!item || !this.canDecide(item)) {
       return;
@@ -498,22 +448,20 @@ export class ReviewPanel extends Panel {
     const items = this.visibleItems;
     const index = items.findIndex(i => reviewKey(i) === this.selected);
     try {
-      await this.api.review(item.site, item.id, decision, comment);
+      await this.model.review(item, decision, comment);
     } catch (error) {
-      this.messageNode.textContent = String((error as Error).message ?? error);
+      this.messageNode.textContent = errorText(error);
       return;
     }
     this.comment.value = '';
-    this.queue = this.queue.filter(i => reviewKey(i) !== reviewKey(item));
     const rest = items.filter(i => reviewKey(i) !== reviewKey(item));
     this.selected = rest.length
       ? reviewKey(rest[Math.min(index, rest.length - 1)])
       : '';
-    this.updateBadge();
-    this.render();
+    // Drops the item from the queue (badge and list re-render at once) and refetches.
+    this.model.markDecided(item);
     this.renderDetail();
     this.node.focus();
-    void this.refresh();
   }
 
   private onKey(event: KeyboardEvent): void {

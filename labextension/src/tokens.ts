@@ -1,0 +1,199 @@
+/**
+ * The extension's vocabulary: the JSON the server extension (`/remote-kernel/...`,
+ * remote_kernel/labapp/handlers.py) sends and the words of the Python side
+ * (remote_kernel/protocol/models.py: Role, RequestStatus, OutputState, Verdict).
+ *
+ * Types only, no JupyterLab imports: the pure modules (cells.ts, reviews.ts) and
+ * their jest tests use them. The plugin provides no Lumino token (nothing
+ * outside this extension consumes its model).
+ */
+
+/** Any JSON object, loosely typed (mime bundles, metadata, request bodies). */
+export type JSONObject = { [key: string]: any };
+
+/**
+ * A string field whose known values are `T`. A newer datasite may send a value
+ * this extension does not know yet, so any string is accepted (and shown as is).
+ */
+export type Open<T extends string> = T | (string & Record<never, never>);
+
+// --- the Python vocabulary (same values as remote_kernel.protocol.models) ----------------------
+
+/** What a token may do at a datasite (`Role`). */
+export type Role = 'researcher' | 'reviewer' | 'admin';
+
+/** Where a submitted cell is in its life at the datasite (`RequestStatus`). */
+export type RequestStatus =
+  'queued' | 'running' | 'completed' | 'error' | 'failed' | 'interrupted';
+
+/** Whether an output's content may travel to the researcher (`OutputState`). */
+export type OutputState =
+  'pending' | 'released' | 'denied' | 'blocked' | 'conflicted';
+
+/** A filter's opinion of one output item (`Verdict`). */
+export type Verdict = 'release' | 'review' | 'block';
+
+/** A reviewer's vote (the `decision` of a review, handlers.ReviewHandler). */
+export type ReviewDecision = 'approve' | 'deny';
+
+/** Request statuses after which no new outputs can appear (`RequestStatus.finished`). */
+export const FINISHED_STATUSES: ReadonlySet<string> = new Set<RequestStatus>([
+  'completed',
+  'error',
+  'failed',
+  'interrupted'
+]);
+
+/** Output states that will not change any more (`OutputState.decided`). */
+export const FINAL_STATES: ReadonlySet<string> = new Set<OutputState>([
+  'released',
+  'denied',
+  'blocked',
+  'conflicted'
+]);
+
+// --- connections (ConnectionsHandler, ConnectionHandler) ----------------------------------------
+
+/** A connection's health as `GET connections` checks it. */
+export interface IHealth {
+  ok: boolean;
+  message: string;
+  latency_ms?: number;
+  datasite?: string;
+  version?: string;
+}
+
+/** A saved connection (`Connection.public()`, plus `health` in `GET connections`). */
+export interface IConnection {
+  name: string;
+  url: string;
+  user: string;
+  role: Open<Role>;
+  health?: IHealth;
+  /** `POST connections` only: the datasite's own name. */
+  datasite?: string;
+}
+
+// --- datasets (DatasetsHandler, DatasetHandler, MockPreviewHandler) -----------------------------
+
+export interface IColumn {
+  name: string;
+  dtype: string;
+}
+
+export interface IDatasetSummary {
+  name: string;
+  description: string;
+  columns: IColumn[];
+}
+
+/** One dataset (`GET .../datasets/<dataset>`): its summary and the mock's non-disclosive summary. */
+export interface IDataset extends IDatasetSummary {
+  mock_summary?: JSONObject | null;
+}
+
+/** The first rows of a dataset's mock (`mock_preview` in handlers.py). */
+export interface IMockPreview {
+  columns: string[];
+  dtypes: string[];
+  rows: unknown[][];
+  total_rows: number;
+}
+
+// --- requests and outputs (RequestsHandler, RequestHandler, OutputHandler) ----------------------
+
+/** One check's finding on an output (`Finding`). */
+export interface IFinding {
+  check: string;
+  verdict: Open<Verdict>;
+  message: string;
+  location: string | null;
+}
+
+/** One reviewer's vote on an output (`votes` in a reviewer's view of it). */
+export interface IVote {
+  reviewer: string;
+  decision: Open<ReviewDecision>;
+  comment?: string;
+}
+
+/** An output as a datasite shows it (researchers: content only when released). */
+export interface IOutputView {
+  id: number;
+  request_id: number;
+  seq: number;
+  msg_type: string;
+  state: Open<OutputState>;
+  summary: string;
+  decided_by: string | null;
+  decided_at?: string | null;
+  created_at?: string | null;
+  comment?: string;
+  content?: JSONObject;
+  verdict?: Open<Verdict> | null;
+  findings?: IFinding[];
+  /** Reviewers and admins only: the votes so far and how many approvals release it. */
+  votes?: IVote[];
+  required_reviews?: number;
+}
+
+/** A request as the datasite shows the connection's user. */
+export interface IRequestView {
+  id: number;
+  user: string;
+  code: string;
+  status: Open<RequestStatus>;
+  message: string;
+  created_at?: string | null;
+  outputs?: IOutputView[];
+  pushes?: JSONObject[];
+}
+
+// --- reviewers (ReviewQueueHandler, ReviewHistoryHandler, ReviewHandler) ------------------------
+
+/** A pending (or decided) output with its request, from one reviewer connection. */
+export interface IReviewItem extends IOutputView {
+  site: string;
+  reviewer: string;
+  request: IRequestView;
+}
+
+/** A reviewer connection whose datasite did not answer (reported, not fatal). */
+export interface ISiteError {
+  site: string;
+  message: string;
+}
+
+/** `GET reviews` and `GET reviews/history`: every reviewer connection's items. */
+export interface IReviewPage {
+  items: IReviewItem[];
+  errors: ISiteError[];
+}
+
+// --- what `%%remote` writes into a notebook ------------------------------------------------------
+
+/** What `%%remote` puts in `metadata.remote_kernel` of every output it displays. */
+export interface IRemoteMeta {
+  site: string;
+  request_id: number;
+  output_id?: number;
+  state?: Open<OutputState>;
+  decided_by?: string | null;
+  /** Set by this extension once the output shows the datasite's final answer. */
+  rendered?: boolean;
+  /** On status lines written by this extension: the request's status. */
+  status?: Open<RequestStatus>;
+}
+
+/** A notebook output (nbformat), loosely typed. */
+export interface INbOutput {
+  output_type: string;
+  data?: JSONObject;
+  metadata?: JSONObject;
+  text?: string | string[];
+  name?: string;
+  execution_count?: number | null;
+  ename?: string;
+  evalue?: string;
+  traceback?: string[];
+}
