@@ -20,9 +20,9 @@ from typing import Any
 import httpx
 import pandas as pd
 
-from remote_kernel.checks.sqltier import crosstab_sql, run_query
 from remote_kernel.protocol.errors import QueryRejected, RemoteKernelError
 from remote_kernel.protocol.kernel_env import API_SOCKET_ENV, API_TOKEN_ENV
+from remote_kernel.querylang import crosstab_sql, run_on_tables
 from remote_kernel.researcher.client import sites
 from remote_kernel.researcher.data import at_datasite
 
@@ -47,7 +47,7 @@ def query(sql: str, site: str | None = None) -> pd.DataFrame:
     """Run an aggregate SQL query: on the mock here, by the datasite there."""
     if at_datasite():
         return _ask_datasite(sql)
-    return run_query(sql, _mock_tables(site), None).result
+    return run_on_tables(sql, _mock_tables(site))
 
 
 def crosstab(
