@@ -640,7 +640,11 @@ def test_the_server_side_never_unpickles_evals_or_imports_researcher_input() -> 
     # The filter decodes values with these functions only: no pickle inside them.
     values = ast.parse((root / "protocol" / "values.py").read_text())
     for node in values.body:
-        if isinstance(node, ast.FunctionDef) and node.name in {"read_table", "describe", "check_payload"}:
+        if isinstance(node, ast.FunctionDef) and node.name in {
+            "read_table",
+            "describe",
+            "check_payload",
+        }:
             for inner in ast.walk(node):
                 if isinstance(inner, ast.Name) and inner.id in FORBIDDEN_MODULES:
                     problems.append(f"values.{node.name} uses {inner.id}")

@@ -10,6 +10,7 @@ threshold without changing anyone else's.
 from __future__ import annotations
 
 import dataclasses
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -61,6 +62,8 @@ class Thresholds:
     max_output_bytes: int = 1024 * 1024
     #: Categories a released table may have per grouping column (DataSHIELD levels.max).
     max_levels: int = 40
+    #: Wall-clock seconds one cell may run before it is interrupted (0: no limit).
+    max_cell_seconds: float = 1800
 
     def __post_init__(self) -> None:
         if self.zeros not in ("review", "release"):
@@ -71,6 +74,12 @@ class Thresholds:
             raise PolicyError("min_cell_count, dominance_n and round_to must be at least 1")
         if not 0 < self.dominance_k <= 1 or not 0 <= self.p_ratio <= 1:
             raise PolicyError("dominance_k must be in (0, 1] and p_ratio in [0, 1]")
+        if isinstance(self.max_cell_seconds, bool) or not isinstance(
+            self.max_cell_seconds, int | float
+        ):
+            raise PolicyError("max_cell_seconds must be a number of seconds (0: no limit)")
+        if self.max_cell_seconds < 0:
+            raise PolicyError("max_cell_seconds must be 0 (no limit) or more")
 
 
 PRESETS: dict[str, Thresholds] = {
@@ -93,6 +102,8 @@ class DatasetPolicy:
     #: A table row or text line matching a private record on these columns is a
     #: leaked record. Empty means: all columns.
     quasi_identifiers: tuple[str, ...] = ()
+    #: A lower wall-clock limit for cells that name this dataset (None: the researcher's).
+    max_cell_seconds: float | None = None
 
 
 @dataclass(frozen=True)
@@ -117,6 +128,25 @@ class Policy:
     def dataset(self, name: str) -> DatasetPolicy:
         return self.datasets.get(name, DatasetPolicy())
 
+    def cell_seconds(self, name: str, role: str, code: str) -> float:
+        """How long one cell of this researcher may run (0: no limit).
+
+        The researcher's ``max_cell_seconds`` (after role and researcher overrides),
+        lowered by the limit of any dataset whose name the cell quotes
+        (``rk.data("heart")``, ``FROM heart`` inside a quoted query). A cell that builds a
+        name at run time escapes a dataset's limit but never the researcher's.
+        """
+        limit = self.for_researcher(name, role).max_cell_seconds
+        for dataset, spec in self.datasets.items():
+            if spec.max_cell_seconds and _quotes_name(code, dataset):
+                limit = min(limit, spec.max_cell_seconds) if limit else spec.max_cell_seconds
+        return limit
+
+
+def _quotes_name(code: str, name: str) -> bool:
+    """Whether ``name`` stands in the code as a quoted string or as a word inside one."""
+    return re.search(rf"(?<![\w.]){re.escape(name)}(?![\w])", code) is not None
+
 
 THRESHOLD_KEYS = {f.name for f in dataclasses.fields(Thresholds)}
 
@@ -139,6 +169,14 @@ def _thresholds(base: Thresholds, raw: Any, where: str) -> dict[str, Any]:
     return dict(raw)
 
 
+def _seconds(value: Any, where: str) -> float | None:
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int | float) or value <= 0:
+        raise PolicyError(f"{where}.max_cell_seconds must be a positive number of seconds")
+    return float(value)
+
+
 def parse_policy(raw: Any) -> Policy:
     """Build a Policy from the YAML mapping; every mistake is a PolicyError."""
     raw = raw or {}
@@ -156,12 +194,13 @@ def parse_policy(raw: Any) -> Policy:
     datasets = {}
     for name, spec in (raw.get("datasets") or {}).items():
         spec = spec or {}
-        bad = set(spec) - {"identifiers", "quasi_identifiers"}
+        bad = set(spec) - {"identifiers", "quasi_identifiers", "max_cell_seconds"}
         if bad:
             raise PolicyError(f"unknown key(s) for dataset {name!r}: {', '.join(sorted(bad))}")
         datasets[name] = DatasetPolicy(
             identifiers=tuple(spec.get("identifiers") or ()),
             quasi_identifiers=tuple(spec.get("quasi_identifiers") or ()),
+            max_cell_seconds=_seconds(spec.get("max_cell_seconds"), f"datasets.{name}"),
         )
     overrides = raw.get("overrides") or {}
     roles = {

@@ -54,6 +54,9 @@ class Limits:
     ws_message_burst: int = 200
     #: Events queued for a websocket client that does not read; past that it is closed.
     max_ws_buffer_bytes: int = 8 * 1024 * 1024
+    #: Seconds a cell over its time limit (policy ``max_cell_seconds``) gets to stop after
+    #: it is interrupted; then its kernel is stopped.
+    interrupt_grace_seconds: float = 10.0
 
 
 @dataclass

@@ -46,6 +46,7 @@ from remote_kernel.datasite.store import (
     User,
 )
 from remote_kernel.datasite.views import Votes, output_view, request_view
+from remote_kernel.datasite.watchdog import CellStopped, CellWatchdog
 from remote_kernel.protocol.errors import InputError, PermissionDenied, RemoteKernelError, TooLarge
 from remote_kernel.protocol.kernel_env import DATASETS_ENV, SITE_ENV
 from remote_kernel.protocol.models import Finding, OutputItem, OutputState, RequestStatus, Role
@@ -369,14 +370,16 @@ class DatasiteCore:
                 )
             self._on_output(request, item)
 
+        watchdog = self._watchdog(user, request, kernel)
         try:
             if not await self._hand_over_pushes(runtime, request, kernel, on_output):
                 return
-            result = await kernel.execute(request.code, on_output)
-        except KernelDied as exc:
+            result = await watchdog.guard(kernel.execute(request.code, on_output))
+        except (KernelDied, CellStopped) as exc:
             await self._shutdown_kernel(runtime)
+            died = f"{exc}; the next request starts a new kernel"
             self._finish(
-                request_id, RequestStatus.FAILED, f"{exc}; the next request starts a new kernel"
+                request_id, RequestStatus.FAILED, watchdog.message() if watchdog.fired else died
             )
             return
         except OutputLimitExceeded as exc:
@@ -393,14 +396,32 @@ class DatasiteCore:
                 "and the next request starts a new kernel",
             )
             return
-        if result.status == "ok":
-            self._finish(request_id, RequestStatus.COMPLETED)
-        elif result.status == "aborted":
-            self._finish(request_id, RequestStatus.INTERRUPTED, "execution was aborted")
+        self._finish_ran(request, result.status, watchdog)
+
+    def _finish_ran(self, request: Request, status: str, watchdog: CellWatchdog) -> None:
+        """The end of a cell that ran: by its reply's status, or the time limit's message."""
+        if watchdog.fired:
+            self._finish(request.id, RequestStatus.FAILED, watchdog.message())
+        elif status == "ok":
+            self._finish(request.id, RequestStatus.COMPLETED)
+        elif status == "aborted":
+            self._finish(request.id, RequestStatus.INTERRUPTED, "execution was aborted")
         else:
-            errors = [o for o in self.store.outputs_of(request_id) if o.msg_type == "error"]
+            errors = [o for o in self.store.outputs_of(request.id) if o.msg_type == "error"]
             content = errors[-1].item.content if errors else {}
-            self._finish(request_id, RequestStatus.ERROR, error_summary(content, request.code))
+            self._finish(request.id, RequestStatus.ERROR, error_summary(content, request.code))
+
+    def _watchdog(self, user: User, request: Request, kernel: KernelHandle) -> CellWatchdog:
+        """The cell's wall-clock limit (policy); interrupting for it is audited."""
+        seconds = self.policy.cell_seconds(user.name, user.role, request.code)
+
+        async def interrupt() -> None:
+            self.store.audit(
+                "datasite", "request.time_limit", f"request:{request.id}", seconds=seconds
+            )
+            await kernel.interrupt()
+
+        return CellWatchdog(seconds, interrupt, self.config.limits.interrupt_grace_seconds)
 
     async def _hand_over_pushes(
         self,
