@@ -199,7 +199,7 @@ def bench_html(index: PrivateIndex, cells: int, repeat: int) -> Line:
 
 
 # --- sound tier: query + evidence vs plain pandas ------------------------------------------------
-# Owned with remote_kernel/sqltier.py: if run_query's signature changes, change this function.
+# Owned with remote_kernel/checks/sqltier/: if run_query's signature changes, change this function.
 
 
 def bench_sound_tier(frame: pd.DataFrame, repeat: int) -> list[Line]:

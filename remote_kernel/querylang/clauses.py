@@ -15,11 +15,11 @@ from remote_kernel.protocol.errors import QueryRejected
 from remote_kernel.querylang.parse import (
     ALLOWED_AGGREGATES,
     REFUSED_AGGREGATES,
-    _function_name,
-    _is_aggregate_name,
-    _text,
-    _walk,
     canonical,
+    function_name,
+    is_aggregate_name,
+    source_text,
+    walk_nodes,
 )
 
 #: Scalar functions refused anywhere: they change the number of rows (UNNEST), read
@@ -58,7 +58,7 @@ _EXPRESSION_CLASSES = frozenset(
     }
 )
 
-_CLASS_MESSAGES = {
+CLASS_MESSAGES = {
     "SUBQUERY": "subqueries (SELECT inside the query) are not allowed: they can read other "
     "rows or tables outside the checked aggregate; write one flat aggregate query",
     "WINDOW": "window functions (... OVER (...)) are not allowed: they compute values per row "
@@ -70,13 +70,13 @@ _CLASS_MESSAGES = {
     "LAMBDA": "lambda expressions are not supported in aggregate queries",
 }
 
-_WHAT_TO_DO = (
+WHAT_TO_DO = (
     "Write an aggregate query: SELECT <group keys>, COUNT(*), COUNT(col), SUM(col) or "
     "AVG(col) FROM <dataset> GROUP BY <group keys>."
 )
 
 
-def _refuse_aggregate(name: str, text: str) -> QueryRejected:
+def refuse_aggregate(name: str, text: str) -> QueryRejected:
     """The error for an aggregate outside COUNT/SUM/AVG, saying what it would reveal."""
     reason = REFUSED_AGGREGATES.get(name)
     if reason is None:
@@ -84,7 +84,7 @@ def _refuse_aggregate(name: str, text: str) -> QueryRejected:
             "is not one of the aggregates whose disclosure risk the datasite can measure "
             "(COUNT, SUM, AVG)"
         )
-        return QueryRejected(f"{text}: {name.upper()} {reason}. {_WHAT_TO_DO}")
+        return QueryRejected(f"{text}: {name.upper()} {reason}. {WHAT_TO_DO}")
     return QueryRejected(
         f"{text}: {name.upper()} {reason}, so it can never be released automatically. "
         f"Use COUNT(*), COUNT(col), SUM(col) or AVG(col) instead; a reviewer can be asked "
@@ -92,7 +92,7 @@ def _refuse_aggregate(name: str, text: str) -> QueryRejected:
     )
 
 
-def _is_order_by_all(sql: str, expression: dict[str, Any]) -> bool:
+def is_order_by_all(sql: str, expression: dict[str, Any]) -> bool:
     """``ORDER BY ALL``: DuckDB parses it as a ``COLUMNS(*)`` star with no place in the
     text (``ORDER BY COLUMNS(*)`` and ``ORDER BY *`` have one, and stay refused)."""
     location = expression.get("query_location")
@@ -108,16 +108,16 @@ def _is_order_by_all(sql: str, expression: dict[str, Any]) -> bool:
     )
 
 
-def _check_expression(sql: str, node: Any, where: str) -> None:
+def check_expression(sql: str, node: Any, where: str) -> None:
     """A WHERE clause, group key or ORDER BY item: row-wise expressions of columns only."""
-    for child in _walk(node):
+    for child in walk_nodes(node):
         cls = child.get("class")
         if cls is None:
             if child.get("type") in ("SUBQUERY", "SELECT_NODE", "SET_OPERATION_NODE"):
-                raise QueryRejected(f"{where}: {_CLASS_MESSAGES['SUBQUERY']}")
+                raise QueryRejected(f"{where}: {CLASS_MESSAGES['SUBQUERY']}")
             continue
         if cls not in _EXPRESSION_CLASSES:
-            message = _CLASS_MESSAGES.get(cls, f"{cls.lower()} expressions are not supported")
+            message = CLASS_MESSAGES.get(cls, f"{cls.lower()} expressions are not supported")
             raise QueryRejected(f"{where}: {message}.")
         if cls == "FUNCTION":
             _check_function_call(sql, child, where)
@@ -126,11 +126,11 @@ def _check_expression(sql: str, node: Any, where: str) -> None:
 def _check_function_call(sql: str, node: Mapping[str, Any], where: str) -> None:
     """A function inside an expression: a plain scalar function, never an aggregate
     (an aggregate inside an expression escapes the per-cell evidence)."""
-    name = _function_name(node)
-    text = _text(sql, node)
+    name = function_name(node)
+    text = source_text(sql, node)
     if node.get("schema") or node.get("catalog"):
         raise QueryRejected(f"{where}: {text}: call functions without a schema name.")
-    if _is_aggregate_name(name):
+    if is_aggregate_name(name):
         if name in ALLOWED_AGGREGATES:
             raise QueryRejected(
                 f"{where}: {text}: aggregates may appear only on their own in the "
@@ -138,14 +138,14 @@ def _check_function_call(sql: str, node: Mapping[str, Any], where: str) -> None:
                 f"Select {name.upper()}(col) and transform the released table "
                 f"afterwards."
             )
-        raise _refuse_aggregate(name, text)
+        raise refuse_aggregate(name, text)
     if name in REFUSED_FUNCTIONS:
         raise QueryRejected(f"{where}: {text}: {name}() is not allowed here.")
     if node.get("filter") or node.get("distinct") or node.get("export_state"):
         raise QueryRejected(f"{where}: {text}: FILTER/DISTINCT are not allowed here.")
 
 
-def _check_from(table: Any, dataset_names: Collection[str]) -> tuple[str, frozenset[str]]:
+def check_from(table: Any, dataset_names: Collection[str]) -> tuple[str, frozenset[str]]:
     """FROM names exactly one of the site's datasets: returns its name as the site
     spells it and the qualifiers (name, alias) that may prefix its columns."""
     names = {str(n).lower(): str(n) for n in dataset_names}
@@ -164,7 +164,7 @@ def _check_from(table: Any, dataset_names: Collection[str]) -> tuple[str, frozen
             f"queries may read only this datasite's datasets ({known})."
         )
     if kind == "SUBQUERY":
-        raise QueryRejected(f"FROM (SELECT ...): {_CLASS_MESSAGES['SUBQUERY']}.")
+        raise QueryRejected(f"FROM (SELECT ...): {CLASS_MESSAGES['SUBQUERY']}.")
     if kind != "BASE_TABLE":
         raise QueryRejected(f"FROM must name one dataset ({known}); {kind} is not allowed.")
     if table.get("sample") is not None:
@@ -184,7 +184,7 @@ def _check_from(table: Any, dataset_names: Collection[str]) -> tuple[str, frozen
     return names[name.lower()], frozenset(qualifiers)
 
 
-def _forbid_anywhere(node: Mapping[str, Any], sql: str) -> None:
+def forbid_anywhere(node: Mapping[str, Any], sql: str) -> None:
     """No nested query, window, star or parameter anywhere in the tree, whatever the clause
     (``ORDER BY ALL``, which DuckDB writes as a star, is no star)."""
     order_by_all = {
@@ -192,28 +192,28 @@ def _forbid_anywhere(node: Mapping[str, Any], sql: str) -> None:
         for modifier in node.get("modifiers") or []
         if modifier.get("type") == "ORDER_MODIFIER"
         for order in modifier.get("orders") or []
-        if _is_order_by_all(sql, order.get("expression") or {})
+        if is_order_by_all(sql, order.get("expression") or {})
     }
     children = [v for k, v in node.items() if k != "from_table"]
-    for child in _walk(children):
+    for child in walk_nodes(children):
         if id(child) in order_by_all:
             continue
         cls = child.get("class")
-        if cls in _CLASS_MESSAGES:
-            raise QueryRejected(f"{_CLASS_MESSAGES[cls]}.")
+        if cls in CLASS_MESSAGES:
+            raise QueryRejected(f"{CLASS_MESSAGES[cls]}.")
         if child.get("type") in ("SELECT_NODE", "SET_OPERATION_NODE", "CTE_NODE"):
-            raise QueryRejected(f"{_CLASS_MESSAGES['SUBQUERY']}.")
+            raise QueryRejected(f"{CLASS_MESSAGES['SUBQUERY']}.")
 
 
-def _contains_aggregate(node: Any) -> bool:
+def contains_aggregate(node: Any) -> bool:
     """Whether an expression aggregates anything (an aggregate call or a window)."""
     return any(
-        child.get("class") == "FUNCTION" and _is_aggregate_name(_function_name(child))
-        for child in _walk(node)
-    ) or any(child.get("class") == "WINDOW" for child in _walk(node))
+        child.get("class") == "FUNCTION" and is_aggregate_name(function_name(child))
+        for child in walk_nodes(node)
+    ) or any(child.get("class") == "WINDOW" for child in walk_nodes(node))
 
 
-def _resolve_reference(
+def resolve_reference(
     expression: Mapping[str, Any],
     forms: Sequence[Any],
     aliases: Mapping[str, int],
@@ -247,7 +247,7 @@ def _resolve_reference(
     return None
 
 
-def _check_column_refs(
+def check_column_refs(
     node: Mapping[str, Any],
     qualifiers: Collection[str],
     aliases: Mapping[str, int],
@@ -259,7 +259,7 @@ def _check_column_refs(
     would group by entire records and show them as keys.
     """
     known = {str(c).lower() for c in columns}
-    for child in _walk([v for k, v in node.items() if k != "from_table"]):
+    for child in walk_nodes([v for k, v in node.items() if k != "from_table"]):
         if child.get("class") != "COLUMN_REF":
             continue
         names = [str(n).lower() for n in child.get("column_names", [])]

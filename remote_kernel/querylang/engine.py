@@ -105,7 +105,7 @@ def _execute(con: duckdb.DuckDBPyConnection, sql: str, private: bool) -> pd.Data
         ) from None
 
 
-def _check_numeric(parsed: ParsedQuery, frame: pd.DataFrame) -> None:
+def check_numeric(parsed: ParsedQuery, frame: pd.DataFrame) -> None:
     """SUM and AVG need a numeric (or boolean) column: refused with its type, before
     anything runs (the dtype is schema, not data, so the message may name it)."""
     by_lower = {str(c).lower(): c for c in frame.columns}

@@ -75,15 +75,15 @@ def deserialize_sql(document: Mapping[str, Any]) -> str:
     return str(rows[0][0])
 
 
-def _walk(node: Any) -> Iterator[dict[str, Any]]:
+def walk_nodes(node: Any) -> Iterator[dict[str, Any]]:
     """Every dict in a parse tree, the node itself first (the checks look at them all)."""
     if isinstance(node, dict):
         yield node
         for value in node.values():
-            yield from _walk(value)
+            yield from walk_nodes(value)
     elif isinstance(node, list):
         for value in node:
-            yield from _walk(value)
+            yield from walk_nodes(value)
 
 
 _VOLATILE_KEYS = frozenset({"query_location", "query_location_length", "alias"})
@@ -111,7 +111,7 @@ def canonical(node: Any, qualifiers: Collection[str] = ()) -> Any:
     return node
 
 
-def _text(sql: str, node: Mapping[str, Any]) -> str:
+def source_text(sql: str, node: Mapping[str, Any]) -> str:
     """The researcher's own text for a node (DuckDB records byte offsets)."""
     start, length = node.get("query_location"), node.get("query_location_length")
     raw = sql.encode()
@@ -120,11 +120,11 @@ def _text(sql: str, node: Mapping[str, Any]) -> str:
     return node.get("alias") or node.get("function_name") or node.get("class", "expression")
 
 
-def _function_name(node: Mapping[str, Any]) -> str:
+def function_name(node: Mapping[str, Any]) -> str:
     return str(node.get("function_name", "")).lower()
 
 
-def _is_aggregate_name(name: str) -> bool:
+def is_aggregate_name(name: str) -> bool:
     return name in ALLOWED_AGGREGATES or name in REFUSED_AGGREGATES or name in _aggregate_names()
 
 

@@ -14,25 +14,25 @@ from typing import Any
 
 from remote_kernel.protocol.errors import QueryRejected
 from remote_kernel.querylang.clauses import (
-    _WHAT_TO_DO,
-    _check_expression,
-    _contains_aggregate,
-    _is_order_by_all,
-    _refuse_aggregate,
-    _resolve_reference,
+    WHAT_TO_DO,
+    check_expression,
+    contains_aggregate,
+    is_order_by_all,
+    refuse_aggregate,
+    resolve_reference,
 )
 from remote_kernel.querylang.parse import (
     ALLOWED_AGGREGATES,
-    _function_name,
-    _is_aggregate_name,
-    _text,
     canonical,
+    function_name,
+    is_aggregate_name,
+    source_text,
 )
 from remote_kernel.querylang.parsed import Aggregate, GroupKey
 
 
 @dataclass(frozen=True)
-class _Select:
+class Select:
     """The select list as GROUP BY and ORDER BY see it: items, canonical forms, aliases."""
 
     sql: str
@@ -43,7 +43,7 @@ class _Select:
 
     def resolve(self, expression: Mapping[str, Any], alias_refs: list[str]) -> int | None:
         """The select position a GROUP BY / ORDER BY expression refers to, if any."""
-        return _resolve_reference(expression, self.forms, self.aliases, self.qualifiers, alias_refs)
+        return resolve_reference(expression, self.forms, self.aliases, self.qualifiers, alias_refs)
 
 
 @dataclass
@@ -90,7 +90,7 @@ def _check_group_form(node: Mapping[str, Any], expressions: list[dict[str, Any]]
     return str(handling)
 
 
-def _group_keys(select: _Select, node: Mapping[str, Any]) -> _Grouping:
+def group_keys(select: Select, node: Mapping[str, Any]) -> _Grouping:
     """Every group key, as the select item that shows it or as its own expression.
 
     A key the result does not show still splits the rows into cells, so it is
@@ -101,24 +101,24 @@ def _group_keys(select: _Select, node: Mapping[str, Any]) -> _Grouping:
     handling = _check_group_form(node, expressions)
     grouping = _Grouping()
     for expression in expressions:
-        _check_expression(select.sql, expression, "GROUP BY")
+        check_expression(select.sql, expression, "GROUP BY")
         position = select.resolve(expression, grouping.alias_refs)
         shown, position = _shown_key(select, expression, position)
         computed = shown.get("class") != "COLUMN_REF"
-        grouping.add(GroupKey(shown, position, computed, _text(select.sql, shown)))
+        grouping.add(GroupKey(shown, position, computed, source_text(select.sql, shown)))
     if handling == "FORCE_AGGREGATES":  # GROUP BY ALL: every non-aggregate item is a key
         for position, item in enumerate(select.items):
-            if item.get("class") == "CONSTANT" or _contains_aggregate(item):
+            if item.get("class") == "CONSTANT" or contains_aggregate(item):
                 continue
-            _check_expression(select.sql, item, "GROUP BY ALL")
+            check_expression(select.sql, item, "GROUP BY ALL")
             computed = item.get("class") != "COLUMN_REF"
-            grouping.add(GroupKey(item, position, computed, _text(select.sql, item)))
+            grouping.add(GroupKey(item, position, computed, source_text(select.sql, item)))
     grouping.has_group_by = bool(expressions) or handling == "FORCE_AGGREGATES"
     return grouping
 
 
 def _shown_key(
-    select: _Select, expression: dict[str, Any], position: int | None
+    select: Select, expression: dict[str, Any], position: int | None
 ) -> tuple[dict[str, Any], int | None]:
     """The expression a GROUP BY item groups by, and the select position showing it.
 
@@ -127,22 +127,22 @@ def _shown_key(
     """
     if position is not None:
         item = select.items[position]
-        if _contains_aggregate(item):
+        if contains_aggregate(item):
             raise QueryRejected(
-                f"GROUP BY {_text(select.sql, expression)} refers to an aggregate; group by "
+                f"GROUP BY {source_text(select.sql, expression)} refers to an aggregate; group by "
                 f"columns or expressions of columns."
             )
         return item, position
     if expression.get("class") == "CONSTANT":
         raise QueryRejected(
-            f"GROUP BY {_text(select.sql, expression)}: grouping by a constant does nothing; "
+            f"GROUP BY {source_text(select.sql, expression)}: grouping by a constant does nothing; "
             f"group by columns (or by select-list positions 1, 2, ...)."
         )
     form = canonical(expression, select.qualifiers)
     return expression, next((i for i, f in enumerate(select.forms) if f == form), None)
 
 
-def _select_aggregates(select: _Select, key_positions: Collection[int]) -> list[Aggregate]:
+def select_aggregates(select: Select, key_positions: Collection[int]) -> list[Aggregate]:
     """The aggregates of the select list; every other item must be a key or a constant.
 
     An item that is neither would return each row's own value, which is exactly what
@@ -151,22 +151,22 @@ def _select_aggregates(select: _Select, key_positions: Collection[int]) -> list[
     aggregates: list[Aggregate] = []
     for position, item in enumerate(select.items):
         cls = item.get("class")
-        name = _function_name(item) if cls == "FUNCTION" else ""
-        text = _text(select.sql, item)
+        name = function_name(item) if cls == "FUNCTION" else ""
+        text = source_text(select.sql, item)
         if cls == "FUNCTION" and name in ALLOWED_AGGREGATES:
             aggregates.append(_check_aggregate(select.sql, position, item))
             continue
-        if cls == "FUNCTION" and _is_aggregate_name(name):
-            raise _refuse_aggregate(name, text)
+        if cls == "FUNCTION" and is_aggregate_name(name):
+            raise refuse_aggregate(name, text)
         if position in key_positions or cls == "CONSTANT":
-            _check_expression(select.sql, item, "SELECT")
+            check_expression(select.sql, item, "SELECT")
             continue
-        if _contains_aggregate(item):
-            _check_expression(select.sql, item, "SELECT")  # names the aggregate and says why
+        if contains_aggregate(item):
+            check_expression(select.sql, item, "SELECT")  # names the aggregate and says why
         raise QueryRejected(
             f"{text} is neither a GROUP BY key nor an aggregate: it would return each row's "
             f"own value. Add it to GROUP BY (the cell counts will then be checked) or "
-            f"aggregate it with COUNT/SUM/AVG. {_WHAT_TO_DO}"
+            f"aggregate it with COUNT/SUM/AVG. {WHAT_TO_DO}"
         )
     return aggregates
 
@@ -177,8 +177,8 @@ def _check_aggregate(sql: str, position: int, node: Mapping[str, Any]) -> Aggreg
     The evidence is computed per column; anything that changes which values an
     aggregate sees inside a cell would make the evidence describe other values.
     """
-    name = _function_name(node)
-    text = _text(sql, node)
+    name = function_name(node)
+    text = source_text(sql, node)
     if node.get("schema") or node.get("catalog"):
         raise QueryRejected(f"{text}: call aggregates without a schema name.")
     if node.get("distinct"):
@@ -223,8 +223,8 @@ def _column_aggregate(
     return Aggregate(position, function, column, argument, text)
 
 
-def _order_and_limit(
-    select: _Select, node: Mapping[str, Any], keys: list[GroupKey], aggregates: list[Aggregate]
+def order_and_limit(
+    select: Select, node: Mapping[str, Any], keys: list[GroupKey], aggregates: list[Aggregate]
 ) -> _Ordering:
     """ORDER BY only columns of the result (or group keys); LIMIT/OFFSET only numbers.
 
@@ -251,22 +251,22 @@ def _order_and_limit(
 
 
 def _ordered_aggregates(
-    select: _Select,
+    select: Select,
     expression: dict[str, Any],
     key_forms: list[Any],
     aggregate_positions: set[int],
 ) -> list[int]:
     """The aggregate positions one ORDER BY item sorts by (none for a key)."""
-    if _is_order_by_all(select.sql, expression):
+    if is_order_by_all(select.sql, expression):
         # Every result column, left to right: the aggregates among them too.
         return sorted(aggregate_positions)
     position = select.resolve(expression, [])
     if position is None and canonical(expression, select.qualifiers) in key_forms:
-        _check_expression(select.sql, expression, "ORDER BY")
+        check_expression(select.sql, expression, "ORDER BY")
         return []
     if position is None:
         raise QueryRejected(
-            f"ORDER BY {_text(select.sql, expression)}: order only by columns of the "
+            f"ORDER BY {source_text(select.sql, expression)}: order only by columns of the "
             f"result (their names, aliases or positions 1, 2, ...)."
         )
     return [position] if position in aggregate_positions else []

@@ -20,20 +20,20 @@ from typing import Any
 
 from remote_kernel.protocol.errors import QueryRejected
 from remote_kernel.querylang.clauses import (
-    _CLASS_MESSAGES,
-    _WHAT_TO_DO,
-    _check_column_refs,
-    _check_expression,
-    _check_from,
-    _forbid_anywhere,
+    CLASS_MESSAGES,
+    WHAT_TO_DO,
+    check_column_refs,
+    check_expression,
+    check_from,
+    forbid_anywhere,
 )
 from remote_kernel.querylang.parse import canonical, serialize_sql
 from remote_kernel.querylang.parsed import ParsedQuery
 from remote_kernel.querylang.select_list import (
-    _group_keys,
-    _order_and_limit,
-    _Select,
-    _select_aggregates,
+    Select,
+    group_keys,
+    order_and_limit,
+    select_aggregates,
 )
 
 #: Prefix of the evidence columns the datasite adds to the select list.
@@ -62,17 +62,17 @@ def check_query(
     document = _parse_one_select(sql)
     node = document["statements"][0]["node"]
     _check_statement_form(node)
-    dataset, qualifiers = _check_from(node.get("from_table"), dataset_names)
-    _forbid_anywhere(node, sql)
+    dataset, qualifiers = check_from(node.get("from_table"), dataset_names)
+    forbid_anywhere(node, sql)
     where = node.get("where_clause")
     if where is not None:
-        _check_expression(sql, where, "WHERE")
+        check_expression(sql, where, "WHERE")
     select = _select_list(sql, node, qualifiers)
-    grouping = _group_keys(select, node)
-    aggregates = _select_aggregates(select, grouping.positions)
+    grouping = group_keys(select, node)
+    aggregates = select_aggregates(select, grouping.positions)
     if not aggregates and not grouping.keys:
-        raise QueryRejected(f"the query returns no aggregate. {_WHAT_TO_DO}")
-    ordering = _order_and_limit(select, node, grouping.keys, aggregates)
+        raise QueryRejected(f"the query returns no aggregate. {WHAT_TO_DO}")
+    ordering = order_and_limit(select, node, grouping.keys, aggregates)
     parsed = ParsedQuery(
         sql=sql,
         dataset=dataset,
@@ -90,7 +90,7 @@ def check_query(
     )
     if columns is not None:
         _check_columns(parsed, columns.get(dataset, ()))
-        _check_column_refs(node, qualifiers, select.aliases, columns.get(dataset, ()))
+        check_column_refs(node, qualifiers, select.aliases, columns.get(dataset, ()))
     return parsed
 
 
@@ -101,7 +101,7 @@ def _parse_one_select(sql: str) -> dict[str, Any]:
     is looked at: those statements could read or change files, settings or data.
     """
     if not isinstance(sql, str) or not sql.strip():
-        raise QueryRejected(f"the query is empty. {_WHAT_TO_DO}")
+        raise QueryRejected(f"the query is empty. {WHAT_TO_DO}")
     document = serialize_sql(sql)
     if document.get("error"):
         message = str(document.get("error_message", "cannot parse"))
@@ -109,7 +109,7 @@ def _parse_one_select(sql: str) -> dict[str, Any]:
             raise QueryRejected(
                 "only a single SELECT query is allowed: statements such as COPY, ATTACH, "
                 "PRAGMA, SET, INSTALL/LOAD, CREATE, INSERT, UPDATE or DELETE could read or "
-                f"change files and settings, or change the data. {_WHAT_TO_DO}"
+                f"change files and settings, or change the data. {WHAT_TO_DO}"
             )
         raise QueryRejected(f"the query cannot be parsed: {message}")
     statements = document.get("statements") or []
@@ -162,7 +162,7 @@ def _check_statement_form(node: Mapping[str, Any]) -> None:
         )
 
 
-def _select_list(sql: str, node: Mapping[str, Any], qualifiers: frozenset[str]) -> _Select:
+def _select_list(sql: str, node: Mapping[str, Any], qualifiers: frozenset[str]) -> Select:
     """The select items with their aliases; reserved names and raw-row items refused.
 
     The evidence columns the datasite adds use :data:`EVIDENCE_PREFIX`, so a select
@@ -177,9 +177,9 @@ def _select_list(sql: str, node: Mapping[str, Any], qualifiers: frozenset[str]) 
         if alias:
             aliases.setdefault(alias.lower(), position)
         if item.get("class") in ("STAR", "WINDOW", "SUBQUERY", "PARAMETER"):
-            raise QueryRejected(f"{_CLASS_MESSAGES[item['class']]}.")
+            raise QueryRejected(f"{CLASS_MESSAGES[item['class']]}.")
     forms = [canonical(item, qualifiers) for item in items]
-    return _Select(sql, items, forms, aliases, qualifiers)
+    return Select(sql, items, forms, aliases, qualifiers)
 
 
 def _check_columns(parsed: ParsedQuery, columns: Collection[str]) -> None:

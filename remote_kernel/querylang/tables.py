@@ -11,7 +11,7 @@ from collections.abc import Mapping
 
 import pandas as pd
 
-from remote_kernel.querylang.engine import _check_numeric, run_checked
+from remote_kernel.querylang.engine import check_numeric, run_checked
 from remote_kernel.querylang.parsed import ParsedQuery
 from remote_kernel.querylang.shape import check_query
 
@@ -24,7 +24,7 @@ def check_on_tables(sql: str, tables: Mapping[str, pd.DataFrame]) -> ParsedQuery
     """
     columns = {name: [str(c) for c in frame.columns] for name, frame in tables.items()}
     parsed = check_query(sql, list(tables), columns)
-    _check_numeric(parsed, tables[parsed.dataset])
+    check_numeric(parsed, tables[parsed.dataset])
     return parsed
 
 

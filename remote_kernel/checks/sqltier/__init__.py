@@ -54,7 +54,7 @@ from collections.abc import Mapping
 import pandas as pd
 
 from remote_kernel.checks.policy import Thresholds
-from remote_kernel.checks.sqltier.evidence import _evidence_query
+from remote_kernel.checks.sqltier.evidence import evidence_query
 from remote_kernel.checks.sqltier.judge import judge
 from remote_kernel.checks.sqltier.outcome import QueryOutcome
 from remote_kernel.protocol.errors import QueryRejected
@@ -101,6 +101,6 @@ def run_query(
         finding = Finding("mock", Verdict.RELEASE, "run on mock data: no disclosure checks apply")
         return QueryOutcome(sql, result, result, Verdict.RELEASE, [finding], "mock data")
     parsed = check_on_tables(sql, tables)
-    evidence_sql, evidence = _evidence_query(parsed, max(thresholds.dominance_n, 2))
+    evidence_sql, evidence = evidence_query(parsed, max(thresholds.dominance_n, 2))
     frame = run_checked(parsed, tables, evidence_sql, private=True)
     return judge(parsed, frame, evidence, thresholds)

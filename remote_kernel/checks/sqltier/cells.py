@@ -1,8 +1,8 @@
 """The cell rules: which cells of a result fail, read from the datasite's own evidence.
 
-:func:`_table_view` lines up the researcher's result with its evidence columns;
-:func:`_cell_evidence` applies :mod:`remote_kernel.checks.rules` to every
-(row, aggregate) cell; :func:`_failures` names each failing mask and says how to
+:func:`table_view` lines up the researcher's result with its evidence columns;
+:func:`cell_evidence` applies :mod:`remote_kernel.checks.rules` to every
+(row, aggregate) cell; :func:`find_failures` names each failing mask and says how to
 describe it to a reviewer and, without evidence values, in a released table.
 """
 
@@ -17,12 +17,12 @@ import pandas as pd
 
 from remote_kernel.checks import rules
 from remote_kernel.checks.policy import Thresholds
-from remote_kernel.checks.sqltier.evidence import _Evidence
+from remote_kernel.checks.sqltier.evidence import Evidence
 from remote_kernel.querylang import Aggregate, ParsedQuery
 
 
 @dataclass
-class _Failure:
+class Failure:
     """A failing-cell check: mask over (rows x aggregates) and how to describe it."""
 
     check: str
@@ -37,7 +37,7 @@ def _column(frame: pd.DataFrame, name: str) -> np.ndarray:
 
 
 @dataclass
-class _Table:
+class Table:
     """The researcher's result next to its evidence, as the rules read it."""
 
     parsed: ParsedQuery
@@ -58,7 +58,7 @@ class _Table:
         return (len(self.result), len(self.aggregates))
 
 
-def _table_view(parsed: ParsedQuery, frame: pd.DataFrame, evidence: _Evidence) -> _Table:
+def table_view(parsed: ParsedQuery, frame: pd.DataFrame, evidence: Evidence) -> Table:
     """Split the evidence query's frame into the result and what the rules need."""
     result = frame.iloc[:, : parsed.select_count].copy()
     names = [str(c) for c in result.columns]
@@ -72,7 +72,7 @@ def _table_view(parsed: ParsedQuery, frame: pd.DataFrame, evidence: _Evidence) -
         }
     )
     shown_keys = [names[k.select_position] for k in parsed.keys if k.select_position is not None]
-    return _Table(
+    return Table(
         parsed=parsed,
         result=result,
         aggregates=aggregates,
@@ -104,8 +104,8 @@ class _CellEvidence:
             setattr(self, name, np.zeros(self.shape, dtype=bool))
 
 
-def _cell_evidence(
-    table: _Table, frame: pd.DataFrame, evidence: _Evidence, t: Thresholds
+def cell_evidence(
+    table: Table, frame: pd.DataFrame, evidence: Evidence, t: Thresholds
 ) -> _CellEvidence:
     """Apply every cell rule to every (row, aggregate) cell.
 
@@ -161,7 +161,7 @@ def _value_evidence(
         )
 
 
-def _failures(table: _Table, cells: _CellEvidence, t: Thresholds) -> list[_Failure]:
+def find_failures(table: Table, cells: _CellEvidence, t: Thresholds) -> list[Failure]:
     """Every cell rule as a named failure, in the order findings report them.
 
     Small cells come first: a cell is reported under its first failing rule, so a
@@ -170,7 +170,7 @@ def _failures(table: _Table, cells: _CellEvidence, t: Thresholds) -> list[_Failu
     return _count_failures(table, cells, t) + _value_failures(table, cells, t)
 
 
-def _count_failures(table: _Table, cells: _CellEvidence, t: Thresholds) -> list[_Failure]:
+def _count_failures(table: Table, cells: _CellEvidence, t: Thresholds) -> list[Failure]:
     """Too few contributors, and zeros."""
     agg_names, aggregates = table.agg_names, table.aggregates
 
@@ -183,14 +183,14 @@ def _count_failures(table: _Table, cells: _CellEvidence, t: Thresholds) -> list[
         )
 
     return [
-        _Failure(
+        Failure(
             "small-cells",
             cells.small,
             contributors_text,
             f"suppressed: fewer than {t.min_cell_count} contributors",
             f"below {t.min_cell_count}",
         ),
-        _Failure(
+        Failure(
             "zeros",
             cells.zero,
             lambda i, j: (
@@ -203,11 +203,11 @@ def _count_failures(table: _Table, cells: _CellEvidence, t: Thresholds) -> list[
     ]
 
 
-def _value_failures(table: _Table, cells: _CellEvidence, t: Thresholds) -> list[_Failure]:
+def _value_failures(table: Table, cells: _CellEvidence, t: Thresholds) -> list[Failure]:
     """Negative values, N-K dominance, p-percent and all values the same (SUM/AVG only)."""
     agg_names, text = table.agg_names, cells.text
     return [
-        _Failure(
+        Failure(
             "negative-values",
             cells.negative,
             lambda i, j: (
@@ -217,7 +217,7 @@ def _value_failures(table: _Table, cells: _CellEvidence, t: Thresholds) -> list[
             "suppressed: negative values (dominance cannot be assessed)",
             "with negative values",
         ),
-        _Failure(
+        Failure(
             "nk-dominance",
             cells.dominated,
             lambda i, j: (
@@ -228,7 +228,7 @@ def _value_failures(table: _Table, cells: _CellEvidence, t: Thresholds) -> list[
             "suppressed: dominated by its largest contributors (N-K rule)",
             "dominated (N-K)",
         ),
-        _Failure(
+        Failure(
             "p-percent",
             cells.p_fail,
             lambda i, j: (
@@ -239,7 +239,7 @@ def _value_failures(table: _Table, cells: _CellEvidence, t: Thresholds) -> list[
             "suppressed: p-percent rule",
             "failing p-percent",
         ),
-        _Failure(
+        Failure(
             "all-values-same",
             cells.same,
             lambda i, j: (
@@ -252,7 +252,7 @@ def _value_failures(table: _Table, cells: _CellEvidence, t: Thresholds) -> list[
     ]
 
 
-def _primary(failures: list[_Failure], shape: tuple[int, int]) -> np.ndarray:
+def primary_failure(failures: list[Failure], shape: tuple[int, int]) -> np.ndarray:
     """Index of each cell's first failing rule (-1: passes).
 
     Each failing cell is reported once, under its first failing rule (small cells

@@ -55,7 +55,7 @@ def _substitute(node: Any, placeholder: str, replacement: Mapping[str, Any]) -> 
 
 
 @dataclass
-class _Evidence:
+class Evidence:
     """Where each piece of evidence lands in the result (column aliases)."""
 
     cell_size: str
@@ -78,7 +78,7 @@ class _Added:
         return alias
 
 
-def _evidence_query(parsed: ParsedQuery, top_n: int) -> tuple[str, _Evidence]:
+def evidence_query(parsed: ParsedQuery, top_n: int) -> tuple[str, Evidence]:
     """The researcher's query with the evidence columns spliced into its select list."""
     document = copy.deepcopy(parsed.document)
     node = document["statements"][0]["node"]
@@ -96,7 +96,7 @@ def _evidence_query(parsed: ParsedQuery, top_n: int) -> tuple[str, _Evidence]:
     node["select_list"] = select_list + added.items
     sql = deserialize_sql(document)
     _verify_round_trip(sql, node)
-    return sql, _Evidence(cell_size, key_columns, contributors, numeric)
+    return sql, Evidence(cell_size, key_columns, contributors, numeric)
 
 
 def _numeric_template(top_n: int) -> list[dict[str, Any]]:

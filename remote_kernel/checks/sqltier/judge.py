@@ -7,16 +7,21 @@ import pandas as pd
 
 from remote_kernel.checks import rules
 from remote_kernel.checks.policy import Thresholds
-from remote_kernel.checks.sqltier.cells import _cell_evidence, _failures, _primary, _table_view
-from remote_kernel.checks.sqltier.evidence import _Evidence
+from remote_kernel.checks.sqltier.cells import (
+    cell_evidence,
+    find_failures,
+    primary_failure,
+    table_view,
+)
+from remote_kernel.checks.sqltier.evidence import Evidence
 from remote_kernel.checks.sqltier.outcome import QueryOutcome
-from remote_kernel.checks.sqltier.release import _hold_or_release, _release_altered
-from remote_kernel.checks.sqltier.table_rules import _table_findings
+from remote_kernel.checks.sqltier.release import hold_or_release, release_altered
+from remote_kernel.checks.sqltier.table_rules import table_findings
 from remote_kernel.querylang import ParsedQuery
 
 
 def judge(
-    parsed: ParsedQuery, frame: pd.DataFrame, evidence: _Evidence, thresholds: Thresholds
+    parsed: ParsedQuery, frame: pd.DataFrame, evidence: Evidence, thresholds: Thresholds
 ) -> QueryOutcome:
     """Apply the cell and table rules to the evidence and decide what may be released.
 
@@ -25,8 +30,8 @@ def judge(
     any failing cell and ``suppress`` / ``redact_round`` release an altered copy.
     """
     t = thresholds
-    table = _table_view(parsed, frame, evidence)
-    failures = _failures(table, _cell_evidence(table, frame, evidence, t), t)
+    table = table_view(parsed, frame, evidence)
+    failures = find_failures(table, cell_evidence(table, frame, evidence, t), t)
     failing = np.zeros(table.shape, dtype=bool)
     for failure in failures:
         failing |= failure.mask
@@ -35,11 +40,11 @@ def judge(
     small_groups = (
         rules.small_cells(table.cell_size, t.min_cell_count) if not table.aggregates else None
     )
-    found = _table_findings(table, failing, t)
-    primary = _primary(failures, table.shape)
+    found = table_findings(table, failing, t)
+    primary = primary_failure(failures, table.shape)
     if t.failing_cells == "review" or found.findings:
         parts, fixed = found.summary()
-        return _hold_or_release(
+        return hold_or_release(
             table, failures, primary, small_groups, found.findings, parts, fixed, t
         )
-    return _release_altered(table, failures, primary, small_groups, t)
+    return release_altered(table, failures, primary, small_groups, t)

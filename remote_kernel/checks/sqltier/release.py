@@ -1,8 +1,8 @@
 """What leaves: the whole result, a suppressed or rounded copy, or nothing until a person decides.
 
 ``failing_cells="review"`` (or any table-level finding) means all or nothing:
-:func:`_hold_or_release`. ``suppress`` and ``redact_round`` release an altered
-copy: :func:`_release_altered`. Findings attached to a released table may reach
+:func:`hold_or_release`. ``suppress`` and ``redact_round`` release an altered
+copy: :func:`release_altered`. Findings attached to a released table may reach
 the researcher, so they never carry evidence values.
 """
 
@@ -13,14 +13,14 @@ import pandas as pd
 
 from remote_kernel.checks import rules
 from remote_kernel.checks.policy import Thresholds
-from remote_kernel.checks.sqltier.cells import _Failure, _Table
+from remote_kernel.checks.sqltier.cells import Failure, Table
 from remote_kernel.checks.sqltier.outcome import QueryOutcome
 from remote_kernel.protocol.models import Finding, Verdict
 
 
-def _hold_or_release(
-    table: _Table,
-    failures: list[_Failure],
+def hold_or_release(
+    table: Table,
+    failures: list[Failure],
     primary: np.ndarray,
     small_groups: np.ndarray | None,
     table_findings: list[Finding],
@@ -54,8 +54,8 @@ def _hold_or_release(
 
 
 def _held_cells(
-    table: _Table,
-    failures: list[_Failure],
+    table: Table,
+    failures: list[Failure],
     primary: np.ndarray,
     small_groups: np.ndarray | None,
     t: Thresholds,
@@ -67,7 +67,7 @@ def _held_cells(
     for index, failure in enumerate(failures):
         mask = primary == index
 
-        def message(i: int, j: int, failure: _Failure = failure) -> str:
+        def message(i: int, j: int, failure: Failure = failure) -> str:
             also = [f.check for f in failures if f is not failure and f.mask[i, j]]
             text = failure.review_message(i, j)
             return f"{text} (also fails: {', '.join(also)})" if also else text
@@ -98,9 +98,9 @@ def _held_cells(
     return findings, parts
 
 
-def _release_altered(
-    table: _Table,
-    failures: list[_Failure],
+def release_altered(
+    table: Table,
+    failures: list[Failure],
     primary: np.ndarray,
     small_groups: np.ndarray | None,
     t: Thresholds,
@@ -146,7 +146,7 @@ def _release_altered(
 
 
 def _blank_cells(
-    primary: np.ndarray, failures: list[_Failure], table: _Table, redact: bool, t: Thresholds
+    primary: np.ndarray, failures: list[Failure], table: Table, redact: bool, t: Thresholds
 ) -> tuple[np.ndarray, np.ndarray]:
     """Which kept cells are blanked, and the reason each one shows.
 
@@ -176,7 +176,7 @@ def _blank_cells(
 
 def _write_released(
     released: pd.DataFrame,
-    table: _Table,
+    table: Table,
     blank: np.ndarray,
     reasons: np.ndarray,
     redact: bool,

@@ -14,7 +14,7 @@ import numpy as np
 
 from remote_kernel.checks import rules
 from remote_kernel.checks.policy import Thresholds
-from remote_kernel.checks.sqltier.cells import _Table
+from remote_kernel.checks.sqltier.cells import Table
 from remote_kernel.protocol.models import Finding, Verdict
 
 
@@ -37,7 +37,7 @@ class _TableFindings:
         return self.filter_parts or self.summary_parts, bool(self.filter_parts)
 
 
-def _table_findings(table: _Table, failing: np.ndarray, t: Thresholds) -> _TableFindings:
+def table_findings(table: Table, failing: np.ndarray, t: Thresholds) -> _TableFindings:
     """Every table-level rule, in the order the findings list them."""
     found = _TableFindings()
     _filter_rules(table, t, found)
@@ -47,7 +47,7 @@ def _table_findings(table: _Table, failing: np.ndarray, t: Thresholds) -> _Table
     return found
 
 
-def _filter_rules(table: _Table, t: Thresholds, found: _TableFindings) -> None:
+def _filter_rules(table: Table, t: Thresholds, found: _TableFindings) -> None:
     """WHERE and computed group keys carve out subsets, which differencing exploits."""
     parsed = table.parsed
     if parsed.has_where and not t.allow_where:
@@ -77,7 +77,7 @@ def _filter_rules(table: _Table, t: Thresholds, found: _TableFindings) -> None:
         found.filter_parts.append("computed group key needs review")
 
 
-def _level_rule(table: _Table, t: Thresholds, found: _TableFindings) -> None:
+def _level_rule(table: Table, t: Thresholds, found: _TableFindings) -> None:
     """A group key with very many distinct values is close to an identifier."""
     rows = len(table.result)
     for i, key in enumerate(table.parsed.keys):
@@ -95,7 +95,7 @@ def _level_rule(table: _Table, t: Thresholds, found: _TableFindings) -> None:
             found.summary_parts.append(f"a group key with more than {t.max_levels} levels")
 
 
-def _zero_rules(table: _Table, t: Thresholds, found: _TableFindings) -> None:
+def _zero_rules(table: Table, t: Thresholds, found: _TableFindings) -> None:
     """Zeros a GROUP BY table shows by leaving rows out, or by being empty.
 
     Under suppression a missing row may equally be a small group left out, so there
@@ -133,7 +133,7 @@ def _zero_rules(table: _Table, t: Thresholds, found: _TableFindings) -> None:
         found.summary_parts.append("no rows (a zero)")
 
 
-def _order_rule(table: _Table, failing: np.ndarray, t: Thresholds, found: _TableFindings) -> None:
+def _order_rule(table: Table, failing: np.ndarray, t: Thresholds, found: _TableFindings) -> None:
     """ORDER BY an altered aggregate with LIMIT: which rows survive depends on true values."""
     mode, aggregates = t.failing_cells, table.aggregates
     ordered = [j for j, a in enumerate(aggregates) if a.position in table.parsed.order_aggregates]
