@@ -38,7 +38,7 @@ def shown(error: dict[str, Any]) -> list[str]:
             "127.0.0.1:1",
         ),
         ('rk.connect(URL, token="rk_not-a-token", name="wrong")', "AuthenticationError", "token"),
-        ('rk.data("no_such_dataset")', "UnknownDataset", "no_such_dataset"),
+        ('rk.data("no_such_dataset")', "UnknownDataset", "they have: heart (at cleveland)"),
         ('rk.query("SELECT * FROM heart")', "QueryRejected", "SELECT *"),
     ],
 )

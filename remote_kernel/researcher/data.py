@@ -77,9 +77,13 @@ def _find_mock(name: str, site: str | None) -> pd.DataFrame:
                 f"not connected to a datasite named {site!r} (connected: {', '.join(connected)})"
             )
         return connected[site].mock(name)
-    for candidate in connected.values():
-        if any(d["name"] == name for d in candidate.datasets()):
-            return candidate.mock(name)
+    held: dict[str, list[str]] = {}  # dataset -> the sites that have it
+    for site_name, candidate in connected.items():
+        for dataset in candidate.datasets():
+            if dataset["name"] == name:
+                return candidate.mock(name)
+            held.setdefault(dataset["name"], []).append(site_name)
+    listing = "; ".join(f"{d} (at {', '.join(s)})" for d, s in sorted(held.items()))
     raise UnknownDataset(
-        f"no connected datasite has a dataset {name!r} (connected: {', '.join(connected)})"
+        f"no connected datasite has a dataset {name!r}; the datasets they have: {listing or 'none'}"
     )
