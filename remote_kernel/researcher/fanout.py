@@ -9,6 +9,7 @@ concurrently so that one slow or unreachable site delays nobody, and returns a
 
 from __future__ import annotations
 
+import ast
 import re
 import time
 from collections.abc import Iterable
@@ -19,8 +20,13 @@ from typing import Any
 from remote_kernel.protocol.errors import NoValue, RemoteKernelError
 from remote_kernel.researcher.client import Datasite, RemoteRequest
 
-#: ``rk.data("heart")`` / ``remote_kernel.data('heart')`` with a literal name.
+#: ``rk.data("heart")`` / ``remote_kernel.data('heart')`` with a literal name (the fallback
+#: for cells Python cannot parse).
 DATA_CALL = re.compile(r"""\b(?:rk|remote_kernel)\.data\(\s*(['"])([A-Za-z0-9_.-]+)\1""")
+#: The datasets a query reads: what follows FROM or JOIN (quoted or not).
+FROM_NAME = re.compile(r"""\b(?:FROM|JOIN)\s+("?)([A-Za-z0-9_.-]+)\1""", re.IGNORECASE)
+#: The calls that name a dataset, and which of their arguments does.
+NAMING_CALLS = {"data": "name", "crosstab": "dataset", "query": "sql"}
 
 
 @dataclass
@@ -142,7 +148,53 @@ class RemoteResult:
 
 
 def datasets_named(code: str) -> list[str]:
-    return sorted({match.group(2) for match in DATA_CALL.finditer(code)})
+    """The datasets a cell names with literals: ``rk.data("heart")``,
+    ``rk.crosstab("heart", ...)`` and the FROM of ``rk.query("... FROM heart ...")``.
+
+    Checked at each site before the cell is sent, so that a dataset a site lacks is an
+    error at once, not a refusal that waits for a reviewer. Names built at run time
+    are not seen (the cell then fails at the site, as it would anyway).
+    """
+    try:
+        tree = ast.parse(_python_source(code))
+    except SyntaxError:
+        return sorted({match.group(2) for match in DATA_CALL.finditer(code)})
+    names: set[str] = set()
+    for node in ast.walk(tree):
+        literal = _naming_argument(node)
+        if literal is None:
+            continue
+        function, text = literal
+        if function == "query":
+            names.update(match.group(2) for match in FROM_NAME.finditer(text))
+        else:
+            names.add(text)
+    return sorted(names)
+
+
+def _python_source(code: str) -> str:
+    """The cell as Python (IPython's ``%magics`` and ``!shell`` lines turned into calls)."""
+    from IPython.core.inputtransformer2 import TransformerManager
+
+    return str(TransformerManager().transform_cell(code))
+
+
+def _naming_argument(node: ast.AST) -> tuple[str, str] | None:
+    """``("query", "SELECT ...")`` for ``rk.query("SELECT ...")``; None for other nodes."""
+    if not isinstance(node, ast.Call) or not isinstance(node.func, ast.Attribute):
+        return None
+    owner, function = node.func.value, node.func.attr
+    if function not in NAMING_CALLS or not (
+        isinstance(owner, ast.Name) and owner.id in ("rk", "remote_kernel")
+    ):
+        return None
+    argument = node.args[0] if node.args else None
+    for keyword in node.keywords:
+        if keyword.arg == NAMING_CALLS[function]:
+            argument = keyword.value
+    if isinstance(argument, ast.Constant) and isinstance(argument.value, str):
+        return function, argument.value
+    return None
 
 
 Schemas = dict[str, list[dict[str, str]]]
