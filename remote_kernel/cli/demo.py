@@ -13,10 +13,15 @@ directories with their private files.
 
 Everything it starts runs in its own process group and is stopped on Ctrl-C or
 SIGTERM: JupyterLab first, then each datasite (which stops its kernels).
+
+This module also holds the ``demo`` command's parser, built at every start of the
+command line: httpx, urllib.request and the researcher's connections module are
+imported only when the demo runs (``datasite serve`` loads no researcher module).
 """
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import hashlib
 import importlib.util
@@ -29,12 +34,10 @@ import subprocess
 import sys
 import threading
 import time
-import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
-import httpx
-
+from remote_kernel.cli.common import Subparsers
 from remote_kernel.datasite.config import CONFIG_FILE, DatasiteConfig
 from remote_kernel.datasite.datasets import (
     HEART_COLUMNS,
@@ -45,7 +48,6 @@ from remote_kernel.datasite.datasets import (
 )
 from remote_kernel.datasite.store import Store
 from remote_kernel.protocol.models import Role
-from remote_kernel.researcher.connections import Connection, save_connection
 
 SITES = ("cleveland", "hungary", "switzerland", "va-long-beach")
 HOSPITALS = {
@@ -82,6 +84,33 @@ thresholds:
 RESEARCHER, REVIEWER = "alice", "bob"
 
 
+def add_parser(top: Subparsers) -> None:
+    """The ``demo`` command, on the top-level subparsers ``top``."""
+    p = top.add_parser(
+        "demo", help="four hospital datasites with heart-disease data, and JupyterLab on the study"
+    )
+    p.add_argument("--dir", default="remote-kernel-demo", help="where the demo's files live")
+    p.add_argument(
+        "--port", type=int, default=8765, help="first datasite port (the four use PORT..PORT+3)"
+    )
+    p.add_argument("--data-dir", default=None, help="folder with the UCI heart-disease files")
+    p.add_argument("--no-lab", action="store_true", help="do not start JupyterLab")
+    p.add_argument("--no-browser", action="store_true", help="print JupyterLab's URL only")
+    p.add_argument("--lab-port", type=int, default=8888)
+    p.set_defaults(func=cmd_demo)
+
+
+def cmd_demo(args: argparse.Namespace) -> None:
+    run_demo(
+        args.dir,
+        args.port,
+        args.data_dir,
+        lab=not args.no_lab,
+        lab_port=args.lab_port,
+        open_browser=not args.no_browser,
+    )
+
+
 @dataclass
 class DemoSite:
     name: str
@@ -96,6 +125,8 @@ class DemoSite:
 
 def download_uci(target: Path, timeout: float = 10.0) -> Path | None:
     """The four UCI files from the UCI archive into ``target``, or None (offline, changed)."""
+    import urllib.request
+
     target.mkdir(parents=True, exist_ok=True)
     for filename, digest in UCI_SHA256.items():
         path = target / filename
@@ -192,6 +223,8 @@ def example_notebook() -> Path | None:
 
 def write_workspace(directory: Path, sites: list[DemoSite], tokens: dict) -> Path:
     """The demo's connections file and its notebooks folder (JupyterLab's root)."""
+    from remote_kernel.researcher.connections import Connection, save_connection
+
     connections = directory / "connections.json"
     for site in sites:
         researcher = tokens[site.name][RESEARCHER]
@@ -222,6 +255,8 @@ def start_site(site: DemoSite, log_dir: Path) -> None:
 
 
 def wait_healthy(sites: list[DemoSite], timeout: float = 120.0) -> None:
+    import httpx
+
     deadline = time.monotonic() + timeout
     waiting = list(sites)
     while waiting and time.monotonic() < deadline:
@@ -281,6 +316,8 @@ def start_jupyterlab(
 
 def wait_lab(process: subprocess.Popen[bytes], port: int, token: str, log: Path) -> None:
     """Until JupyterLab answers (so that its URL is printed when it works)."""
+    import httpx
+
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline:
         if process.poll() is not None:
@@ -340,6 +377,41 @@ Ctrl-C stops everything.
 """
 
 
+def write_demo_info(
+    directory: Path, sites: list[DemoSite], lab_port: int | None, connections: Path
+) -> None:
+    """``demo.json``: where the running demo's sites, JupyterLab and notebook are."""
+    (directory / "demo.json").write_text(
+        json.dumps(
+            {
+                "sites": {s.name: s.url for s in sites},
+                # without its token: this file is not private
+                "lab": f"http://127.0.0.1:{lab_port}/lab" if lab_port is not None else None,
+                "connections": str(connections),
+                "notebook": str(directory / "notebooks" / NOTEBOOK),
+            },
+            indent=2,
+        )
+    )
+
+
+def watch(
+    stop: threading.Event,
+    sites: list[DemoSite],
+    lab_process: subprocess.Popen[bytes] | None,
+    logs: Path,
+) -> None:
+    """Until ``stop`` is set, or a datasite or JupyterLab stops by itself (said, then stop)."""
+    while not stop.wait(0.5):
+        for site in sites:
+            if site.process is not None and site.process.poll() is not None:
+                print(f"datasite {site.name} stopped unexpectedly; see {logs}", flush=True)
+                stop.set()
+        if lab_process is not None and lab_process.poll() is not None:
+            print(f"JupyterLab stopped unexpectedly; see {logs / 'jupyterlab.log'}", flush=True)
+            stop.set()
+
+
 def run_demo(
     directory: str | Path,
     port: int = 8765,
@@ -379,27 +451,9 @@ def run_demo(
             if lab_process is not None:
                 wait_lab(lab_process, lab_port, token, logs / "jupyterlab.log")
                 lab_url = f"http://127.0.0.1:{lab_port}/lab/tree/{NOTEBOOK}?token={token}"
-        (directory / "demo.json").write_text(
-            json.dumps(
-                {
-                    "sites": {s.name: s.url for s in sites},
-                    # without its token: this file is not private
-                    "lab": f"http://127.0.0.1:{lab_port}/lab" if lab_url else None,
-                    "connections": str(connections),
-                    "notebook": str(directory / "notebooks" / NOTEBOOK),
-                },
-                indent=2,
-            )
-        )
+        write_demo_info(directory, sites, lab_port if lab_url else None, connections)
         print(instructions(sites, tokens, lab_url, directory), flush=True)
-        while not stop.wait(0.5):
-            for site in sites:
-                if site.process is not None and site.process.poll() is not None:
-                    print(f"datasite {site.name} stopped unexpectedly; see {logs}", flush=True)
-                    stop.set()
-            if lab_process is not None and lab_process.poll() is not None:
-                print(f"JupyterLab stopped unexpectedly; see {logs / 'jupyterlab.log'}", flush=True)
-                stop.set()
+        watch(stop, sites, lab_process, logs)
     finally:
         stop_process(lab_process)
         for site in sites:

@@ -1,0 +1,358 @@
+"""``remote-kernel datasite …``: the admin commands, run on a datasite directory.
+
+init, add-dataset, remock, mock-report, add-user, revoke, users, serve and
+audit; none of them needs a running server (serve starts one).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import sys
+
+from remote_kernel.cli.common import CliError, Subparsers
+from remote_kernel.datasite.config import DatasiteConfig
+from remote_kernel.datasite.datasets import add_dataset, remock_dataset
+from remote_kernel.datasite.store import Store
+from remote_kernel.mocks.generate import FIDELITIES
+from remote_kernel.mocks.report import format_report, load_report
+from remote_kernel.protocol.errors import NotFound
+from remote_kernel.protocol.models import Role
+
+
+def add_parser(top: Subparsers) -> None:
+    """The ``datasite`` group and its commands, on the top-level subparsers ``top``."""
+    site = top.add_parser("datasite", help="create and run a datasite (admin)")
+    cmds = site.add_subparsers(title="datasite commands")
+
+    p = cmds.add_parser("init", help="create a datasite directory")
+    p.add_argument("directory")
+    p.add_argument("--name", required=True, help="the datasite's name, e.g. cleveland")
+    p.set_defaults(func=cmd_init)
+
+    _add_dataset_parser(cmds)
+    _add_remock_parser(cmds)
+
+    p = cmds.add_parser("mock-report", help="a dataset mock's fidelity and privacy report")
+    p.add_argument("directory")
+    p.add_argument("name", help="the dataset")
+    p.add_argument("--json", action="store_true", help="the full report as JSON")
+    p.set_defaults(func=cmd_mock_report)
+
+    _add_user_parsers(cmds)
+    _add_serve_parser(cmds)
+    _add_audit_parser(cmds)
+
+
+def fidelity_arg(p: argparse.ArgumentParser, default: str | None) -> None:
+    p.add_argument(
+        "--fidelity",
+        choices=list(FIDELITIES),
+        default=default,
+        help="schema (types and coarse ranges), marginal (each column's distribution; "
+        "the default) or joint (also the correlations); see docs/mocks.md",
+    )
+
+
+def _add_dataset_parser(cmds: Subparsers) -> None:
+    p = cmds.add_parser("add-dataset", help="import a private table and its mock")
+    p.add_argument("directory")
+    p.add_argument("name", help="the dataset's name, used as rk.data(name)")
+    p.add_argument("--private", required=True, help="CSV (with header) or Parquet file")
+    p.add_argument(
+        "--mock",
+        default="auto",
+        help="'auto' (default) to generate the mock, or a hand-made mock file with the same "
+        "columns",
+    )
+    fidelity_arg(p, default=None)
+    p.add_argument("--rows", type=int, default=None, help="rows in a generated mock (default 1000)")
+    p.add_argument(
+        "--identifier",
+        action="append",
+        default=[],
+        help="an identifier column, regenerated in the mock, never copied (repeatable; "
+        "policy.yaml's identifiers count too)",
+    )
+    p.add_argument("--columns", help="comma-separated column names for a headerless CSV")
+    p.add_argument("--na", action="append", help="a value that means missing (repeatable)")
+    p.add_argument("--sep", default=",", help="CSV separator (default ',')")
+    p.add_argument("--description", default="")
+    p.add_argument("--seed", type=int, default=None, help="seed for the generated mock")
+    p.set_defaults(func=cmd_add_dataset)
+
+
+def _add_remock_parser(cmds: Subparsers) -> None:
+    p = cmds.add_parser("remock", help="generate a dataset's mock (and its report) again")
+    p.add_argument("directory")
+    p.add_argument("name", help="the dataset")
+    fidelity_arg(p, default=None)
+    p.add_argument("--seed", type=int, default=None, help="seed, for the same mock every time")
+    p.add_argument("--rows", type=int, default=None, help="rows in the mock (default 1000)")
+    p.add_argument("--identifier", action="append", default=[], help="an identifier column")
+    p.set_defaults(func=cmd_remock)
+
+
+def _add_user_parsers(cmds: Subparsers) -> None:
+    p = cmds.add_parser("add-user", help="add a user and print their token once")
+    p.add_argument("directory")
+    p.add_argument("name")
+    p.add_argument("--role", required=True, choices=[r.value for r in Role])
+    p.add_argument(
+        "--expires-in",
+        type=float,
+        metavar="DAYS",
+        help="the token stops working after this many days (default: never)",
+    )
+    p.set_defaults(func=cmd_add_user)
+
+    p = cmds.add_parser("revoke", help="revoke a user's token (their history stays)")
+    p.add_argument("directory")
+    p.add_argument("name")
+    p.set_defaults(func=cmd_revoke)
+
+    p = cmds.add_parser("users", help="list users (never their tokens)")
+    p.add_argument("directory")
+    p.set_defaults(func=cmd_users)
+
+
+def _add_serve_parser(cmds: Subparsers) -> None:
+    p = cmds.add_parser("serve", help="serve the datasite API")
+    p.add_argument("directory")
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=8765)
+    p.add_argument("--certfile", help="serve HTTPS with this PEM certificate (chain)")
+    p.add_argument("--keyfile", help="the certificate's PEM private key")
+    p.add_argument(
+        "--behind-proxy",
+        action="store_true",
+        help="trust X-Forwarded-For/X-Real-IP from a reverse proxy for client addresses "
+        "(only when the port is reachable from the proxy alone; see docs/security.md)",
+    )
+    p.add_argument(
+        "--insecure-release-all",
+        action="store_true",
+        help="BENCHMARKS ONLY: release every output without review",
+    )
+    p.set_defaults(func=cmd_serve)
+
+
+def _add_audit_parser(cmds: Subparsers) -> None:
+    p = cmds.add_parser(
+        "audit",
+        help="check the hash-chained audit log (verify), print it as JSON lines (export), "
+        "or print its head to record somewhere else (head)",
+    )
+    p.add_argument("action", choices=["verify", "export", "head"])
+    p.add_argument("directory")
+    p.add_argument(
+        "--head",
+        metavar="HASH",
+        help="verify: also require this earlier head hash (from 'audit head') in the chain; "
+        "catches a cut-off tail or a rewritten chain",
+    )
+    p.set_defaults(func=cmd_audit)
+
+
+# --- handlers -----------------------------------------------------------------------------------
+def cmd_init(args: argparse.Namespace) -> None:
+    config = DatasiteConfig.create(args.directory, args.name)
+    Store(config.database_url).close()
+    print(f"created datasite {config.name!r} in {config.directory}")
+    print(f"next: remote-kernel datasite add-dataset {args.directory} NAME --private FILE")
+
+
+def cmd_add_dataset(args: argparse.Namespace) -> None:
+    config = DatasiteConfig.load(args.directory)
+    columns = [c.strip() for c in args.columns.split(",")] if args.columns else None
+    given = None if args.mock in (None, "auto") else args.mock
+    entry = add_dataset(
+        config,
+        args.name,
+        args.private,
+        columns=columns,
+        na_values=args.na,
+        sep=args.sep,
+        mock_path=given,
+        description=args.description,
+        seed=args.seed,
+        fidelity=args.fidelity,
+        mock_rows=args.rows,
+        identifiers=args.identifier,
+    )
+    report = load_report((config.directory / entry.mock).parent) or {}
+    store = Store(config.database_url)
+    store.audit(
+        "admin-cli",
+        "dataset.add",
+        f"dataset:{entry.name}",
+        columns=[c.name for c in entry.columns],
+        mock=report.get("fidelity", "given"),
+    )
+    store.close()
+    mock = "from " + given if given else f"generated ({report.get('fidelity')})"
+    print(
+        f"added dataset {entry.name!r} to {config.name}: {len(entry.columns)} columns; mock {mock}"
+    )
+    print(f"mock report: remote-kernel datasite mock-report {args.directory} {entry.name}")
+
+
+def cmd_remock(args: argparse.Namespace) -> None:
+    config = DatasiteConfig.load(args.directory)
+    report = remock_dataset(
+        config,
+        args.name,
+        fidelity=args.fidelity,
+        seed=args.seed,
+        mock_rows=args.rows,
+        identifiers=args.identifier,
+    )
+    store = Store(config.database_url)
+    store.audit("admin-cli", "dataset.remock", f"dataset:{args.name}", fidelity=report["fidelity"])
+    store.close()
+    print(
+        f"new {report['fidelity']} mock of {args.name!r}: {report['rows']} rows, "
+        f"{report['privacy']['exact_copies']} equal to a private row"
+    )
+
+
+def cmd_mock_report(args: argparse.Namespace) -> None:
+    config = DatasiteConfig.load(args.directory)
+    entry = config.dataset(args.name)
+    report = load_report((config.directory / entry.mock).parent)
+    if report is None:
+        raise CliError(
+            f"dataset {args.name!r} has no mock report (imported before reports existed); "
+            f"make one with: remote-kernel datasite remock {args.directory} {args.name}"
+        )
+    print(json.dumps(report, indent=2) if args.json else format_report(report))
+
+
+def cmd_add_user(args: argparse.Namespace) -> None:
+    config = DatasiteConfig.load(args.directory)
+    from datetime import timedelta
+
+    if args.expires_in is not None and not args.expires_in > 0:
+        raise CliError("--expires-in must be a positive number of days")
+    lifetime = timedelta(days=args.expires_in) if args.expires_in is not None else None
+    store = Store(config.database_url)
+    try:
+        user, token = store.create_user(args.name, Role(args.role), expires_in=lifetime)
+    finally:
+        store.close()
+    until = f", valid until {user.expires_at:%Y-%m-%d %H:%M} UTC" if user.expires_at else ""
+    print(f"added {user.role} {user.name!r} to {config.name}{until}.")
+    print("Their token (shown only once):")
+    print(token)
+
+
+def cmd_revoke(args: argparse.Namespace) -> None:
+    config = DatasiteConfig.load(args.directory)
+    store = Store(config.database_url)
+    try:
+        user = store.revoke_user(args.name)
+    except NotFound as exc:
+        raise CliError(str(exc)) from None
+    finally:
+        store.close()
+    print(f"revoked the token of {user.role} {user.name!r} at {config.name}")
+
+
+def cmd_users(args: argparse.Namespace) -> None:
+    config = DatasiteConfig.load(args.directory)
+    store = Store(config.database_url)
+    for user in store.users():
+        state = user.token_state()
+        if state == "active" and user.expires_at:
+            state = f"active until {user.expires_at:%Y-%m-%d %H:%M} UTC"
+        print(f"{user.name}\t{user.role}\t{state}")
+    store.close()
+
+
+def cmd_serve(args: argparse.Namespace) -> None:
+    import logging
+
+    from remote_kernel.checks.filter import InsecureFilterRefused
+    from remote_kernel.datasite.http.app import run_server
+    from remote_kernel.datasite.kernels import SandboxUnavailable
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    filter_name = "insecure-release-all" if args.insecure_release_all else None
+    if args.insecure_release_all:
+        print(
+            "WARNING: --insecure-release-all releases every output WITHOUT REVIEW. "
+            "Benchmarks only; never with real data.",
+            file=sys.stderr,
+        )
+
+    def ready(url: str) -> None:
+        print(f"datasite serving at {url} (Ctrl-C to stop)", flush=True)
+
+    if bool(args.certfile) != bool(args.keyfile):
+        raise CliError("give both --certfile and --keyfile (or neither)")
+    try:
+        asyncio.run(
+            run_server(
+                args.directory,
+                args.host,
+                args.port,
+                allow_insecure=args.insecure_release_all,
+                filter_name=filter_name,
+                ready=ready,
+                certfile=args.certfile,
+                keyfile=args.keyfile,
+                behind_proxy=args.behind_proxy,
+            )
+        )
+    except (InsecureFilterRefused, SandboxUnavailable) as exc:
+        raise CliError(str(exc)) from None
+    except OSError as exc:
+        raise CliError(f"cannot serve on {args.host}:{args.port}: {exc}") from None
+
+
+def cmd_audit(args: argparse.Namespace) -> int:
+    config = DatasiteConfig.load(args.directory)
+    store = Store(config.database_url)
+    try:
+        if args.action == "export":
+            _export_audit(store)
+            return 0
+        entries = store.audit_entries()
+        if args.action == "head":
+            last = entries[-1].hash if entries else "0" * 64
+            print(f"{len(entries)} {last}")
+            return 0
+        problems = store.verify_audit()
+    finally:
+        store.close()
+    if args.head and args.head not in {entry.hash for entry in entries}:
+        problems.append(
+            f"the recorded head {args.head} is not in the chain: entries were removed "
+            "from its end, or the chain was rewritten"
+        )
+    for problem in problems:
+        print(problem)
+    if problems:
+        return 1
+    print(f"audit log intact ({len(entries)} entries)")
+    return 0
+
+
+def _export_audit(store: Store) -> None:
+    """The audit log as JSON lines, oldest first."""
+    for entry in store.audit_entries():
+        print(
+            json.dumps(
+                {
+                    "id": entry.id,
+                    "at": entry.at.isoformat() + "Z",
+                    "actor": entry.actor,
+                    "action": entry.action,
+                    "target": entry.target,
+                    "detail": entry.detail,
+                    "prev_hash": entry.prev_hash,
+                    "hash": entry.hash,
+                }
+            )
+        )
