@@ -17,8 +17,7 @@ import sys
 
 from remote_kernel.cli import connect, datasite, demo, review
 from remote_kernel.cli.common import CliError
-from remote_kernel.datasite.config import ConfigError
-from remote_kernel.protocol.errors import Conflict, DatasetError
+from remote_kernel.protocol.errors import RemoteKernelError
 
 __all__ = ["CliError", "build_parser", "main"]
 
@@ -31,9 +30,8 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     try:
         return int(args.func(args) or 0)
-    except (CliError, ConfigError, DatasetError, Conflict, KeyError) as exc:
-        message = exc.args[0] if isinstance(exc, KeyError) and exc.args else str(exc)
-        print(f"error: {message}", file=sys.stderr)
+    except RemoteKernelError as exc:  # ours: the message says what to do
+        print(f"error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         return 130

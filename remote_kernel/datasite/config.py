@@ -21,7 +21,7 @@ from typing import Any
 import yaml
 
 from remote_kernel.protocol import names
-from remote_kernel.protocol.errors import InputError
+from remote_kernel.protocol.errors import InputError, UnknownDataset
 
 CONFIG_FILE = "datasite.yaml"
 
@@ -151,7 +151,7 @@ class DatasiteConfig:
             return self.datasets[name]
         except KeyError:
             available = ", ".join(sorted(self.datasets)) or "none yet"
-            raise KeyError(
+            raise UnknownDataset(
                 f"datasite {self.name!r} has no dataset {name!r} (available: {available})"
             ) from None
 

@@ -287,10 +287,7 @@ class DatasetHandler(BaseHandler):
         self.write_json(view)
 
     def _entry(self, name: str) -> Any:
-        try:
-            return self.config.dataset(name)
-        except KeyError as exc:
-            raise NotFound(exc.args[0]) from None
+        return self.config.dataset(name)  # UnknownDataset is a 404
 
 
 class MockHandler(DatasetHandler):
