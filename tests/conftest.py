@@ -32,6 +32,16 @@ from remote_kernel.datasite.datasets import (
 from remote_kernel.datasite.store import Store
 from remote_kernel.protocol.models import Role
 
+#: Modules that start a browser, the whole demo or a crash loop (about 4 of the suite's
+#: minutes): ``python -m pytest -q -m "not slow"`` leaves them out for everyday work.
+SLOW_MODULES = frozenset({"test_ui", "test_crash_safety", "test_demo", "test_binder"})
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        if item.module is not None and item.module.__name__.rsplit(".", 1)[-1] in SLOW_MODULES:
+            item.add_marker(pytest.mark.slow)
+
 
 def free_port() -> int:
     with socket.socket() as sock:
