@@ -86,6 +86,15 @@ def wait_file(path: Path, process: subprocess.Popen[str], timeout: float = 180) 
         time.sleep(0.2)
 
 
+def start_demo(directory: Path, port: int, lab_port: int) -> subprocess.Popen[str]:
+    """``remote-kernel demo`` in ``directory`` (no browser), its output in a pipe."""
+    return subprocess.Popen(
+        [sys.executable, "-m", "remote_kernel.cli", "demo", "--dir", str(directory),
+         "--port", str(port), "--lab-port", str(lab_port), "--no-browser"],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )  # fmt: skip
+
+
 @pytest.mark.timeout(600)
 def test_demo_starts_runs_its_notebook_and_stops_cleanly(tmp_path: Path) -> None:
     import json
@@ -94,11 +103,7 @@ def test_demo_starts_runs_its_notebook_and_stops_cleanly(tmp_path: Path) -> None
 
     port, lab_port = free_port_run(4), free_port()
     directory = tmp_path / "demo"
-    demo = subprocess.Popen(
-        [sys.executable, "-m", "remote_kernel.cli", "demo", "--dir", str(directory),
-         "--port", str(port), "--lab-port", str(lab_port), "--no-browser"],
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-    )  # fmt: skip
+    demo = start_demo(directory, port, lab_port)
     kernel_pids: list[int] = []
     try:
         wait_file(directory / "demo.json", demo)
@@ -167,3 +172,105 @@ def pids_with_pid(pid: int) -> bool:
         return (Path(f"/proc/{pid}/stat").read_text().split()[2]) != "Z"
     except OSError:
         return False
+
+
+# --- supervision: a datasite that dies is restarted; JupyterLab and the others stay up -----------
+def site_server_pid(directory: Path, site: str) -> int:
+    (pid,) = [
+        p
+        for p in pids_with(f"serve {directory / 'sites' / site} ")
+        if "datasite" in Path(f"/proc/{p}/cmdline").read_bytes().decode(errors="replace")
+    ]
+    return pid
+
+
+def answers(url: str) -> bool:
+    try:
+        return httpx.get(url + "/api/health", timeout=2).status_code == 200
+    except httpx.TransportError:
+        return False
+
+
+@pytest.mark.timeout(300)
+def test_a_killed_datasite_is_restarted_and_takes_nothing_down(tmp_path: Path) -> None:
+    import json
+
+    port, lab_port = free_port_run(4), free_port()
+    directory = tmp_path / "demo"
+    demo = start_demo(directory, port, lab_port)
+    try:
+        wait_file(directory / "demo.json", demo)
+        sites = json.loads((directory / "demo.json").read_text())["sites"]
+        (lab_pid,) = pids_with(f"--port={lab_port}")
+        killed = site_server_pid(directory, "cleveland")
+        os.kill(killed, signal.SIGKILL)
+        killed_at = time.monotonic()
+        while answers(sites["cleveland"]) and time.monotonic() - killed_at < 5:
+            time.sleep(0.05)  # it was the server that answered: now it does not
+        while not answers(sites["cleveland"]):
+            assert time.monotonic() - killed_at < 15, "cleveland was not restarted within 15 s"
+            assert demo.poll() is None, "the demo stopped when a datasite died"
+            time.sleep(0.2)
+        assert site_server_pid(directory, "cleveland") != killed
+        # Nothing else went down with it: the demo, JupyterLab, the other three sites.
+        assert demo.poll() is None
+        assert pids_with_pid(lab_pid)
+        assert httpx.get(f"http://127.0.0.1:{lab_port}/api/status", timeout=5).status_code in (
+            200,
+            403,
+        )
+        for name, url in sites.items():
+            assert httpx.get(url + "/api/health").json()["name"] == name
+        # The restarted site is the same datasite: the researcher's token still works there.
+        tokens = json.loads((directory / "demo-tokens.json").read_text())
+        headers = {"Authorization": f"Bearer {tokens['cleveland']['alice']}"}
+        datasets = httpx.get(sites["cleveland"] + "/api/datasets", headers=headers).json()
+        assert [d["name"] for d in datasets] == ["heart"]
+    finally:
+        demo.send_signal(signal.SIGTERM)
+        output, _ = demo.communicate(timeout=120)
+    assert demo.returncode == 0, output
+    assert "cleveland stopped (exit code -9, SIGKILL); restarting in 2 s" in output, output
+    assert f"cleveland restarted: answering again at {sites['cleveland']}" in output, output
+    assert "remote_kernel demo stopped" in output
+    assert "--- " in (directory / "logs" / "cleveland.log").read_text()
+    assert not pids_with(f"--port={lab_port}"), "JupyterLab left behind"
+    assert not any(pids_with(str(directory / "sites" / site)) for site in sites), "server left"
+
+
+def test_restart_delays_double_up_to_thirty_seconds() -> None:
+    from remote_kernel.cli.demo import restart_delay
+
+    assert [restart_delay(n) for n in range(8)] == [1, 2, 4, 8, 16, 30, 30, 30]
+
+
+@pytest.mark.timeout(120)
+def test_a_site_that_keeps_failing_is_given_up_and_said_so(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A site that cannot start (here: its directory is gone) is restarted a few times, quickly
+    failing each time, then left stopped, with a line saying so; the others are untouched."""
+    from remote_kernel.cli import demo as demo_module
+
+    monkeypatch.setattr(demo_module, "MAX_BACKOFF", 0.1)
+    broken = demo_module.DemoSite("cleveland", tmp_path / "no-such-site", free_port())
+    said: list[str] = []
+    supervisor = demo_module.Supervisor([broken], tmp_path, said.append)
+    demo_module.start_site(broken, tmp_path)
+    deadline = time.monotonic() + 90
+    while "cleveland" not in supervisor.given_up:
+        assert time.monotonic() < deadline, said
+        supervisor.poll()
+        time.sleep(0.1)
+    restarts = [line for line in said if "restarting in 0.1 s" in line]
+    assert len(restarts) == demo_module.GIVE_UP_AFTER - 1, said
+    assert all(line.startswith("cleveland stopped (exit code 2)") for line in restarts), said
+    assert said[-1].startswith(
+        f"cleveland stopped (exit code 2) {demo_module.GIVE_UP_AFTER} times in a row"
+    )
+    assert "not restarting it" in said[-1]
+    supervisor.poll()  # given up: never started again
+    assert broken.process is not None and broken.process.poll() is not None
+    log = (tmp_path / "cleveland.log").read_text()
+    assert log.count("restarted by the demo") == demo_module.GIVE_UP_AFTER - 1
+    assert "given up by the demo" in log

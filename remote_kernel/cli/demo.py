@@ -12,7 +12,10 @@ JupyterLab's root is the demo's ``notebooks/`` folder, never the datasites'
 directories with their private files.
 
 Everything it starts runs in its own process group and is stopped on Ctrl-C or
-SIGTERM: JupyterLab first, then each datasite (which stops its kernels).
+SIGTERM: JupyterLab first, then each datasite (which stops its kernels). A
+datasite that exits by itself is restarted (:class:`Supervisor`: 1, 2, 4 … up to
+30 s later, given up after a run of quick failures), saying so in the terminal;
+JupyterLab and the other sites go on, so no notebook is lost because a site died.
 
 This module also holds the ``demo`` command's parser, built at every start of the
 command line: httpx, urllib.request and the researcher's connections module are
@@ -34,6 +37,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -82,6 +86,12 @@ thresholds:
   failing_cells: suppress
 """
 RESEARCHER, REVIEWER = "alice", "bob"
+#: A datasite that exits is restarted after 1, 2, 4 … seconds, never more than this.
+MAX_BACKOFF = 30.0
+#: A site that exits within this many seconds of its (re)start failed quickly ...
+QUICK_FAILURE_SECONDS = 30.0
+#: ... and after this many quick failures in a row the demo stops restarting it.
+GIVE_UP_AFTER = 6
 
 
 def add_parser(top: Subparsers) -> None:
@@ -117,6 +127,8 @@ class DemoSite:
     directory: Path
     port: int
     process: subprocess.Popen[bytes] | None = None
+    #: When the process was (re)started (time.monotonic()).
+    started: float = 0.0
 
     @property
     def url(self) -> str:
@@ -252,11 +264,105 @@ def start_site(site: DemoSite, log_dir: Path) -> None:
          "--host", "127.0.0.1", "--port", str(site.port)],
         stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
     )  # fmt: skip
+    site.started = time.monotonic()
+
+
+def exit_text(code: int) -> str:
+    """``exit code 1``, or ``exit code -9, SIGKILL`` for a process a signal ended."""
+    if code < 0:
+        with contextlib.suppress(ValueError):
+            return f"exit code {code}, {signal.Signals(-code).name}"
+    return f"exit code {code}"
+
+
+class Supervisor:
+    """Restarts the demo's datasites when they exit by themselves, and says so.
+
+    Polled from the demo's main loop (:func:`watch`), no thread of its own. A site
+    that exits is started again after 1, 2, 4 … seconds (at most ``MAX_BACKOFF``);
+    the delay grows only while the site keeps failing quickly (within
+    ``QUICK_FAILURE_SECONDS`` of its start), and after ``GIVE_UP_AFTER`` quick
+    failures in a row it is left stopped. Every step is one line in the terminal
+    and in the site's own log. While a site is down the Datasites panel shows it
+    unreachable (its health check fails), and healthy again once it answers.
+    """
+
+    def __init__(
+        self, sites: list[DemoSite], logs: Path, say: Callable[[str], None] | None = None
+    ) -> None:
+        self.sites = sites
+        self.logs = logs
+        self.say = say or (lambda line: print(line, flush=True))
+        self.failures = {site.name: 0 for site in sites}  # quick failures in a row
+        self.restart_at: dict[str, float] = {}  # sites waiting for their restart
+        self.coming_back: set[str] = set()  # restarted, not answering yet
+        self.given_up: set[str] = set()
+
+    def poll(self) -> None:
+        """Notice exits, restart the sites whose delay has passed, report sites back up."""
+        now = time.monotonic()
+        for site in self.sites:
+            name = site.name
+            if name in self.given_up:
+                continue
+            if name in self.restart_at:
+                if now >= self.restart_at[name]:
+                    del self.restart_at[name]
+                    self._note(site, "restarted by the demo")
+                    start_site(site, self.logs)
+                    self.coming_back.add(name)
+                continue
+            if site.process is None:
+                continue
+            code = site.process.poll()
+            if code is None:
+                if name in self.coming_back and answers(site):
+                    self.coming_back.discard(name)
+                    self.say(f"{name} restarted: answering again at {site.url}")
+                continue
+            self._exited(site, code, now)
+
+    def _exited(self, site: DemoSite, code: int, now: float) -> None:
+        name = site.name
+        self.coming_back.discard(name)
+        quick = now - site.started < QUICK_FAILURE_SECONDS
+        self.failures[name] = self.failures[name] + 1 if quick else 0
+        log = self.logs / f"{name}.log"
+        if self.failures[name] >= GIVE_UP_AFTER:
+            self.given_up.add(name)
+            self.say(
+                f"{name} stopped ({exit_text(code)}) {self.failures[name]} times in a row within "
+                f"{QUICK_FAILURE_SECONDS:g} s of starting; not restarting it (see {log}). "
+                "JupyterLab and the other sites keep running."
+            )
+            self._note(site, "given up by the demo")
+            return
+        delay = restart_delay(self.failures[name])
+        self.restart_at[name] = now + delay
+        self.say(f"{name} stopped ({exit_text(code)}); restarting in {delay:g} s")
+
+    def _note(self, site: DemoSite, what: str) -> None:
+        """A line in the site's log, so that the log says where one run ends and the next begins."""
+        with open(self.logs / f"{site.name}.log", "a") as log:
+            log.write(f"--- {time.strftime('%Y-%m-%d %H:%M:%S')} {site.name} {what} ---\n")
+
+
+def restart_delay(quick_failures: int) -> float:
+    """Seconds before a restart: 1 after a site ran a while, then 2, 4, 8 … up to MAX_BACKOFF."""
+    return min(MAX_BACKOFF, 2.0**quick_failures)
+
+
+def answers(site: DemoSite, timeout: float = 0.5) -> bool:
+    """Does the site answer ``/api/health`` now?"""
+    import httpx
+
+    try:
+        return httpx.get(site.url + "/api/health", timeout=timeout).status_code == 200
+    except httpx.TransportError:
+        return False
 
 
 def wait_healthy(sites: list[DemoSite], timeout: float = 120.0) -> None:
-    import httpx
-
     deadline = time.monotonic() + timeout
     waiting = list(sites)
     while waiting and time.monotonic() < deadline:
@@ -266,9 +372,8 @@ def wait_healthy(sites: list[DemoSite], timeout: float = 120.0) -> None:
                     f"datasite {site.name} exited (port {site.port} busy? try --port); "
                     f"see its log in {site.directory.parent.parent / 'logs'}"
                 )
-            with contextlib.suppress(httpx.TransportError):
-                if httpx.get(site.url + "/api/health", timeout=1).status_code == 200:
-                    waiting.remove(site)
+            if answers(site, timeout=1):
+                waiting.remove(site)
         time.sleep(0.2)
     if waiting:
         raise TimeoutError(f"datasites not answering: {', '.join(s.name for s in waiting)}")
@@ -373,7 +478,7 @@ Data owner from a terminal, e.g. at {first.name}:
     remote-kernel review list
     remote-kernel review approve OUTPUT_ID     # or: deny OUTPUT_ID --comment "why"
 
-Ctrl-C stops everything.
+A datasite that stops by itself is restarted (said here); Ctrl-C stops everything.
 """
 
 
@@ -401,12 +506,14 @@ def watch(
     lab_process: subprocess.Popen[bytes] | None,
     logs: Path,
 ) -> None:
-    """Until ``stop`` is set, or a datasite or JupyterLab stops by itself (said, then stop)."""
+    """Until ``stop`` is set, or JupyterLab stops by itself (said, then stop).
+
+    A datasite that stops by itself is restarted (:class:`Supervisor`): it never
+    takes JupyterLab or the other sites down with it.
+    """
+    supervisor = Supervisor(sites, logs)
     while not stop.wait(0.5):
-        for site in sites:
-            if site.process is not None and site.process.poll() is not None:
-                print(f"datasite {site.name} stopped unexpectedly; see {logs}", flush=True)
-                stop.set()
+        supervisor.poll()
         if lab_process is not None and lab_process.poll() is not None:
             print(f"JupyterLab stopped unexpectedly; see {logs / 'jupyterlab.log'}", flush=True)
             stop.set()
