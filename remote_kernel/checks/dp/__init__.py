@@ -1,4 +1,84 @@
-"""The DP tier (engine): draft docstring, written below."""
+"""The DP tier (engine): aggregate queries answered with differential privacy, as pure code.
+
+The exact tier (:mod:`remote_kernel.checks.sqltier`) must hold for a person any
+query with a WHERE, a computed key, a CASE/FILTER or a quantile, because exact
+answers to such queries can be differenced down to one patient. This engine
+answers them with calibrated noise instead, so they can be released without a
+reviewer once the datasite has charged the researcher's budget.
+
+**What is done.** :func:`dp_query` ``(sql, tables, metadata, epsilon, delta=0)``
+returns a :class:`DPAnswer`: the noisy table (the SQL's own column names and
+order), per-cell error bars ("57.3 ± 4.1 at 95%", :meth:`DPAnswer.error_bars`),
+the ``(epsilon, delta)`` actually spent (OpenDP's privacy map of the
+measurement), OpenDP's summary of the mechanisms, and notes (clipping bounds,
+how keys were chosen). It accepts WHERE; group keys that are columns or
+expressions (``num > 0 AS disease``, ``FLOOR(age / 10) * 10`` for histograms);
+COUNT(*), COUNT(x), SUM(x), AVG(x), MEDIAN(x), QUANTILE_CONT/QUANTILE_DISC/
+QUANTILE(x, q), where x may be an expression with CASE, and any aggregate may
+carry FILTER (WHERE ...); ORDER BY result columns and LIMIT (applied to the noisy
+table). DP metadata (:class:`DPMetadata`, :func:`parse_metadata`): bounds,
+public categories, the privacy unit (a row, or an id column with a maximum of
+contributions), ``max_rows`` and ``max_groups``, all declared by the owner.
+
+**Not yet.** The budget ledger (charging before release, surviving restarts,
+no overspending under concurrency), the wiring into the datasite (``rk.query(sql,
+epsilon=...)``, reading ``dp:`` from datasite.yaml/policy.yaml, audit entries),
+the CLI (``datasite budget``), the UI (budgets in the panels, the review's view
+of DP spending), the mock-side run without noise, joins, and DP models.
+
+**Design.**
+
+1. *Shape* (:mod:`.shape`): the query minus its aggregates is checked by
+   :func:`remote_kernel.querylang.check_query` itself (each aggregate replaced by
+   ``COUNT(*)`` under its alias: one flat SELECT over one dataset, no joins,
+   subqueries, windows, HAVING, ROLLUP...). The aggregates are checked here:
+   arguments and FILTERs are row-wise expressions of real columns (querylang's
+   ``check_expression``); MIN/MAX/MODE/DISTINCT are refused (one person's value).
+2. *Sensitivity follows the query* (:mod:`.bounds`): each aggregate's input gets
+   an interval by interval arithmetic over the declared bounds (``chol * 1e6`` →
+   [1e8, 6e8]; CASE → hull of its branches; conditions → [0, 1]; division by a
+   range holding 0, unknown functions, undeclared columns → refused with a
+   message). OpenDP clips every value to that interval, so data that breaks the
+   declaration is clipped, never trusted.
+3. *Row stage in DuckDB* (:mod:`.rows`): querylang's locked-down in-memory DuckDB
+   computes, per private row passing WHERE, the key values and each aggregate's
+   input (``CASE WHEN <filter> THEN <arg> END`` and a 0/1 "counts" indicator).
+   It is a row-wise map and filter (stability 1), so a guarantee over the derived
+   frame is a guarantee over the dataset. With an id privacy unit each person is
+   truncated to ``max_contributions`` rows, chosen by the rows' own values.
+4. *Keys* (:mod:`.keys`): public when they follow from the metadata alone --
+   a condition is {false, true}; other keys are evaluated by DuckDB over a public
+   grid (declared categories, points spanning declared bounds). Public keys are
+   joined in with OpenDP's ``with_keys`` (every key released, no delta). Other
+   keys: OpenDP's thresholded key release when delta > 0 (``max_groups``
+   declared), else refused naming what to declare. Nothing is read from the
+   private rows to choose keys or bounds.
+5. *Aggregation in OpenDP* (:mod:`.engine`): one ``Context.compositor`` per
+   release with exactly ``epsilon`` (OpenDP locks a context after one failed
+   query; the datasite's ledger, not OpenDP, carries budgets across calls), one
+   measurement for the whole query (OpenDP splits epsilon across the
+   aggregates): counts are ``.dp.sum((0, 1))`` of the indicator, sums
+   ``.dp.sum`` over the bounds widened to hold 0, a mean is a *centred* sum
+   (bounds shifted by their midpoint: sensitivity half the range, not the
+   largest bound) over a noisy count, quantiles
+   ``.dp.quantile`` over a public grid of 201 candidates. All noise is OpenDP's
+   (integer/float Laplace, exponential mechanism; no numpy or ``random`` noise:
+   Mironov 2012). :func:`plan_dp_query` builds and resolves the measurement
+   (~1 s, OpenDP's fixed cost); :meth:`DPPlan.release` only draws (~25 ms).
+6. *Error bars* (:mod:`.tables`): counts and sums use OpenDP's accuracy
+   (``summarize_polars_measurement``); a mean's bar is the range of
+   centre + S/N when S and N are each within their accuracy at half the alpha (a
+   union bound: conservative); quantiles have none in OpenDP (reported as such).
+   Bars describe the noise around the answer on the *clipped* data: clipping
+   bias from too-tight declared bounds is not in them. Post-processing (counts
+   floored at 0, means clamped to their bounds, ORDER BY, LIMIT) cannot weaken
+   the guarantee.
+
+Known limits: whether the row stage *fails* on the private data (a bad cast) is
+one bit, as in the exact tier (the message is fixed); OpenDP offers no seed, so
+tests are statistical; rows whose key is NULL or off the public grid are counted
+in no group.
+"""
 
 from remote_kernel.checks.dp.answer import DPAnswer
 from remote_kernel.checks.dp.engine import DPPlan, dp_query, plan_dp_query
