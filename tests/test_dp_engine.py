@@ -81,6 +81,8 @@ def test_count_with_where_within_ten_percent(heart, metadata):
 def test_means_by_computed_key_within_three_years(heart, metadata):
     """Each cell within 3 years in >= 95% of runs (measured: ~98% and ~97% per cell on the
     Cleveland file, ~96% for both cells of a run at once)."""
+    if find_uci_heart_dir() is None:
+        pytest.skip("the 3-year target is for the Cleveland file (164 and 139 patients)")
     frame = heart["heart"]
     truth = frame.groupby(frame.num > 0).age.mean().sort_index().to_numpy()
     plan = plan_dp_query(
