@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
@@ -92,12 +93,18 @@ def cmd_review_list(args: argparse.Namespace) -> None:
     if not queue:
         print(f"nothing pending at {site.remote_name}")
         return
-    print(f"{'output':>6}  {'request':>7}  {'researcher':<12} {'type':<15} summary")
+    name = site.remote_name
+    width = max(len("site"), len(name))
+    print(
+        f"{'output':>6}  {'request':>7}  {'site':<{width}}  {'age':>6}  "
+        f"{'researcher':<12} {'type':<15} summary"
+    )
     for item in queue:
         request = item["request"]
         votes = vote_tally(item)
         print(
-            f"{item['id']:>6}  {request['id']:>7}  {request['user']:<12} "
+            f"{item['id']:>6}  {request['id']:>7}  {name:<{width}}  "
+            f"{age(item.get('created_at')):>6}  {request['user']:<12} "
             f"{item['msg_type']:<15} {item['summary']}" + (f" [{votes}]" if votes else "")
         )
 
@@ -150,6 +157,18 @@ def cmd_review_decide(args: argparse.Namespace) -> None:
 
 
 # --- how an output reads on a terminal ----------------------------------------------------------
+def age(created_at: str | None, now: datetime | None = None) -> str:
+    """How long ago a datasite time (ISO, UTC) was: "40 s", "3 min", "2 h", "5 d"."""
+    if not created_at:
+        return "?"
+    then = datetime.fromisoformat(created_at.removesuffix("Z")).replace(tzinfo=timezone.utc)
+    seconds = max(0, int(((now or datetime.now(timezone.utc)) - then).total_seconds()))
+    for unit, size in (("d", 86400), ("h", 3600), ("min", 60)):
+        if seconds >= size:
+            return f"{seconds // size} {unit}"
+    return f"{seconds} s"
+
+
 def vote_tally(output: dict[str, Any]) -> str:
     """'1 of 2 approvals: bob approved' under the two-person rule, else ''."""
     required = output.get("required_reviews") or 1

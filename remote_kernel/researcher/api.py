@@ -162,12 +162,11 @@ class DatasiteApi:
     def _refusal(self, response: httpx.Response, method: str, path: str) -> RemoteKernelError:
         said = error_message(response)
         if response.status_code == 401:
+            # The datasite's own words say what to do ("… ask the datasite admin for a new
+            # one"); advice of ours only when it sent none.
+            advice = "" if said_by_datasite(response) else ": ask its admin for a valid token"
             return AuthenticationError(
-                self._worded(
-                    said,
-                    f"the datasite at {self.url} rejected the token: {said}. "
-                    "Ask its admin for a valid researcher token.",
-                )
+                self._worded(said, f"the datasite at {self.url} rejected the token: {said}{advice}")
             )
         notebook = f"{self.url} refused {method} {path}: {said}"
         return RequestRejected(self._worded(said, notebook), response.status_code)
@@ -181,9 +180,14 @@ class DatasiteApi:
         return f"{self.label}: {panel}" if self.label else notebook
 
 
-def error_message(response: httpx.Response) -> str:
-    """The datasite's own message in an error answer (``HTTP <status>`` if it has none)."""
+def said_by_datasite(response: httpx.Response) -> str | None:
+    """The datasite's own message in an error answer, or None if it has none."""
     try:
         return str(response.json()["error"]["message"])
     except (ValueError, KeyError, TypeError):
-        return f"HTTP {response.status_code}"
+        return None
+
+
+def error_message(response: httpx.Response) -> str:
+    """The datasite's own message in an error answer (``HTTP <status>`` if it has none)."""
+    return said_by_datasite(response) or f"HTTP {response.status_code}"

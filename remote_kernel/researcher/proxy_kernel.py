@@ -34,11 +34,11 @@ from ipykernel.kernelapp import IPKernelApp
 from ipykernel.kernelbase import Kernel
 
 from remote_kernel._version import __version__
-from remote_kernel.protocol.errors import RemoteKernelError
+from remote_kernel.protocol.errors import DatasiteUnreachable, NotFound, RemoteKernelError
 from remote_kernel.researcher.client import Datasite, RemoteRequest
 from remote_kernel.researcher.connections import load_connections
 from remote_kernel.researcher.display import Bundle
-from remote_kernel.researcher.fanout import run_everywhere
+from remote_kernel.researcher.fanout import RemoteResult, SiteRun, preflight
 from remote_kernel.researcher.magics import FanoutView, show_history
 
 SITE_ENV = "REMOTE_KERNEL_PROXY_SITE"
@@ -76,7 +76,7 @@ class RemoteProxyKernel(Kernel):
             saved = load_connections()
             connection = saved.get(self.site_name)
             if connection is None:
-                raise RemoteKernelError(
+                raise NotFound(
                     f"no saved connection named {self.site_name!r} "
                     f"(saved: {', '.join(saved) or 'none'}); run "
                     f"`remote-kernel connect URL --token T --name {self.site_name or 'NAME'}`"
@@ -122,17 +122,16 @@ class RemoteProxyKernel(Kernel):
             return self._ok()
         if code.lstrip().startswith(LOCAL_PREFIX):
             return self._local_command(code.strip())
+        # What run_everywhere does for one site, but keeping the error itself (its class
+        # names the error in the frontend), not only its message.
         try:
             site = self.site()
+            warnings = await asyncio.to_thread(preflight, site, code, {})
+            request = await asyncio.to_thread(site.run, code)
         except RemoteKernelError as exc:
-            return self._error("RemoteKernelError", str(exc))
-        parent = self.get_parent()
-        result = await asyncio.to_thread(run_everywhere, code, [site])
-        run = result.runs[site.name]
-        view = FanoutView(result, show=self._shower(parent), widgets=False)
-        if run.request is None:
-            return self._error("RemoteKernelError", run.error)
-        request = run.request
+            return self._failed(exc)
+        result = RemoteResult(code, {site.name: SiteRun(site.name, request, warnings=warnings)})
+        view = FanoutView(result, show=self._shower(self.get_parent()), widgets=False)
         await self._follow(view, request, until_decided=False)
         if self.review_wait > 0:
             await self._follow(view, request, until_decided=True, limit=self.review_wait)
@@ -142,7 +141,7 @@ class RemoteProxyKernel(Kernel):
             return self._error("KeyboardInterrupt", f"interrupted the kernel at {site.name}")
         if request.connection_lost and not request.finished:
             message = f"lost the connection to {site.name}; run '%rk requests' when it is back"
-            return self._error("RemoteKernelError", message)
+            return self._failed(DatasiteUnreachable(message))
         if request.status != "completed":
             return self._error(
                 "RemoteCellError", f"{request.status} at {site.name}: {request.message}"
@@ -184,7 +183,7 @@ class RemoteProxyKernel(Kernel):
                 requests = self.site().requests()
                 self.site().follow()
             except RemoteKernelError as exc:
-                return self._error("RemoteKernelError", str(exc))
+                return self._failed(exc)
             show_history(requests[:20], self._shower(self.get_parent()))
             return self._ok()
         return self._error(
@@ -198,6 +197,10 @@ class RemoteProxyKernel(Kernel):
             "payload": [],
             "user_expressions": {},
         }
+
+    def _failed(self, exc: RemoteKernelError) -> dict[str, Any]:
+        """One of our errors as one line named by its own class (AuthenticationError, …)."""
+        return self._error(type(exc).__name__, str(exc))
 
     def _error(self, ename: str, evalue: str) -> dict[str, Any]:
         content = {"ename": ename, "evalue": evalue, "traceback": [f"{ename}: {evalue}"]}
