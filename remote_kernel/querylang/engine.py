@@ -7,8 +7,9 @@ tables it was handed and nothing else, and that a failure does not quote data.
 
 from __future__ import annotations
 
+import contextlib
 import threading
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from typing import TYPE_CHECKING
 
 import duckdb
@@ -78,22 +79,20 @@ def open_connection(tables: Mapping[str, pd.DataFrame]) -> duckdb.DuckDBPyConnec
 _BIND_TIME_ERRORS = (duckdb.ParserException, duckdb.BinderException, duckdb.CatalogException)
 
 
-def _execute(con: duckdb.DuckDBPyConnection, sql: str, private: bool) -> pd.DataFrame:
-    """Run the query; turn DuckDB's errors into QueryRejected without leaking data.
+@contextlib.contextmanager
+def refusing_errors(*, private: bool, advice: str = "") -> Iterator[None]:
+    """Turn DuckDB's errors inside the block into QueryRejected without leaking data.
 
-    An error raised while the query *runs* can quote the private data: a failed
-    cast names the value ("Could not convert string 'P00017'..."), ``error(x)``
-    raises with any text the query likes. On private data only bind-time errors
-    are relayed; any other failure gets a fixed message.
+    An error raised while a query *runs* can quote the private data: a failed cast
+    names the value ("Could not convert string 'P00017'..."), ``error(x)`` raises
+    with any text the query likes. On private data only bind-time errors are
+    relayed (with ``advice``); any other failure gets a fixed message.
     """
     try:
-        return con.execute(sql).df()
+        yield
     except _BIND_TIME_ERRORS as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise QueryRejected(
-            f"DuckDB refused the query: {first}. Every selected column must be a GROUP BY "
-            f"key or an aggregate (COUNT/SUM/AVG) of a numeric column."
-        ) from None
+        raise QueryRejected(f"DuckDB refused the query: {first}" + advice) from None
     except duckdb.Error as exc:
         if not private:
             raise QueryRejected(f"the query failed on the mock data: {exc}") from None
@@ -103,6 +102,17 @@ def _execute(con: duckdb.DuckDBPyConnection, sql: str, private: bool) -> pd.Data
             "because it can quote private values; run the query on the mock to find the "
             "problem."
         ) from None
+
+
+def _execute(con: duckdb.DuckDBPyConnection, sql: str, private: bool) -> pd.DataFrame:
+    """Run the query; errors as :func:`refusing_errors` says."""
+    advice = (
+        ". Every selected column must be a GROUP BY key or an aggregate (COUNT/SUM/AVG) "
+        "of a numeric column."
+    )
+    with refusing_errors(private=private, advice=advice):
+        result = con.execute(sql).df()
+    return result
 
 
 def check_numeric(parsed: ParsedQuery, frame: pd.DataFrame) -> None:

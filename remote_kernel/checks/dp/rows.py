@@ -15,21 +15,18 @@ import copy
 from collections.abc import Mapping
 from typing import Any
 
-import duckdb
 import pandas as pd
 import polars as pl
 
 from remote_kernel.checks.dp.metadata import DPMetadata
 from remote_kernel.checks.dp.shape import DPAggregate, DPQuery
-from remote_kernel.protocol.errors import QueryRejected
 from remote_kernel.querylang import (
     deserialize_sql,
     open_connection,
     quote_identifier,
     serialize_sql,
 )
-
-_BIND_ERRORS = (duckdb.ParserException, duckdb.BinderException, duckdb.CatalogException)
+from remote_kernel.querylang.engine import refusing_errors
 
 
 def key_name(index: int) -> str:
@@ -115,20 +112,11 @@ def run_rows(sql: str, dataset: str, frame: pd.DataFrame, *, private: bool) -> p
     """Run generated SQL on one table; errors never quote private values."""
     con = open_connection({dataset: frame})
     try:
-        return pl.from_arrow(con.sql(sql).to_arrow_table())  # type: ignore[return-value]
-    except _BIND_ERRORS as exc:
-        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-        raise QueryRejected(f"DuckDB refused the query: {first}") from None
-    except duckdb.Error as exc:
-        if not private:
-            raise QueryRejected(f"the query failed on public values: {exc}") from None
-        raise QueryRejected(
-            "the query failed while running on the private data (for example a conversion "
-            "that fails on some row). The datasite does not pass the error on, because it "
-            "can quote private values; run the query on the mock to find the problem."
-        ) from None
+        with refusing_errors(private=private):
+            table = con.sql(sql).to_arrow_table()
     finally:
         con.close()
+    return pl.from_arrow(table)  # type: ignore[return-value]
 
 
 def output_names(query: DPQuery, frame: pd.DataFrame) -> list[str]:
@@ -136,10 +124,8 @@ def output_names(query: DPQuery, frame: pd.DataFrame) -> list[str]:
     empty = frame.iloc[:0]
     con = open_connection({query.dataset: empty})
     try:
-        cursor = con.execute(query.sql)
+        with refusing_errors(private=True):  # zero rows: only bind errors can happen
+            cursor = con.execute(query.sql)
         return [str(column[0]) for column in cursor.description or []]
-    except duckdb.Error as exc:
-        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-        raise QueryRejected(f"DuckDB refused the query: {first}") from None
     finally:
         con.close()
