@@ -63,9 +63,7 @@ def output_bundle(request: RemoteRequest, output: RemoteOutput) -> tuple[Bundle,
         text = f"⛔ {site}: output {number} blocked by the datasite's policy ({output.summary})"
         return _note(text, "#6a1b9a"), metadata
     number = output.seq + 1
-    text = (
-        f"⏳ pending review at {site}: output {number} of request {request.id} ({output.summary})"
-    )
+    text = f"⏳ pending review at {site} · output {number} ({output.summary})"
     return _note(text, "#f9a825"), metadata
 
 
@@ -143,31 +141,63 @@ STATE_COLORS = {
 }
 
 
-def _site_rows(result: Any, elapsed: dict[str, float]) -> list[tuple[str, str, str, str]]:
+def output_counts(request: Any) -> str:
+    """``"1 pending, 1 released"``: how a request's outputs stand (empty without outputs)."""
+    counts: dict[str, int] = {}
+    for output in request.outputs if request is not None else []:
+        counts[output.state] = counts.get(output.state, 0) + 1
+    return ", ".join(f"{n} {state}" for state, n in sorted(counts.items()))
+
+
+def site_rows(result: Any, elapsed: dict[str, float]) -> list[dict[str, Any]]:
+    """One row per site, in the order the sites were chosen (what frontends redraw from).
+
+    ``{site, request, state, outputs, when, detail}``: ``outputs`` counts the request's
+    outputs by state, ``when`` its elapsed time, ``detail`` why it failed or a warning.
+    """
     rows = []
     for row in result.status():
         detail = row["message"] or ""
         if row["warnings"]:
             detail = "; ".join([detail, *row["warnings"]]).strip("; ")
         seconds = elapsed.get(row["site"])
-        when = f"{seconds:.1f} s" if seconds is not None else ""
-        request = f"request {row['request']}" if row["request"] is not None else ""
-        rows.append((row["site"], row["state"], f"{request} {when}".strip(), detail))
+        request = result.runs[row["site"]].request
+        rows.append(
+            {
+                "site": row["site"],
+                "request": row["request"],
+                "state": row["state"],
+                "outputs": output_counts(request),
+                "when": f"{seconds:.1f} s" if seconds is not None else "",
+                "detail": detail,
+            }
+        )
     return rows
 
 
-def fanout_table_html(result: Any, elapsed: float | dict[str, float]) -> str:
-    """An HTML table with one row per site: state (coloured), request, time, problems."""
-    if not isinstance(elapsed, dict):
-        elapsed = dict.fromkeys(result.runs, elapsed)
+def row_text(row: dict[str, Any]) -> str:
+    """``cleveland · pending review · 2 pending · request 4 · 1.2 s``: one site's line."""
+    request = f"request {row['request']}" if row.get("request") is not None else ""
+    parts = (row["site"], row["state"], row.get("outputs"), request, row.get("when"))
+    return " · ".join(str(p) for p in (*parts, row.get("detail")) if p)
+
+
+def rows_html(rows: list[dict[str, Any]]) -> str:
+    """The rows as a compact table (class ``rk-SiteRow``, ``data-site`` on each row)."""
     cells = []
-    for site, state, when, detail in _site_rows(result, elapsed):
-        color = STATE_COLORS.get(state.split(" (")[0], "#1565c0")
+    for row in rows:
+        color = STATE_COLORS.get(str(row["state"]).split(" (")[0], "#1565c0")
+        request = f"request {row['request']}" if row.get("request") is not None else ""
+        when = " · ".join(p for p in (request, row.get("when")) if p)
         cells.append(
-            f'<tr><td style="padding:1px 8px;font-weight:600">{html.escape(site)}</td>'
-            f'<td style="padding:1px 8px;color:{color}">● {html.escape(state)}</td>'
+            f'<tr class="rk-SiteRow" data-site="{html.escape(row["site"])}" '
+            f'data-state="{html.escape(row["state"])}">'
+            f'<td style="padding:1px 8px;font-weight:600">{html.escape(row["site"])}</td>'
+            f'<td style="padding:1px 8px;color:{color}">● {html.escape(row["state"])}</td>'
+            f'<td style="padding:1px 8px">{html.escape(row.get("outputs") or "")}</td>'
             f'<td style="padding:1px 8px;color:#555">{html.escape(when)}</td>'
-            f'<td style="padding:1px 8px;color:#555">{html.escape(detail)}</td></tr>'
+            f'<td style="padding:1px 8px;color:#555">{html.escape(row.get("detail") or "")}</td>'
+            "</tr>"
         )
     return (
         '<table class="rk-fanout" style="border-collapse:collapse;font-size:12px;'
@@ -175,9 +205,22 @@ def fanout_table_html(result: Any, elapsed: float | dict[str, float]) -> str:
     )
 
 
+def _elapsed(result: Any, elapsed: float | dict[str, float]) -> dict[str, float]:
+    return elapsed if isinstance(elapsed, dict) else dict.fromkeys(result.runs, elapsed)
+
+
+def fanout_table_html(result: Any, elapsed: float | dict[str, float]) -> str:
+    """An HTML table with one row per site: state (coloured), outputs, request, time, problems."""
+    return rows_html(site_rows(result, _elapsed(result, elapsed)))
+
+
 def fanout_bundle(result: Any, elapsed: dict[str, float]) -> Bundle:
     """The fan-out status as text and HTML (what shows where widgets do not render)."""
-    lines = []
-    for site, state, when, detail in _site_rows(result, elapsed):
-        lines.append(" · ".join(part for part in (site, state, when, detail) if part))
-    return {"text/plain": "\n".join(lines), "text/html": fanout_table_html(result, elapsed)}
+    rows = site_rows(result, elapsed)
+    return {"text/plain": "\n".join(row_text(r) for r in rows), "text/html": rows_html(rows)}
+
+
+def fanout_metadata(result: Any, elapsed: dict[str, float]) -> dict[str, Any]:
+    """For frontends (the JupyterLab extension): each site's request and its row, in order."""
+    requests = {name: r.id for name, r in result.requests.items()}
+    return {"remote_kernel": {"requests": requests, "rows": site_rows(result, elapsed)}}

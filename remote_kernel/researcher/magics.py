@@ -1,5 +1,10 @@
 """``%%remote``: run a cell on the mock here, then at every chosen datasite at once.
 
+A cell tagged ``remote`` runs the same way with any ordinary run command: the
+frontend sends the cell's metadata (its tags) with the execute request, and an
+input transformer (:class:`TaggedCells`) turns such a cell into ``%%remote`` in
+the kernel, so its visible source is never changed.
+
 The cell first runs in this kernel against the mock (labelled "mock"); if it
 raises, nothing is sent. Then its source text goes to each chosen datasite
 concurrently (:func:`remote_kernel.researcher.fanout.run_everywhere`). The cell shows a
@@ -14,6 +19,7 @@ placeholder is replaced in place (``update_display_data`` with its
 from __future__ import annotations
 
 import ast
+import re
 import threading
 import time
 import uuid
@@ -25,12 +31,14 @@ from IPython.core.magic_arguments import argument, magic_arguments, parse_argstr
 from IPython.display import display, update_display
 
 from remote_kernel.protocol.errors import RemoteKernelError
+from remote_kernel.protocol.names import NAME_PATTERN
 from remote_kernel.researcher.client import Datasite, RemoteOutput, RemoteRequest, sites
 from remote_kernel.researcher.data import mock_schemas as local_mock_schemas
 from remote_kernel.researcher.display import (
     Bundle,
     display_id,
     fanout_bundle,
+    fanout_metadata,
     fanout_table_html,
     mock_label,
     output_bundle,
@@ -41,6 +49,83 @@ from remote_kernel.researcher.fanout import RemoteResult, datasets_named, rememb
 #: ``show(bundle, metadata, display_id, update)``: where rendered bundles go. The magic
 #: uses IPython's display machinery; the proxy kernel sends iopub messages itself.
 Show = Callable[[Bundle, dict[str, Any], str, bool], None]
+
+
+#: The cell tag that makes a cell run remotely (the JupyterLab extension's "remote" tag).
+REMOTE_TAG = "remote"
+_OWN_REMOTE_LINE = re.compile(r"^\s*%%remote(?:\s|$)")
+
+
+class TaggedCells:
+    """An input transformer: a cell tagged ``remote`` runs as ``%%remote`` at ``sites``.
+
+    JupyterLab (like every frontend built on its ``CodeCell.execute``) sends a cell's
+    metadata, tags included, with its ``execute_request``; ipykernel keeps that request
+    as the shell's parent while IPython transforms the cell. The JupyterLab extension
+    sets ``sites`` (the notebook's targets) right before each tagged cell runs; ``None``
+    means every connected site. A cell with its own ``%%remote`` line runs as written,
+    and nothing is transformed while ``%%remote`` itself runs (its mock run transforms
+    the cell body again, under the same parent).
+    """
+
+    has_side_effects = True  # IPython's completeness check leaves it out
+
+    def __init__(self, shell: Any) -> None:
+        self.shell = shell
+        self.sites: list[str] | None = None
+        self.running_remote = False
+
+    def tagged(self) -> bool:
+        parent = _current_request(self.shell)
+        if parent.get("header", {}).get("msg_type") != "execute_request":
+            return False
+        tags = (parent.get("metadata") or {}).get("tags")
+        return isinstance(tags, list) and REMOTE_TAG in tags
+
+    def __call__(self, lines: list[str]) -> list[str]:
+        if self.running_remote or not lines or not self.tagged():
+            return lines
+        if _OWN_REMOTE_LINE.match(lines[0]):
+            return lines
+        if self.sites is not None and not self.sites:
+            message = (
+                "remote_kernel: this notebook runs remote cells at no datasite: "
+                "choose sites in the Datasites panel"
+            )
+            return [f"print({message!r})\n"]
+        options = " ".join(f"--site {site}" for site in self.sites or [])
+        return [f"%%remote {options}".rstrip() + "\n", *lines]
+
+
+def _current_request(shell: Any) -> dict[str, Any]:
+    """The message being handled (ipykernel's shell parent); {} outside a kernel."""
+    get_parent = getattr(getattr(shell, "kernel", None), "get_parent", None)
+    try:
+        parent = get_parent() if callable(get_parent) else getattr(shell, "parent_header", None)
+    except Exception:
+        return {}
+    return parent if isinstance(parent, dict) else {}
+
+
+def tagged_cells(shell: Any) -> TaggedCells:
+    """This shell's transformer for tagged cells, installed once."""
+    for transform in shell.input_transformers_cleanup:
+        if isinstance(transform, TaggedCells):
+            return transform
+    transform = TaggedCells(shell)
+    shell.input_transformers_cleanup.append(transform)
+    return transform
+
+
+def prepare_tagged_cells(shell: Any, sites: list[str] | None) -> None:
+    """What the JupyterLab extension runs (silently) right before a tagged cell.
+
+    Loads the extension if needed and sets the notebook's target sites.
+    """
+    shell.extension_manager.load_extension("remote_kernel")
+    if sites is not None and not all(NAME_PATTERN.match(site) for site in sites):
+        raise RemoteKernelError(f"invalid datasite names {sites!r}")
+    tagged_cells(shell).sites = None if sites is None else list(sites)
 
 
 def ipython_show(bundle: Bundle, metadata: dict[str, Any], ident: str, update: bool) -> None:
@@ -71,7 +156,7 @@ class RequestDisplay:
     def sync(self, new_outputs_allowed: bool = True) -> None:
         with self._lock:
             request = self.request
-            for output in request.outputs:
+            for output in sorted(request.outputs, key=lambda o: o.seq):
                 self._sync_output(output, new_outputs_allowed)
             if not self.show_status:
                 return
@@ -99,12 +184,16 @@ class RequestDisplay:
 
 
 class FanoutView:
-    """One row per site with its live state and elapsed time.
+    """A remote cell's view: one status row per site, then each site's outputs.
 
-    Where ipywidgets is installed the row table is an ``HTML`` widget whose value
-    ticks every second; the same display also carries the table as text/HTML
-    (updated on every state change), which is what nbclient, nbconvert and
-    frontends without widgets show.
+    The rows are one table (one display, updated in place), in the order the sites
+    were chosen; where ipywidgets is installed it is an ``HTML`` widget whose elapsed
+    times tick every second, and the same display also carries the table as
+    text/HTML (updated on every state change), which is what nbclient, nbconvert and
+    frontends without widgets show. Below it come the outputs, grouped by site in
+    the same order and by their number within a site: a site's outputs are shown
+    once every site before it has finished (the first unfinished site's outputs
+    stream as they come), so that arrival order never interleaves them.
     """
 
     def __init__(self, result: RemoteResult, show: Show = ipython_show, widgets: bool = True):
@@ -115,10 +204,9 @@ class FanoutView:
         self.last_key: tuple[Any, ...] = ()
         self._lock = threading.Lock()
         self.widget = _html_widget() if widgets else None
-        # Frontends (the JupyterLab extension) find each site's request from here.
-        requests = {name: r.id for name, r in result.requests.items()}
-        self.metadata = {"remote_kernel": {"requests": requests}}
-        show(self._bundle(), self.metadata, self.ident, False)
+        elapsed = self.elapsed()
+        show(self._bundle(elapsed), fanout_metadata(result, elapsed), self.ident, False)
+        # In the sites' order (the result's runs keep the order they were chosen in).
         self.requests = [
             RequestDisplay(request, show_status=False, show=show)
             for request in result.requests.values()
@@ -139,8 +227,8 @@ class FanoutView:
             out[name] = self.finished_at.get(name, now) - self.result.started
         return out
 
-    def _bundle(self) -> Bundle:
-        bundle = fanout_bundle(self.result, self.elapsed())
+    def _bundle(self, elapsed: dict[str, float]) -> Bundle:
+        bundle = fanout_bundle(self.result, elapsed)
         if self.widget is not None:
             self.widget.value = bundle["text/html"]
             bundle["application/vnd.jupyter.widget-view+json"] = {
@@ -152,11 +240,14 @@ class FanoutView:
 
     def refresh(self) -> None:
         with self._lock:
-            key = tuple((row["site"], row["state"], row["message"]) for row in self.result.status())
+            elapsed = self.elapsed()
+            metadata = fanout_metadata(self.result, elapsed)
+            rows = metadata["remote_kernel"]["rows"]
+            key = tuple((r["site"], r["state"], r["outputs"], r["detail"]) for r in rows)
             if key == self.last_key:
                 return
             self.last_key = key
-            self.show(self._bundle(), self.metadata, self.ident, True)
+            self.show(self._bundle(elapsed), metadata, self.ident, True)
 
     def _tick(self) -> None:
         """Elapsed time in the widget, once a second, while any site is still running.
@@ -174,12 +265,18 @@ class FanoutView:
             if all(r.finished or r.connection_lost for r in requests):
                 return
 
-    def sync(self) -> None:
+    def sync(self, flush: bool = False) -> None:
+        """Shows what changed; new outputs only in site order (all of them if ``flush``)."""
+        in_order = True
         for view in self.requests:
-            view.sync()
+            view.sync(new_outputs_allowed=in_order or flush)
+            request = view.request
+            if not (request.finished or request.connection_lost):
+                in_order = False
         self.refresh()
 
     def follow_later(self) -> None:
+        self.sync(flush=True)
         for view in self.requests:
             view.follow_later()
         self.refresh()
@@ -244,6 +341,11 @@ def push_objects(shell: Any, names: str | None) -> dict[str, Any]:
 
 @magics_class
 class RemoteMagics(Magics):
+    def __init__(self, shell: Any = None, **kwargs: Any) -> None:
+        super().__init__(shell, **kwargs)
+        if shell is not None:
+            tagged_cells(shell)  # cells tagged "remote" run as %%remote from now on
+
     @magic_arguments()
     @argument("--site", action="append", help="datasite to run at (repeatable; default: all)")
     @argument("--all", action="store_true", help="run at every connected datasite (the default)")
@@ -258,6 +360,14 @@ class RemoteMagics(Magics):
     @cell_magic
     def remote(self, line: str, cell: str) -> RemoteResult | None:
         """Run this cell on the mock here, then at the datasite(s); see ``rk`` docs."""
+        transform = tagged_cells(self.shell)
+        transform.running_remote = True
+        try:
+            return self._remote(line, cell)
+        finally:
+            transform.running_remote = False
+
+    def _remote(self, line: str, cell: str) -> None:
         args = parse_argstring(self.remote, line)
         try:
             targets = choose_sites(None if args.all else args.site)
