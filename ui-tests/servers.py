@@ -22,6 +22,13 @@ stale or foreign process id, ``.servers/pids.json`` names this run
 second run waits for the first (a lock next to the system's temp files), rather
 than deleting the first run's datasites under it.
 
+``tests/sites.spec.ts`` kills a datasite on purpose and starts it again, as a
+crash and the demo's restart would: it writes ``.servers/control/<site>.kill``
+(SIGKILL to the server alone, its kernels left as orphans) or ``<site>.start``
+(the same site on the same port), and this script answers with
+``<site>.<action>.done`` once it is done (``{"ok": …, "message": …}``). A site
+killed this way is not an unexpected exit.
+
 If a server exits while the tests run (it should not), a watchdog writes
 ``.servers/exits.json`` (exit status or signal, time, the end of its log) and a
 snapshot of the machine's processes at that moment (``exit-<name>-ps.txt``), and
@@ -118,6 +125,8 @@ class Watchdog(threading.Thread):
         self.stopping = threading.Event()
         self.exits: list[dict[str, Any]] = []
         self._lock = threading.Lock()
+        #: Servers killed on purpose (``control``): their exit is not recorded as unexpected.
+        self.paused: set[str] = set()
 
     def record(self, name: str, expected: bool) -> None:
         process, log = self.servers[name]
@@ -125,6 +134,8 @@ class Watchdog(threading.Thread):
         with self._lock:
             if code is None or any(e["name"] == name for e in self.exits):
                 return
+            if not expected and name in self.paused:
+                return  # killed on purpose by a test (control)
             if not expected and self.stopping.is_set():
                 return  # stop() is stopping it, and records it itself
             entry = {
@@ -190,6 +201,59 @@ def take_lock(asked: threading.Event) -> IO[str] | None:
     handle.write(f"run {RUN}, servers.py pid {os.getpid()}")
     handle.flush()
     return handle
+
+
+CONTROL = STATE / "control"
+
+
+def control(
+    asked: threading.Event,
+    sites: dict[str, RunningDatasite],
+    servers: dict[str, tuple[subprocess.Popen[Any], Path | None]],
+    watchdog: Watchdog,
+) -> None:
+    """Kill a datasite or start it again when a spec asks (see the module's docstring)."""
+    CONTROL.mkdir(exist_ok=True)
+    while not asked.wait(0.2):
+        for ask in sorted(CONTROL.glob("*.kill")) + sorted(CONTROL.glob("*.start")):
+            name, action = ask.stem, ask.suffix[1:]
+            ask.unlink()
+            site = sites.get(name)
+            try:
+                if site is None:
+                    raise LookupError(f"no datasite {name!r} (there are {', '.join(sites)})")
+                if action == "kill":
+                    watchdog.paused.add(name)  # before the kill: its exit is expected
+                    site.kill_server_only()
+                    message = f"killed {name} (SIGKILL)"
+                else:
+                    site.start()
+                    assert site.process is not None
+                    servers[name] = (site.process, site.log_path)
+                    write_pids(servers)
+                    watchdog.paused.discard(name)
+                    message = f"started {name} again (pid {site.process.pid}) at {site.url}"
+                answer = {"ok": True, "message": message}
+            except Exception as exc:  # the spec reads it, and fails with it
+                answer = {"ok": False, "message": f"{action} {name}: {exc}"}
+            say(answer["message"])
+            (CONTROL / f"{name}.{action}.done").write_text(json.dumps(answer))
+
+
+def write_pids(servers: dict[str, tuple[subprocess.Popen[Any], Path | None]]) -> None:
+    """``pids.json``: this run's servers, by pid and start time (see the module's docstring)."""
+    (STATE / "pids.json").write_text(
+        json.dumps(
+            {
+                "run": RUN,
+                "processes": [
+                    {"name": name, "pid": p.pid, "start": start_time(p.pid)}
+                    for name, (p, _) in servers.items()
+                ],
+            },
+            indent=1,
+        )
+    )
 
 
 def add_reviewer(site: RunningDatasite, name: str) -> None:
@@ -262,20 +326,15 @@ def main() -> None:
         "jupyterlab": (lab, None),
         **{s.name: (s.process, s.log_path) for s in sites if s.process is not None},
     }
-    (STATE / "pids.json").write_text(
-        json.dumps(
-            {
-                "run": RUN,
-                "processes": [
-                    {"name": name, "pid": p.pid, "start": start_time(p.pid)}
-                    for name, (p, _) in servers.items()
-                ],
-            },
-            indent=1,
-        )
-    )
+    write_pids(servers)
     watchdog = Watchdog(servers)
     watchdog.start()
+    threading.Thread(
+        target=control,
+        args=(asked, {s.name: s for s in sites}, servers, watchdog),
+        name="servers-control",
+        daemon=True,
+    ).start()
 
     while not asked.wait(0.25) and lab.poll() is None:
         pass
