@@ -1,8 +1,9 @@
 /**
  * Remote cells' rules, as pure functions over plain JSON (no JupyterLab
- * imports, unit-tested with jest): the `remote` tag, the `%%remote` code a cell
- * runs, which requests a cell waits for, how a datasite's view of a request
- * becomes the cell's outputs, and the per-site badges.
+ * imports, unit-tested with jest): the `remote` tag, the code that prepares the
+ * kernel for a tagged cell, which requests a cell waits for, and how a
+ * datasite's view of a request becomes the cell's one view: one status row per
+ * site (a table, in the sites' order), then each site's outputs by number.
  */
 import {
   FINAL_STATES,
@@ -32,7 +33,7 @@ export function toggledTags(tags: unknown, on?: boolean): string[] {
   return want ? [...without, REMOTE_TAG] : without;
 }
 
-// --- sites and the %%remote command ----------------------------------------------------------
+// --- sites, and preparing the kernel for a tagged cell ---------------------------------------
 
 /** The sites a notebook targets: its saved choice among the connected ones, else all of them. */
 export function targetSites(saved: unknown, connected: string[]): string[] {
@@ -57,20 +58,49 @@ export function remoteBody(source: string): string {
 }
 
 /**
- * The code that runs a cell through `%%remote` (site names are checked, never quoted).
- * A cell with its own `%%remote` line runs as written: its options are the researcher's.
+ * The code run silently in the notebook's kernel right before a tagged cell: it
+ * loads `remote_kernel` (whose input transformer runs cells tagged `remote` as
+ * `%%remote`) and sets the notebook's target sites (`null`: every connected site).
+ * Site names are checked, never quoted from user input.
  */
-export function remoteMagicCode(source: string, sites: string[]): string {
-  if (hasOwnRemoteLine(source)) {
-    return source;
-  }
-  for (const site of sites) {
-    if (!SITE_NAME.test(site)) {
-      throw new Error(`invalid datasite name ${JSON.stringify(site)}`);
+export function prepareCode(sites: string[] | null): string {
+  let list = 'None';
+  if (sites !== null) {
+    for (const site of sites) {
+      if (!SITE_NAME.test(site)) {
+        throw new Error(`invalid datasite name ${JSON.stringify(site)}`);
+      }
     }
+    list = `[${sites.map(site => `'${site}'`).join(', ')}]`;
   }
-  const options = sites.map(site => `--site ${site}`).join(' ');
-  return `%%remote ${options}\n${source}`;
+  return (
+    '__import__("remote_kernel.researcher.magics", fromlist=["_"])' +
+    `.prepare_tagged_cells(get_ipython(), ${list})`
+  );
+}
+
+/** Whether two JSON values are equal, whatever the order of their keys (saved notebooks sort them). */
+export function sameJSON(a: unknown, b: unknown): boolean {
+  if (a === b) {
+    return true;
+  }
+  if (Array.isArray(a) || Array.isArray(b)) {
+    return (
+      Array.isArray(a) &&
+      Array.isArray(b) &&
+      a.length === b.length &&
+      a.every((item, i) => sameJSON(item, b[i]))
+    );
+  }
+  if (a && b && typeof a === 'object' && typeof b === 'object') {
+    const ka = Object.keys(a).filter(k => (a as any)[k] !== undefined);
+    const kb = Object.keys(b).filter(k => (b as any)[k] !== undefined);
+    return (
+      ka.length === kb.length &&
+      ka.every(k => sameJSON((a as any)[k], (b as any)[k]))
+    );
+  }
+  return false;
 }
 
 // --- outputs of a remote cell ----------------------------------------------------------------
@@ -129,27 +159,34 @@ export function findRunRequest(
   return candidates.length ? Math.max(...candidates) : undefined;
 }
 
+/** Row states after which a site's request can still change (and so is polled). */
+const UNSETTLED_ROW = /^(queued|running|pending review|connection lost)/;
+
 /** Whether the cell still waits for something from a datasite (and so must be polled). */
 export function needsRefresh(
   outputs: INbOutput[],
   requests: Record<string, number>
 ): boolean {
-  const statusSeen = new Set<string>();
+  const withOutputs = new Set<string>();
   for (const output of outputs) {
     const meta = remoteMeta(output);
-    if (!meta || requests[meta.site] !== meta.request_id) {
+    if (
+      !meta ||
+      meta.output_id === undefined ||
+      requests[meta.site] !== meta.request_id
+    ) {
       continue;
     }
-    if (meta.output_id === undefined) {
-      if (!meta.rendered || !FINISHED_STATUSES.has(meta.status ?? '')) {
-        return true;
-      }
-      statusSeen.add(meta.site);
-    } else if (!meta.rendered || !FINAL_STATES.has(meta.state ?? '')) {
+    withOutputs.add(meta.site);
+    if (!meta.rendered || !FINAL_STATES.has(meta.state ?? '')) {
       return true;
     }
   }
-  return Object.keys(requests).some(site => !statusSeen.has(site));
+  const rows = tableRows(outputs);
+  return Object.keys(requests).some(site => {
+    const row = rows.find(r => r.site === site);
+    return row ? UNSETTLED_ROW.test(row.state) : !withOutputs.has(site);
+  });
 }
 
 export function releasedBy(decidedBy: string | null | undefined): string {
@@ -244,7 +281,7 @@ export function outputForView(site: string, view: IOutputView): INbOutput {
   } else if (view.state === 'blocked') {
     note = `⛔ ${site}: output ${number} blocked by the datasite's policy (${view.summary})`;
   } else {
-    note = `⏳ pending review at ${site}: output ${number} of request ${view.request_id} (${view.summary})`;
+    note = `⏳ pending review at ${site} · output ${number} (${view.summary})`;
   }
   return {
     output_type: 'display_data',
@@ -253,50 +290,256 @@ export function outputForView(site: string, view: IOutputView): INbOutput {
   };
 }
 
-export function requestCounts(request: IRequestView): Record<string, number> {
+// --- the status table: one row per site ------------------------------------------------------
+
+/** One site's row in a remote cell's status table (`display.site_rows` in the kernel). */
+export interface ISiteRow {
+  site: string;
+  request: number | null;
+  /** queued, running, pending review, released, denied, blocked, failed, not sent, ... */
+  state: string;
+  /** The request's outputs by state: "1 pending, 1 released". */
+  outputs: string;
+  when: string;
+  detail: string;
+}
+
+/** "1 pending, 1 released": a request's outputs counted by state (as the kernel writes it). */
+export function outputCounts(request: IRequestView): string {
   const counts: Record<string, number> = {};
   for (const output of request.outputs ?? []) {
     counts[output.state] = (counts[output.state] ?? 0) + 1;
   }
-  return counts;
-}
-
-export function statusText(site: string, request: IRequestView): string {
-  const counts = requestCounts(request);
-  const parts = [site, `request ${request.id}`, request.status];
-  const summary = Object.keys(counts)
+  return Object.keys(counts)
     .sort()
     .map(state => `${counts[state]} ${state}`)
     .join(', ');
-  if (summary) {
-    parts.push(summary);
-  }
-  if (request.message && request.status !== 'completed') {
-    parts.push(request.message);
-  }
-  return parts.join(' · ');
 }
 
-export function statusOutput(site: string, request: IRequestView): INbOutput {
-  const meta: IRemoteMeta = {
-    site,
-    request_id: request.id,
-    status: request.status,
-    rendered: true
+/** A site's state from its request, the same rule as the kernel's `SiteRun.state`. */
+export function siteState(request: IRequestView): string {
+  const status = request.status;
+  if (!FINISHED_STATUSES.has(status)) {
+    return status;
+  }
+  if (status === 'failed' || status === 'interrupted') {
+    return status;
+  }
+  const states = new Set((request.outputs ?? []).map(o => o.state as string));
+  if (states.has('pending')) {
+    return 'pending review';
+  }
+  if (states.size && [...states].every(s => s === 'released')) {
+    return status === 'completed' ? 'released' : `${status} (released)`;
+  }
+  for (const state of ['denied', 'conflicted', 'blocked']) {
+    if (states.has(state)) {
+      return state;
+    }
+  }
+  return status;
+}
+
+/** "cleveland · pending review · 2 pending · request 4 · 1.2 s": one site's line. */
+export function rowText(row: ISiteRow): string {
+  const request = row.request !== null ? `request ${row.request}` : '';
+  return [row.site, row.state, row.outputs, request, row.when, row.detail]
+    .filter(part => part)
+    .join(' · ');
+}
+
+const STATE_COLORS: Record<string, string> = {
+  queued: '#757575',
+  running: '#1565c0',
+  'pending review': '#f9a825',
+  released: '#2e7d32',
+  denied: '#c62828',
+  conflicted: '#c62828',
+  blocked: '#6a1b9a',
+  failed: '#c62828',
+  interrupted: '#c62828',
+  'not sent': '#c62828',
+  error: '#ef6c00'
+};
+
+function escape(value: string): string {
+  return value
+    .replace(/&/g, '&amp;')
+    .replace(/</g, '&lt;')
+    .replace(/>/g, '&gt;')
+    .replace(/"/g, '&quot;')
+    .replace(/'/g, '&#x27;');
+}
+
+/** The rows as the kernel draws them (`display.rows_html`): class `rk-SiteRow`, `data-site`. */
+export function rowsHtml(rows: ISiteRow[]): string {
+  const cells = rows.map(row => {
+    const color = STATE_COLORS[row.state.split(' (')[0]] ?? '#1565c0';
+    const request = row.request !== null ? `request ${row.request}` : '';
+    const when = [request, row.when].filter(p => p).join(' · ');
+    return (
+      `<tr class="rk-SiteRow" data-site="${escape(row.site)}" data-state="${escape(row.state)}">` +
+      `<td style="padding:1px 8px;font-weight:600">${escape(row.site)}</td>` +
+      `<td style="padding:1px 8px;color:${color}">● ${escape(row.state)}</td>` +
+      `<td style="padding:1px 8px">${escape(row.outputs)}</td>` +
+      `<td style="padding:1px 8px;color:#555">${escape(when)}</td>` +
+      `<td style="padding:1px 8px;color:#555">${escape(row.detail)}</td>` +
+      '</tr>'
+    );
+  });
+  return (
+    '<table class="rk-fanout" style="border-collapse:collapse;font-size:12px;' +
+    'font-family:var(--jp-ui-font-family,sans-serif)">' +
+    cells.join('') +
+    '</table>'
+  );
+}
+
+function rowsOf(output: INbOutput): ISiteRow[] | null {
+  const rows = output.metadata?.remote_kernel?.rows;
+  return Array.isArray(rows) ? (rows as ISiteRow[]) : null;
+}
+
+/** The index of the cell's status table (the output whose metadata lists the rows), or -1. */
+export function tableIndex(outputs: INbOutput[]): number {
+  return outputs.findIndex(output => rowsOf(output) !== null);
+}
+
+/** The status table's rows, in the sites' order ([] without a table). */
+export function tableRows(outputs: INbOutput[]): ISiteRow[] {
+  const index = tableIndex(outputs);
+  return index >= 0 ? (rowsOf(outputs[index]) ?? []) : [];
+}
+
+/** The status table with one site's row brought up to date from its request, or null if unchanged. */
+export function updatedTable(
+  table: INbOutput,
+  site: string,
+  request: IRequestView
+): INbOutput | null {
+  const rows = rowsOf(table);
+  const at = rows ? rows.findIndex(row => row.site === site) : -1;
+  if (!rows || at < 0) {
+    return null;
+  }
+  const row = rows[at];
+  const fresh: ISiteRow = {
+    ...row,
+    request: request.id,
+    state: siteState(request),
+    outputs: outputCounts(request),
+    detail:
+      row.detail ||
+      (FINISHED_STATUSES.has(request.status) && request.status !== 'completed'
+        ? (request.message ?? '')
+        : '')
   };
+  if (sameJSON(fresh, row)) {
+    return null;
+  }
+  const next = rows.map((r, i) => (i === at ? fresh : r));
+  const meta = { ...table.metadata?.remote_kernel, rows: next };
   return {
     output_type: 'display_data',
-    data: { 'text/plain': statusText(site, request) },
-    metadata: { remote_kernel: meta }
+    data: {
+      'text/plain': next.map(rowText).join('\n'),
+      'text/html': rowsHtml(next)
+    },
+    metadata: { ...table.metadata, remote_kernel: meta }
   };
+}
+
+/** The sites of a cell in their order: the table's rows, then any other site with a request. */
+export function siteOrder(
+  outputs: INbOutput[],
+  requests: Record<string, number> = {}
+): string[] {
+  const order = tableRows(outputs).map(row => row.site);
+  for (const site of [
+    ...Object.keys(requestsFromOutputs(outputs)),
+    ...Object.keys(requests)
+  ]) {
+    if (!order.includes(site)) {
+      order.push(site);
+    }
+  }
+  return order;
 }
 
 /**
- * The cell's outputs with one request's outputs brought up to date from the
- * datasite's view: placeholders replaced in place (matched by output id), the
- * status line rewritten, and outputs the cell never saw (decided while the
- * notebook was closed, or after the cell's own run stopped following) appended
- * after the request's last output. Returns null when nothing changed.
+ * The outputs with the remote ones (those with an output id) in the cell's view
+ * order, each kept in one of the places remote outputs held: by site (in the
+ * table's order), then by number. Other outputs (the mock run, the table) stay.
+ */
+export function inViewOrder(
+  outputs: INbOutput[],
+  order: string[],
+  seqOf: (meta: IRemoteMeta) => number
+): INbOutput[] {
+  const places: number[] = [];
+  const remote: INbOutput[] = [];
+  outputs.forEach((output, index) => {
+    const meta = remoteMeta(output);
+    if (meta && meta.output_id !== undefined) {
+      places.push(index);
+      remote.push(output);
+    }
+  });
+  const rank = (output: INbOutput): [number, number] => {
+    const meta = remoteMeta(output)!;
+    const site = order.indexOf(meta.site);
+    return [site < 0 ? order.length : site, seqOf(meta)];
+  };
+  const sorted = remote
+    .map((output, i) => ({ output, i, key: rank(output) }))
+    .sort((a, b) => a.key[0] - b.key[0] || a.key[1] - b.key[1] || a.i - b.i)
+    .map(entry => entry.output);
+  const result = [...outputs];
+  places.forEach((place, i) => {
+    result[place] = sorted[i];
+  });
+  return result;
+}
+
+/** Where a site's first output goes: after the outputs of the sites before it. */
+function insertionPoint(
+  outputs: INbOutput[],
+  site: string,
+  order: string[]
+): number {
+  const rank = order.indexOf(site);
+  let at = -1;
+  outputs.forEach((output, index) => {
+    const meta = remoteMeta(output);
+    if (meta && meta.output_id !== undefined) {
+      const other = order.indexOf(meta.site);
+      if (meta.site === site || (other >= 0 && other < rank)) {
+        at = index + 1;
+      }
+    }
+  });
+  if (at >= 0) {
+    return at;
+  }
+  const first = outputs.findIndex(output => {
+    const meta = remoteMeta(output);
+    return meta && meta.output_id !== undefined;
+  });
+  if (first >= 0) {
+    return first;
+  }
+  const table = tableIndex(outputs);
+  return table >= 0 ? table + 1 : outputs.length;
+}
+
+/**
+ * The cell's outputs with one request brought up to date from the datasite's
+ * view: its row in the status table, its placeholders replaced in place
+ * (matched by output id), and outputs the cell never saw (decided while the
+ * notebook was closed, or after the kernel stopped following) placed among the
+ * site's own, in the sites' order and by number. Status lines of older versions
+ * are dropped (the table's row says it). Returns null when nothing changed, so
+ * that a refresh that brings nothing new never touches (or dirties) the notebook.
  */
 export function mergeRequest(
   outputs: INbOutput[],
@@ -306,106 +549,56 @@ export function mergeRequest(
   const views = new Map((request.outputs ?? []).map(v => [v.id, v]));
   const seen = new Set<number>();
   let changed = false;
-  let lastIndex = -1;
-  const result: INbOutput[] = outputs.map((output, index) => {
+  let result: INbOutput[] = [];
+  for (const output of outputs) {
     const meta = remoteMeta(output);
     if (!meta || meta.site !== site || meta.request_id !== request.id) {
-      return output;
+      result.push(output);
+      continue;
     }
-    lastIndex = index;
     if (meta.output_id === undefined) {
-      const fresh = statusOutput(site, request);
-      if (JSON.stringify(fresh) !== JSON.stringify(output)) {
-        changed = true;
-        return fresh;
-      }
-      return output;
+      changed = true; // an old per-request status line
+      continue;
     }
     const view = views.get(meta.output_id);
-    if (!view) {
-      return output;
-    }
-    seen.add(view.id);
-    const alreadyFinal = meta.rendered && meta.state === view.state;
-    if (
-      alreadyFinal ||
-      (view.state === 'pending' && meta.state === 'pending')
-    ) {
-      return output;
-    }
-    changed = true;
-    return outputForView(site, view);
-  });
-  const missing = (request.outputs ?? [])
-    .filter(v => !seen.has(v.id))
-    .sort((a, b) => a.seq - b.seq)
-    .map(v => outputForView(site, v));
-  const hasStatus = result.some(o => {
-    const m = remoteMeta(o);
-    return (
-      m &&
-      m.site === site &&
-      m.request_id === request.id &&
-      m.output_id === undefined
-    );
-  });
-  const additions = hasStatus
-    ? missing
-    : [statusOutput(site, request), ...missing];
-  if (additions.length) {
-    changed = true;
-    const at = lastIndex >= 0 ? lastIndex + 1 : result.length;
-    result.splice(at, 0, ...additions);
-  }
-  return changed ? result : null;
-}
-
-export interface ISiteBadge {
-  site: string;
-  text: string;
-  /** One of running, pending, released, denied, blocked, failed: picks the colour. */
-  kind: string;
-}
-
-/** One badge per site a cell was sent to, from the outputs the cell shows. */
-export function siteBadges(
-  outputs: INbOutput[],
-  requests: Record<string, number>
-): ISiteBadge[] {
-  const badges: ISiteBadge[] = [];
-  for (const site of Object.keys(requests).sort()) {
-    const counts: Record<string, number> = {};
-    let status = '';
-    for (const output of outputs) {
-      const meta = remoteMeta(output);
-      if (!meta || meta.site !== site || meta.request_id !== requests[site]) {
+    if (view) {
+      seen.add(view.id);
+      const settled =
+        (meta.rendered && meta.state === view.state) ||
+        (view.state === 'pending' && meta.state === 'pending');
+      const fresh = settled ? output : outputForView(site, view);
+      if (!sameJSON(fresh, output)) {
+        changed = true;
+        result.push(fresh);
         continue;
       }
-      if (meta.output_id === undefined) {
-        status = meta.status ?? status;
-      } else {
-        const state = meta.state ?? 'pending';
-        counts[state] = (counts[state] ?? 0) + 1;
-      }
     }
-    let kind = 'released';
-    if (status && !FINISHED_STATUSES.has(status)) {
-      kind = 'running';
-    } else if (status === 'failed' || status === 'interrupted') {
-      kind = 'failed';
-    } else if (counts.pending) {
-      kind = 'pending';
-    } else if (counts.denied || counts.conflicted) {
-      kind = 'denied';
-    } else if (counts.blocked) {
-      kind = 'blocked';
-    }
-    const summary = Object.keys(counts)
-      .sort()
-      .map(state => `${counts[state]} ${state}`)
-      .join(', ');
-    const label = kind === 'running' ? status : summary || status || 'sent';
-    badges.push({ site, text: `${site}: ${label}`, kind });
+    result.push(output);
   }
-  return badges;
+  const table = tableIndex(result);
+  const updated =
+    table >= 0 ? updatedTable(result[table], site, request) : null;
+  if (updated) {
+    result[table] = updated;
+    changed = true;
+  }
+  const order = siteOrder(result, { [site]: request.id });
+  const missing = (request.outputs ?? [])
+    .filter(v => !seen.has(v.id))
+    .map(v => outputForView(site, v));
+  if (missing.length) {
+    changed = true;
+    result.splice(insertionPoint(result, site, order), 0, ...missing);
+  }
+  const seqs = new Map((request.outputs ?? []).map(v => [v.id, v.seq]));
+  const ordered = inViewOrder(result, order, meta =>
+    meta.site === site && meta.request_id === request.id
+      ? (seqs.get(meta.output_id!) ?? 0)
+      : 0
+  );
+  if (!sameJSON(ordered, result)) {
+    result = ordered;
+    changed = true;
+  }
+  return changed ? result : null;
 }

@@ -45,7 +45,7 @@ export function addCommands(
   commands.addCommand(CommandIDs.runRemotely, {
     label: 'Run Remotely',
     caption:
-      'Run the cell on the mock here, then at the selected datasites (%%remote)',
+      'Tag the cell "remote" and run it: on the mock here, then at the selected datasites',
     icon: args => (args.toolbar ? runRemoteIcon : undefined),
     isEnabled: hasCell,
     execute: async () => {

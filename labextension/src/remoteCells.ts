@@ -1,21 +1,34 @@
 /**
- * Remote cells in notebooks: the `remote` tag and its badge, "Run remotely",
- * per-site status badges, and released outputs brought into the cell.
+ * Remote cells in notebooks: the `remote` tag and its badge, running tagged
+ * cells remotely, and released outputs brought into the cell.
  *
- * A cell runs remotely through the notebook's own kernel and the same
- * `%%remote` magic a researcher can type (so the mock run, the submission and
- * the live placeholders are the magic's). Decisions that arrive after the cell
- * finished are not reliably routed to it by JupyterLab (late
- * `update_display_data`), so the requests recorded in the cell's metadata are
- * fetched from the server extension and this controller replaces placeholders
- * in the output model itself, live and when a notebook is reopened. It runs no
- * timer: the model polls the requests that unsettled cells wait for (it asks
- * `unsettledRequests`) and emits each one; a notebook's own refresh (on open,
- * after a run, the refresh command) fetches through the model at once.
+ * A tagged cell runs remotely with every ordinary run command (Shift-Enter,
+ * Ctrl-Enter, Run All, the toolbar): when JupyterLab schedules a tagged cell
+ * (`NotebookActions.executionScheduled`, emitted right before the cell's own
+ * `execute_request` is sent), this controller sends a silent request first that
+ * loads `remote_kernel` in the notebook's kernel and sets the notebook's target
+ * sites. The cell's own request carries its metadata, tags included, and the
+ * kernel's input transformer runs a tagged cell as `%%remote` (mock run here,
+ * then the sites). The cell's source is never changed. After the run
+ * (`NotebookActions.executed`) the requests named in the cell's outputs are
+ * kept in its metadata.
+ *
+ * Decisions that arrive after the cell finished are not reliably routed to it
+ * by JupyterLab (late `update_display_data`), so those requests are fetched
+ * from the server extension and this controller brings the cell's view (status
+ * table and outputs) up to date itself, live and when a notebook is reopened,
+ * writing only when something changed. It runs no timer: the model polls the
+ * requests that unsettled cells wait for (it asks `unsettledRequests`) and
+ * emits each one; a notebook's own refresh (on open, after a run, the refresh
+ * command) fetches through the model at once.
  */
 import { Cell, CodeCell, ICodeCellModel } from '@jupyterlab/cells';
-import { NotebookPanel, INotebookTracker } from '@jupyterlab/notebook';
-import { OutputArea } from '@jupyterlab/outputarea';
+import {
+  Notebook,
+  NotebookActions,
+  NotebookPanel,
+  INotebookTracker
+} from '@jupyterlab/notebook';
 import { showErrorMessage } from '@jupyterlab/apputils';
 import { PanelLayout } from '@lumino/widgets';
 
@@ -25,11 +38,11 @@ import {
   findRunRequest,
   needsRefresh,
   outputLabel,
+  prepareCode,
   remoteBody,
-  remoteMagicCode,
   remoteMeta,
   requestsFromOutputs,
-  siteBadges,
+  sameJSON,
   targetSites,
   toggledTags
 } from './cells';
@@ -43,6 +56,10 @@ export class RemoteCellController {
   private readonly badges = new WeakMap<Cell, RemoteBadge>();
   private readonly watched = new WeakSet<Cell>();
   private readonly refreshing = new WeakSet<Cell>();
+  /** Tagged cells sent to the kernel as remote, with the requests they had before. */
+  private readonly prepared = new WeakMap<Cell, Record<string, number>>();
+  /** Recording a run's requests (what "Run Remotely" waits for). */
+  private readonly recording = new WeakMap<Cell, Promise<void>>();
   private readonly unwatch: () => void;
 
   constructor(
@@ -55,10 +72,14 @@ export class RemoteCellController {
     model.connectionsChanged.connect(this.decorateEverything, this);
     model.requestChanged.connect(this.onRequest, this);
     this.unwatch = model.watchRequests(() => this.unsettledRequests());
+    NotebookActions.executionScheduled.connect(this.onScheduled, this);
+    NotebookActions.executed.connect(this.onExecuted, this);
   }
 
   dispose(): void {
     this.unwatch();
+    NotebookActions.executionScheduled.disconnect(this.onScheduled, this);
+    NotebookActions.executed.disconnect(this.onExecuted, this);
     this.model.connectionsChanged.disconnect(this.decorateEverything, this);
     this.model.requestChanged.disconnect(this.onRequest, this);
   }
@@ -125,11 +146,7 @@ export class RemoteCellController {
       (cell.layout as PanelLayout).insertWidget(0, badge);
       this.badges.set(cell, badge);
     }
-    const outputs = this.outputsOf(cell);
-    badge.render(
-      this.notebookTargets(panel),
-      siteBadges(outputs, this.requestsOf(cell))
-    );
+    badge.render(this.notebookTargets(panel));
     this.labelOutputs(cell);
   }
 
@@ -188,95 +205,173 @@ export class RemoteCellController {
     }
   }
 
-  /** Runs one cell through `%%remote` in the notebook's kernel and records its requests. */
+  /** The notebook panel that shows `notebook`. */
+  private panelOf(notebook: Notebook): NotebookPanel | undefined {
+    return this.tracker.find(panel => panel.content === notebook);
+  }
+
+  /**
+   * A cell is about to be sent to the kernel (any run command). If it is tagged
+   * `remote`, a silent request goes first: it loads `remote_kernel` and sets the
+   * notebook's targets. This runs synchronously before JupyterLab sends the
+   * cell's own request, so the kernel handles the two in this order.
+   */
+  private onScheduled(
+    _: unknown,
+    args: { notebook: Notebook; cell: Cell }
+  ): void {
+    const { notebook, cell } = args;
+    const panel = this.panelOf(notebook);
+    const kernel = panel?.sessionContext.session?.kernel;
+    if (
+      !panel ||
+      !kernel ||
+      cell.model.type !== 'code' ||
+      !hasRemoteTag(cell.model.getMetadata('tags')) ||
+      kernel.name.startsWith('remote-') // the proxy kernel runs every cell remotely
+    ) {
+      this.prepared.delete(cell);
+      return;
+    }
+    // Before the connections are known, the kernel runs at every connected site.
+    const sites = this.model.connections.length
+      ? this.notebookTargets(panel)
+      : null;
+    let code: string;
+    try {
+      code = prepareCode(sites);
+    } catch (error) {
+      console.error('remote_kernel:', error);
+      return;
+    }
+    const future = kernel.requestExecute({
+      code,
+      silent: true,
+      store_history: false,
+      stop_on_error: false
+    });
+    future.done.catch(error => console.error('remote_kernel:', error));
+    this.prepared.set(cell, this.requestsOf(cell));
+  }
+
+  /** A cell ran: the requests its outputs name are kept in its metadata, then followed. */
+  private onExecuted(
+    _: unknown,
+    args: { notebook: Notebook; cell: Cell }
+  ): void {
+    const { notebook, cell } = args;
+    const panel = this.panelOf(notebook);
+    if (!panel || !(cell instanceof CodeCell)) {
+      return;
+    }
+    const recording = this.recordRequests(panel, cell);
+    this.recording.set(cell, recording);
+    void recording.finally(() => {
+      if (this.recording.get(cell) === recording) {
+        this.recording.delete(cell);
+      }
+    });
+  }
+
+  private async recordRequests(
+    panel: NotebookPanel,
+    cell: CodeCell
+  ): Promise<void> {
+    const before = this.prepared.get(cell);
+    this.prepared.delete(cell);
+    const previous = this.requestsOf(cell);
+    const requests = requestsFromOutputs(this.outputsOf(cell));
+    if (before) {
+      const source = cell.model.sharedModel.getSource();
+      for (const site of this.notebookTargets(panel)) {
+        if (requests[site] !== undefined) {
+          continue;
+        }
+        // Nothing in the outputs names this site's request (it failed to start, or
+        // printed nothing): find it among the researcher's own requests there.
+        try {
+          const listed = await this.model.requests(site);
+          const found = findRunRequest(
+            listed,
+            remoteBody(source),
+            before[site]
+          );
+          if (found !== undefined) {
+            requests[site] = found;
+          }
+        } catch {
+          // The site is unreachable: nothing was sent there.
+        }
+      }
+    }
+    if (cell.isDisposed) {
+      return;
+    }
+    if (!sameJSON(requests, previous)) {
+      const meta = this.cellMeta(cell);
+      if (Object.keys(requests).length) {
+        cell.model.setMetadata(METADATA_KEY, { ...meta, requests });
+      } else if (meta.requests !== undefined) {
+        delete meta.requests;
+        if (Object.keys(meta).length) {
+          cell.model.setMetadata(METADATA_KEY, meta);
+        } else {
+          cell.model.deleteMetadata(METADATA_KEY);
+        }
+      }
+    }
+    this.decorate(panel, cell);
+    await this.refreshCell(panel, cell);
+  }
+
+  /**
+   * "Run Remotely": tags the cell if needed and runs it as any run command does
+   * (so it runs on the mock here, then at the notebook's targets); whether any
+   * site got it.
+   */
   async runRemotely(panel: NotebookPanel, cell: Cell): Promise<boolean> {
     if (!(cell instanceof CodeCell)) {
       return false;
     }
-    if (!this.model.researcherSites.length) {
-      await this.model.refreshConnections();
-    }
-    const sites = this.notebookTargets(panel);
-    if (!sites.length) {
-      await showErrorMessage(
-        'No datasite to run at',
-        'Connect to a datasite in the Datasites panel (left sidebar), or choose one for this notebook there.'
-      );
+    if (!(await this.checkTargets(panel))) {
       return false;
     }
     if (!hasRemoteTag(cell.model.getMetadata('tags'))) {
       this.toggleTag(panel, [cell]);
     }
-    const context = panel.sessionContext;
-    await context.ready;
-    const kernel = context.session?.kernel;
-    if (!kernel) {
-      await showErrorMessage(
-        'No kernel',
-        'Start a kernel for this notebook first.'
-      );
-      return false;
-    }
-    await kernel.requestExecute({
-      code: '%load_ext remote_kernel',
-      silent: true,
-      store_history: false
-    }).done;
-    const source = cell.model.sharedModel.getSource();
-    const code = remoteMagicCode(source, sites);
-    const previous = this.requestsOf(cell);
-    cell.model.setMetadata(METADATA_KEY, {
-      ...this.cellMeta(cell),
-      requests: {}
-    });
-    cell.setPrompt('*');
-    let ok = false;
-    try {
-      const reply = await OutputArea.execute(code, cell.outputArea, context);
-      if (reply) {
-        cell.model.executionCount = reply.content.execution_count;
-        ok = reply.content.status === 'ok';
-      }
-    } catch (error) {
-      cell.setPrompt('');
-      throw error;
-    }
-    const requests = requestsFromOutputs(this.outputsOf(cell));
-    for (const site of sites.filter(s => requests[s] === undefined)) {
-      // Nothing in the outputs names this site's request (it failed to start, or
-      // printed nothing): find it among the researcher's own requests there.
-      try {
-        const listed = await this.model.requests(site);
-        const found = findRunRequest(
-          listed,
-          remoteBody(source),
-          previous[site]
-        );
-        if (found !== undefined) {
-          requests[site] = found;
-        }
-      } catch {
-        // The site is unreachable: nothing was sent there.
-      }
-    }
-    cell.model.setMetadata(METADATA_KEY, { ...this.cellMeta(cell), requests });
-    this.decorate(panel, cell);
-    await this.refreshCell(panel, cell);
-    return ok && Object.keys(requests).length > 0;
+    await NotebookActions.runCells(panel.content, [cell], panel.sessionContext);
+    await this.recording.get(cell);
+    return Object.keys(this.requestsOf(cell)).length > 0;
   }
 
+  /** Runs every tagged cell, top to bottom; how many. */
   async runAllRemote(panel: NotebookPanel): Promise<number> {
-    let count = 0;
-    for (const cell of [...panel.content.widgets]) {
-      if (
+    const cells = panel.content.widgets.filter(
+      cell =>
         cell.model.type === 'code' &&
         hasRemoteTag(cell.model.getMetadata('tags'))
-      ) {
-        await this.runRemotely(panel, cell);
-        count += 1;
-      }
+    );
+    if (!cells.length || !(await this.checkTargets(panel))) {
+      return 0;
     }
-    return count;
+    await NotebookActions.runCells(panel.content, cells, panel.sessionContext);
+    await Promise.all(cells.map(cell => this.recording.get(cell)));
+    return cells.length;
+  }
+
+  /** Whether the notebook has a site to run at; says what to do if not. */
+  private async checkTargets(panel: NotebookPanel): Promise<boolean> {
+    if (!this.model.researcherSites.length) {
+      await this.model.refreshConnections();
+    }
+    if (this.notebookTargets(panel).length) {
+      return true;
+    }
+    await showErrorMessage(
+      'No datasite to run at',
+      'Connect to a datasite in the Datasites panel (left sidebar), or choose one for this notebook there.'
+    );
+    return false;
   }
 
   private cellMeta(cell: Cell): Record<string, unknown> {
@@ -291,7 +386,8 @@ export class RemoteCellController {
 
   /** Whether the cell is running: the magic is showing live updates itself. */
   private isRunning(cell: Cell): boolean {
-    return !!cell.promptNode?.textContent?.includes('*');
+    const state = (cell.model as ICodeCellModel).executionState;
+    return state === 'running' || !!cell.promptNode?.textContent?.includes('*');
   }
 
   /** The requests of every open cell that still waits for a datasite (asked at each poll). */
@@ -352,6 +448,16 @@ export class RemoteCellController {
       return false;
     }
     const outputs = cell.model.outputs;
+    const current = this.outputsOf(cell);
+    if (merged.length === current.length) {
+      // Replace only what changed: the rest of the output area is left alone.
+      merged.forEach((output, index) => {
+        if (!sameJSON(output, current[index])) {
+          outputs.set(index, output as any);
+        }
+      });
+      return true;
+    }
     outputs.clear();
     for (const output of merged) {
       outputs.add(output as any);

@@ -156,7 +156,7 @@ test('tag a cell, run it remotely, approve it, see the released output', async (
   expect(tags).toEqual(['remote']);
 
   await runRemotely(page, 1);
-  const badge = cell(page, 1).locator('.rk-SiteStatus[data-site="cleveland"]');
+  const badge = cell(page, 1).locator('.rk-SiteRow[data-site="cleveland"]');
   await expect(badge).toContainText('pending');
   await expect(
     cell(page, 1).locator('.jp-OutputArea-output').first()
@@ -206,9 +206,7 @@ test('released outputs that arrive while the notebook is closed appear when reop
   );
   await command(page, 'remote-kernel:toggle-remote-tag');
   await command(page, 'remote-kernel:run-all-remote'); // the tagged cell 1 only
-  await expect(cell(page, 1).locator('.rk-SiteStatus')).toContainText(
-    'pending'
-  );
+  await expect(cell(page, 1).locator('.rk-SiteRow')).toContainText('pending');
   await page.notebook.save();
   await page.notebook.close(true);
 
@@ -234,9 +232,7 @@ test('deny with a comment', async ({ page }) => {
   );
   await runRemotely(page, 1); // Run remotely tags the cell too
   await expect(cell(page, 1)).toHaveClass(/rk-mod-remote/);
-  await expect(cell(page, 1).locator('.rk-SiteStatus')).toContainText(
-    'pending'
-  );
+  await expect(cell(page, 1).locator('.rk-SiteRow')).toContainText('pending');
 
   const reviews = await reviewRow(page, 'cleveland-bob', 'alice');
   await reviews.focus();
@@ -255,9 +251,7 @@ test('deny with a comment', async ({ page }) => {
       timeout: 30_000
     }
   );
-  await expect(cell(page, 1).locator('.rk-SiteStatus')).toContainText(
-    '1 denied'
-  );
+  await expect(cell(page, 1).locator('.rk-SiteRow')).toContainText('1 denied');
   // The decision is in the history (status filter).
   await reviews.locator('.rk-Filter-status').selectOption('denied');
   const history = reviews.locator('.rk-ReviewRow[data-state="denied"]').first();
@@ -278,7 +272,7 @@ test('two reviewers release at a two-person site', async ({ page }) => {
   await widenSidebar(page);
   await runRemotely(page, 1);
   await expect(
-    cell(page, 1).locator('.rk-SiteStatus[data-site="hungary"]')
+    cell(page, 1).locator('.rk-SiteRow[data-site="hungary"]')
   ).toContainText('pending');
 
   let reviews = await reviewRow(page, 'hungary-bob', 'alice');
@@ -295,9 +289,7 @@ test('two reviewers release at a two-person site', async ({ page }) => {
   await expect(reviews.locator('.rk-DetailHead .rk-Votes')).toHaveText(
     '1 of 2 approvals — bob approved'
   );
-  await expect(cell(page, 1).locator('.rk-SiteStatus')).toContainText(
-    'pending'
-  );
+  await expect(cell(page, 1).locator('.rk-SiteRow')).toContainText('pending');
   await reviews.screenshot({ path: path.join(IMAGES, 'second-review.png') });
   await reviews.locator('button.rk-Approve').click();
 

@@ -1,7 +1,6 @@
-/** The badge row above a tagged cell: "remote → cleveland, hungarian" and per-site status. */
+/** The badge above a tagged cell: "remote → cleveland, hungary" (the notebook's targets). */
 import { Widget } from '@lumino/widgets';
 
-import { ISiteBadge } from '../cells';
 import { el } from './dom';
 
 export class RemoteBadge extends Widget {
@@ -10,7 +9,8 @@ export class RemoteBadge extends Widget {
     this.addClass('rk-CellBadge');
   }
 
-  render(targets: string[], badges: ISiteBadge[]): void {
+  /** Each site's state is in the cell's status table (one row per site), not here. */
+  render(targets: string[]): void {
     this.node.textContent = '';
     this.node.appendChild(
       el(
@@ -21,10 +21,5 @@ export class RemoteBadge extends Widget {
           : 'remote → no datasite'
       )
     );
-    for (const badge of badges) {
-      const span = el('span', `rk-SiteStatus rk-mod-${badge.kind}`, badge.text);
-      span.dataset.site = badge.site;
-      this.node.appendChild(span);
-    }
   }
 }
