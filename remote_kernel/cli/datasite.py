@@ -1,7 +1,7 @@
 """``remote-kernel datasite …``: the admin commands, run on a datasite directory.
 
-init, add-dataset, remock, mock-report, add-user, revoke, users, serve and
-audit; none of them needs a running server (serve starts one).
+init, add-dataset, remock, mock-report, add-user, revoke, users, budget, serve
+and audit; none of them needs a running server (serve starts one).
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ import sys
 from remote_kernel.cli.common import CliError, Subparsers
 from remote_kernel.datasite.config import DatasiteConfig
 from remote_kernel.datasite.datasets import add_dataset, remock_dataset
-from remote_kernel.datasite.store import Store
+from remote_kernel.datasite.store import BudgetLine, Store
 from remote_kernel.mocks.generate import FIDELITIES
 from remote_kernel.mocks.report import format_report, load_report
 from remote_kernel.protocol.errors import NotFound
@@ -41,6 +41,7 @@ def add_parser(top: Subparsers) -> None:
     p.set_defaults(func=cmd_mock_report)
 
     _add_user_parsers(cmds)
+    _add_budget_parser(cmds)
     _add_serve_parser(cmds)
     _add_audit_parser(cmds)
 
@@ -115,6 +116,22 @@ def _add_user_parsers(cmds: Subparsers) -> None:
     p = cmds.add_parser("users", help="list users (never their tokens)")
     p.add_argument("directory")
     p.set_defaults(func=cmd_users)
+
+
+def _add_budget_parser(cmds: Subparsers) -> None:
+    p = cmds.add_parser(
+        "budget",
+        help="set a researcher's privacy budget on a dataset (with --epsilon), "
+        "or list budgets: spent and left per user and dataset",
+    )
+    p.add_argument("directory")
+    p.add_argument("user", nargs="?", help="the researcher (alone: list only theirs)")
+    p.add_argument("dataset", nargs="?", help="the dataset")
+    p.add_argument("--epsilon", type=float, help="the researcher's total epsilon on the dataset")
+    p.add_argument(
+        "--delta", type=float, help="the total delta (default: unchanged; 0 for a new budget)"
+    )
+    p.set_defaults(func=cmd_budget)
 
 
 def _add_serve_parser(cmds: Subparsers) -> None:
@@ -268,6 +285,84 @@ def cmd_users(args: argparse.Namespace) -> None:
             state = f"active until {user.expires_at:%Y-%m-%d %H:%M} UTC"
         print(f"{user.name}\t{user.role}\t{state}")
     store.close()
+
+
+def cmd_budget(args: argparse.Namespace) -> None:
+    """Set one budget (USER DATASET --epsilon E [--delta D]) or list them."""
+    config = DatasiteConfig.load(args.directory)
+    setting = args.epsilon is not None or args.delta is not None
+    if setting and (args.dataset is None or args.epsilon is None):
+        raise CliError(
+            "to set a budget give the researcher, the dataset and the total: "
+            f"remote-kernel datasite budget {args.directory} USER DATASET --epsilon E [--delta D]"
+        )
+    if args.dataset is not None:
+        config.dataset(args.dataset)  # UnknownDataset names the ones there are
+    store = Store(config.database_url)
+    try:
+        if args.user is not None and args.user not in {user.name for user in store.users()}:
+            raise CliError(
+                f"no user {args.user!r} at {config.name} (see: remote-kernel datasite users "
+                f"{args.directory})"
+            )
+        if setting:
+            line = store.set_budget(args.user, args.dataset, args.epsilon, args.delta)
+        else:
+            lines = store.budgets(args.user, args.dataset)
+    finally:
+        store.close()
+    if setting:
+        _print_budget_set(line, config.name)
+    else:
+        _print_budgets(lines, config.name)
+
+
+def _print_budget_set(line: BudgetLine, site: str) -> None:
+    print(
+        f"privacy budget of {line.user!r} on {line.dataset} at {site}: "
+        f"ε={line.epsilon_total}, δ={line.delta_total} "
+        f"(spent ε={line.epsilon_spent}, δ={line.delta_spent}; "
+        f"left ε={line.epsilon_left}, δ={line.delta_left})"
+    )
+    over = [
+        f"{sign}={spent}"
+        for sign, spent, total in (
+            ("ε", line.epsilon_spent, line.epsilon_total),
+            ("δ", line.delta_spent, line.delta_total),
+        )
+        if spent > total
+    ]
+    if over:
+        print(
+            f"{line.user!r} has already spent {' and '.join(over)}, more than the new total: "
+            "no DP query fits until it is raised (what was spent stays spent)"
+        )
+
+
+def _print_budgets(lines: list[BudgetLine], site: str) -> None:
+    """One row per researcher and dataset; amounts as stored (exact decimals)."""
+    if not lines:
+        print(
+            f"no privacy budgets at {site} (that match): no researcher can make DP queries "
+            "until one is set with --epsilon"
+        )
+        return
+    head = ("user", "dataset", "ε spent", "ε left", "ε total", "δ spent", "δ left", "δ total")
+    rows = [
+        (
+            line.user, line.dataset,
+            str(line.epsilon_spent), str(line.epsilon_left), str(line.epsilon_total),
+            str(line.delta_spent), str(line.delta_left), str(line.delta_total),
+            str(line.charges),
+        )
+        for line in lines
+    ]  # fmt: skip
+    table = [(*head, "queries"), *rows]
+    widths = [max(len(row[i]) for row in table) for i in range(len(table[0]))]
+    for row in table:
+        print(
+            "  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip()
+        )
 
 
 def cmd_serve(args: argparse.Namespace) -> None:

@@ -18,16 +18,19 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
+from decimal import ROUND_CEILING, ROUND_FLOOR, Decimal
 from typing import Any
 
 from sqlalchemy import (
     JSON,
+    BigInteger,
     Connection,
     ForeignKey,
     Integer,
     LargeBinary,
     String,
     Text,
+    UniqueConstraint,
     bindparam,
     create_engine,
     event,
@@ -39,7 +42,13 @@ from sqlalchemy import (
 from sqlalchemy.engine import Row
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
 
-from remote_kernel.protocol.errors import Conflict, NotFound, PermissionDenied
+from remote_kernel.protocol.errors import (
+    BudgetExhausted,
+    Conflict,
+    InputError,
+    NotFound,
+    PermissionDenied,
+)
 from remote_kernel.protocol.models import (
     FilterDecision,
     OutputItem,
@@ -186,6 +195,159 @@ class AuditEntry(Base):
     detail: Mapped[dict[str, Any]] = mapped_column(default=dict)
     prev_hash: Mapped[str] = mapped_column(String(64))
     hash: Mapped[str] = mapped_column(String(64))
+
+
+class Budget(Base):
+    """A researcher's privacy budget on one dataset (set by an admin) and what is spent of it.
+
+    Amounts are integers in :data:`EPSILON_UNIT` and :data:`DELTA_UNIT` (see
+    :func:`to_units`), so that sums and comparisons in SQL are exact.
+    """
+
+    __tablename__ = "budgets"
+    __table_args__ = (UniqueConstraint("user_id", "dataset"),)
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    user_id: Mapped[int] = mapped_column(ForeignKey("users.id"))
+    dataset: Mapped[str] = mapped_column(String(128))
+    epsilon_total: Mapped[int] = mapped_column(BigInteger)
+    delta_total: Mapped[int] = mapped_column(BigInteger)
+    epsilon_spent: Mapped[int] = mapped_column(BigInteger, default=0)
+    delta_spent: Mapped[int] = mapped_column(BigInteger, default=0)
+    updated_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class BudgetCharge(Base):
+    """One charge against a budget: committed before the answer it paid for is released."""
+
+    __tablename__ = "budget_charges"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    budget_id: Mapped[int] = mapped_column(ForeignKey("budgets.id"), index=True)
+    user_id: Mapped[int] = mapped_column(ForeignKey("users.id"))
+    dataset: Mapped[str] = mapped_column(String(128))
+    epsilon: Mapped[int] = mapped_column(BigInteger)
+    delta: Mapped[int] = mapped_column(BigInteger)
+    #: What was paid for: a request id and/or the SHA-256 of the query's text.
+    what: Mapped[str] = mapped_column(String(256), default="")
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+#: Budgets count epsilon in micro-epsilon: no query is meaningfully finer than 1e-6.
+EPSILON_UNIT = Decimal("1e-6")
+#: ... and delta in units of 1e-18 (deltas are small, 1e-5 to 1e-12; below 1 fits an int64).
+DELTA_UNIT = Decimal("1e-18")
+MAX_EPSILON = 1_000_000.0
+#: Float representation error forgiven when rounding, in units (1e-9 epsilon).
+_SLACK = Decimal("0.001")
+
+
+def to_units(amount: float, unit: Decimal, charge: bool) -> int:
+    """An amount of epsilon or delta as an integer number of ``unit``: exact in SQL.
+
+    Why integers and not floats: a ledger adds and compares, and floats do neither
+    exactly (0.1 + 0.1 + 0.1 > 0.3), so three queries at 0.1 would not fit a budget of
+    0.3. Why not Decimal columns: SQLite stores NUMERIC as floats. Integers are exact on
+    SQLite and PostgreSQL alike, and ``spent + charge <= total`` runs in the database.
+    The float is read through its shortest repr (0.1 is "0.1", not 0.1000000000000000055),
+    an error under a thousandth of a unit is forgiven (0.30000000000000004 is 0.3), and
+    otherwise a charge is rounded up and a total down: the ledger never undercharges,
+    so 1/3 costs 0.333334 and three of them do not fit 1.0 (ask for 0.333333).
+    """
+    exact = Decimal(repr(float(amount))) / unit
+    if charge:
+        return int((exact - _SLACK).to_integral_value(ROUND_CEILING))
+    return int((exact + _SLACK).to_integral_value(ROUND_FLOOR))
+
+
+def from_units(units: int, unit: Decimal) -> float:
+    return float(units * unit)
+
+
+def format_units(units: int, unit: Decimal) -> str:
+    """The exact decimal of an amount, without trailing zeros: "0.05", "1.0", "0.000001"."""
+    shown = format((units * unit).normalize(), "f")
+    return shown if "." in shown else shown + ".0"
+
+
+def _checked_units(amount: float, name: str, unit: Decimal, charge: bool) -> int:
+    """Validate an epsilon or delta (finite, in range) and convert it; InputError if not."""
+    is_number = isinstance(amount, (int, float)) and not isinstance(amount, bool)
+    limit = MAX_EPSILON if unit == EPSILON_UNIT else 1.0
+    if not is_number or not 0.0 <= amount < limit:  # also refuses NaN and infinities
+        raise InputError(f"{name} must be a number from 0 up to (not including) {int(limit)}.")
+    units = to_units(amount, unit, charge)
+    if charge and unit == EPSILON_UNIT and units <= 0:
+        raise InputError(f"a DP query must spend a positive epsilon, got {amount!r}.")
+    return units
+
+
+@dataclass(frozen=True)
+class Charge:
+    """A committed charge, and what is left of the budget after it."""
+
+    id: int
+    user: str
+    dataset: str
+    epsilon: float
+    delta: float
+    what: str
+    at: datetime
+    epsilon_left: float
+    delta_left: float
+
+
+@dataclass(frozen=True)
+class BudgetLine:
+    """One researcher's budget on one dataset: totals, spent, left (floats of exact units)."""
+
+    user: str
+    dataset: str
+    epsilon_total: float
+    epsilon_spent: float
+    epsilon_left: float
+    delta_total: float
+    delta_spent: float
+    delta_left: float
+    charges: int
+    updated_at: datetime
+
+
+_BUDGETS = Budget.__table__
+_CHARGES = BudgetCharge.__table__
+#: The check and the charge in one statement: it changes a row only if the charge fits.
+#: Atomic on any database without a lock mode (PostgreSQL re-checks the WHERE on the row
+#: version it locks), and under SQLite's BEGIN IMMEDIATE writers are serialized anyway.
+_CHARGE_BUDGET = (
+    _BUDGETS.update()
+    .where(
+        _BUDGETS.c.user_id == bindparam("uid"),
+        _BUDGETS.c.dataset == bindparam("ds"),
+        _BUDGETS.c.epsilon_spent + bindparam("e") <= _BUDGETS.c.epsilon_total,
+        _BUDGETS.c.delta_spent + bindparam("d") <= _BUDGETS.c.delta_total,
+    )
+    .values(
+        epsilon_spent=_BUDGETS.c.epsilon_spent + bindparam("e"),
+        delta_spent=_BUDGETS.c.delta_spent + bindparam("d"),
+        updated_at=bindparam("at"),
+    )
+    .returning(*_BUDGETS.c)
+)
+_INSERT_CHARGE = _CHARGES.insert().returning(_CHARGES.c.id)
+_GET_BUDGET = select(_BUDGETS).where(
+    _BUDGETS.c.user_id == bindparam("uid"), _BUDGETS.c.dataset == bindparam("ds")
+)
+
+
+def _budget_line(row: Row[Any]) -> BudgetLine:
+    """A budgets row (with its user's name and its number of charges) in plain amounts."""
+    eps, dlt = EPSILON_UNIT, DELTA_UNIT
+    return BudgetLine(
+        row.user_name, row.dataset,
+        from_units(row.epsilon_total, eps), from_units(row.epsilon_spent, eps),
+        from_units(max(0, row.epsilon_total - row.epsilon_spent), eps),
+        from_units(row.delta_total, dlt), from_units(row.delta_spent, dlt),
+        from_units(max(0, row.delta_total - row.delta_spent), dlt),
+        int(row[-1]), row.updated_at,
+    )  # fmt: skip
 
 
 def audit_hash(
@@ -776,3 +938,157 @@ class Store:
                 model.__tablename__: int(db.scalar(select(func.count()).select_from(model)) or 0)
                 for model in (User, KernelSession, Request, Output, Review, AuditEntry)
             }
+
+    # --- privacy budgets -----------------------------------------------------------------
+    def set_budget(
+        self,
+        user: User | str,
+        dataset: str,
+        epsilon: float,
+        delta: float | None = None,
+        actor: str = "admin-cli",
+    ) -> BudgetLine:
+        """Set a researcher's total budget on a dataset (audited ``budget.set``).
+
+        ``delta`` None keeps the current total delta (0 for a new budget). A total below
+        what is already spent is allowed: nothing more fits until it is raised, and what
+        was spent stays recorded. The dataset's name is the caller's to check (datasets
+        live in datasite.yaml, not in the store).
+        """
+        epsilon_total = _checked_units(epsilon, "epsilon", EPSILON_UNIT, charge=False)
+        delta_total = None if delta is None else _checked_units(delta, "delta", DELTA_UNIT, False)
+        with self._write() as conn:
+            user_id, name = self._budget_holder(conn, user)
+            row = conn.execute(_GET_BUDGET, {"uid": user_id, "ds": dataset}).first()
+            if delta_total is None:
+                delta_total = row.delta_total if row is not None else 0
+            values = {"epsilon_total": epsilon_total, "delta_total": delta_total}
+            values["updated_at"] = utcnow()
+            if row is None:
+                insert = _BUDGETS.insert().returning(_BUDGETS.c.id)
+                new = {"user_id": user_id, "dataset": dataset, **values}
+                budget_id = conn.execute(insert, new).scalar_one()
+                previous: dict[str, float] = {}
+            else:
+                budget_id = row.id
+                _update(conn, _BUDGETS, budget_id, **values)
+                previous = {
+                    "previous_epsilon": from_units(row.epsilon_total, EPSILON_UNIT),
+                    "previous_delta": from_units(row.delta_total, DELTA_UNIT),
+                }
+            self._audit(
+                conn,
+                actor,
+                "budget.set",
+                f"budget:{budget_id}",
+                user=name,
+                dataset=dataset,
+                epsilon=from_units(epsilon_total, EPSILON_UNIT),
+                delta=from_units(delta_total, DELTA_UNIT),
+                **previous,
+            )
+        return self.budgets(name, dataset)[0]
+
+    def charge_budget(
+        self, user: User | str, dataset: str, epsilon: float, delta: float = 0.0, what: str = ""
+    ) -> Charge:
+        """Charge ``(epsilon, delta)`` to a researcher's budget on a dataset, or refuse.
+
+        Call it after the query is checked and planned and before anything is released:
+        it returns once the charge and its audit entry (``budget.charge``) are committed
+        (``synchronous=FULL``: on disk), so a crash after it can lose an answer, never a
+        charge. Check and charge are one conditional UPDATE (``_CHARGE_BUDGET``), so
+        concurrent queries cannot overspend. :class:`BudgetExhausted` (no budget, or not
+        enough left) changes nothing: a smaller query still fits. ``what`` names what was
+        paid for (a request id, the SHA-256 of the SQL).
+        """
+        e = _checked_units(epsilon, "epsilon", EPSILON_UNIT, charge=True)
+        d = _checked_units(delta, "delta", DELTA_UNIT, charge=True)
+        what, at = what[:256], utcnow()
+        with self._write() as conn:
+            user_id, name = self._budget_holder(conn, user)
+            fitted = {"uid": user_id, "ds": dataset, "e": e, "d": d, "at": at}
+            row = conn.execute(_CHARGE_BUDGET, fitted).first()
+            if row is None:
+                raise self._refusal(conn, user_id, dataset, e, d)
+            charged = {"budget_id": row.id, "user_id": user_id, "dataset": dataset}
+            charged.update(epsilon=e, delta=d, what=what, created_at=at)
+            charge_id = conn.execute(_INSERT_CHARGE, charged).scalar_one()
+            charge = Charge(
+                id=charge_id,
+                user=name,
+                dataset=dataset,
+                epsilon=from_units(e, EPSILON_UNIT),
+                delta=from_units(d, DELTA_UNIT),
+                what=what,
+                at=at,
+                epsilon_left=from_units(row.epsilon_total - row.epsilon_spent, EPSILON_UNIT),
+                delta_left=from_units(row.delta_total - row.delta_spent, DELTA_UNIT),
+            )
+            self._audit(
+                conn,
+                name,
+                "budget.charge",
+                f"budget:{row.id}",
+                dataset=dataset,
+                epsilon=charge.epsilon,
+                delta=charge.delta,
+                what=what,
+                charge=charge_id,
+                epsilon_left=charge.epsilon_left,
+            )
+        return charge
+
+    def _budget_holder(self, conn: Connection, user: User | str) -> tuple[int, str]:
+        """A researcher's id and name; NotFound for an unknown name, InputError for a reviewer."""
+        if isinstance(user, User):
+            found: Any = user
+        else:
+            found = conn.execute(select(User.id, User.name, User.role).where(User.name == user))
+            found = found.first()
+            if found is None:
+                raise NotFound(f"no user {user!r}")
+        if found.role != Role.RESEARCHER.value:
+            raise InputError(
+                f"{found.name!r} is a {found.role}; privacy budgets are for researchers"
+            )
+        return found.id, found.name
+
+    @staticmethod
+    def _refusal(conn: Connection, user_id: int, dataset: str, e: int, d: int) -> BudgetExhausted:
+        """Why a charge did not fit, in the words the researcher reads."""
+        row = conn.execute(_GET_BUDGET, {"uid": user_id, "ds": dataset}).first()
+        if row is None:
+            return BudgetExhausted(
+                f"you have no privacy budget on {dataset}, so DP queries there are refused "
+                "— ask the datasite admin for one"
+            )
+        kind = "epsilon" if e > row.epsilon_total - row.epsilon_spent else "delta"
+        sign, need, unit = ("ε", e, EPSILON_UNIT) if kind == "epsilon" else ("δ", d, DELTA_UNIT)
+        total = getattr(row, f"{kind}_total")
+        left = max(0, total - getattr(row, f"{kind}_spent"))
+        return BudgetExhausted(
+            f"this query needs {sign}={format_units(need, unit)} on {dataset}; you have "
+            f"{sign}={format_units(left, unit)} left of {format_units(total, unit)} "
+            "— ask the datasite admin for more"
+        )
+
+    def budgets(self, user: str | None = None, dataset: str | None = None) -> list[BudgetLine]:
+        """Every budget (or one user's, one dataset's): totals, spent, left, charges made."""
+        counted = (
+            select(_CHARGES.c.budget_id, func.count().label("n"))
+            .group_by(_CHARGES.c.budget_id)
+            .subquery()
+        )
+        query = (
+            select(_BUDGETS, User.name.label("user_name"), func.coalesce(counted.c.n, 0))
+            .join(User, User.id == _BUDGETS.c.user_id)
+            .outerjoin(counted, counted.c.budget_id == _BUDGETS.c.id)
+            .order_by(User.name, _BUDGETS.c.dataset)
+        )
+        if user is not None:
+            query = query.where(User.name == user)
+        if dataset is not None:
+            query = query.where(_BUDGETS.c.dataset == dataset)
+        with self.engine.connect() as conn:
+            return [_budget_line(row) for row in conn.execute(query)]

@@ -96,6 +96,18 @@ class NoValue(NotFound, LookupError):
     """A cell's value is not (yet) released; the message says why."""
 
 
+class BudgetExhausted(PermissionDenied):
+    """A DP query needs more privacy budget than the researcher has left (or has none there).
+
+    A PermissionDenied (403), not a Conflict (409): the request is well formed and
+    nothing is in a transient state that a retry or the researcher could resolve; what
+    the datasite's admin granted does not allow it, and only the admin can grant more.
+    Nothing was charged and nothing released; a smaller query may still fit. It is
+    defined here, not on the datasite side, so that the researcher side can raise and
+    catch it by name (``rk.BudgetExhausted``).
+    """
+
+
 class RequestRejected(RemoteKernelError):
     """The datasite refused a call; ``status`` is the HTTP status it answered with."""
 
