@@ -36,7 +36,7 @@ from remote_kernel.datasite.datasets import add_dataset, synthetic_heart
 from remote_kernel.protocol.errors import QueryRejected
 from remote_kernel.protocol.models import OutputItem, Verdict
 from remote_kernel.protocol.values import VALUE_MIME
-from remote_kernel.researcher.client import Datasite, RemoteRequest
+from remote_kernel.researcher.client import Datasite, RemoteOutput, RemoteRequest
 from remote_kernel.researcher.values import PickledValue, decode_value, encode_value
 
 from .conftest import RunningDatasite, make_datasite
@@ -162,15 +162,33 @@ def test_attack_is_never_released(
     site: RunningDatasite, alice: Datasite, name: str, code: str, expected: str
 ) -> None:
     request = run(alice, code)
-    states = [o.state for o in request.outputs]
-    assert request.outputs, f"{name}: produced no output at all ({request.status})"
+    # A cell that raised also gets the datasite's own note (type and lines of the cell,
+    # quoted from the code): released at once, and nothing else of the kernel's.
+    notes = [o for o in request.outputs if is_error_note(o, code)]
+    kernel = [o for o in request.outputs if o not in notes]
+    states = [o.state for o in kernel]
+    assert kernel, f"{name}: produced no output at all ({request.status})"
     assert "released" not in states, f"{name}: released automatically"
-    assert all(o.content is None for o in request.outputs)
+    assert all(o.content is None for o in kernel)
     for output in reviewer_view(site, request):
         assert output["findings"], f"{name}: a verdict without findings"
         assert all(f["message"] for f in output["findings"])
     if expected == "block":
         assert "blocked" in states, f"{name}: detectable but only held ({states})"
+
+
+def is_error_note(output: RemoteOutput, code: str) -> bool:
+    """The datasite's released note for an error: a known name, then lines of ``code`` only."""
+    made_by = ((output.content or {}).get("metadata") or {}).get("remote_kernel") or {}
+    if output.state != "released" or made_by.get("kind") != "error-summary":
+        return False
+    head, *lines = output.text.splitlines()
+    source = code.splitlines()
+    assert head.endswith("in your cell; the message and values are held for review")
+    for line in lines:
+        number, _, quoted = line.strip().removeprefix("line ").partition(": ")
+        assert source[int(number) - 1].rstrip().strip() == quoted.strip()
+    return True
 
 
 def test_exception_names_chosen_by_code_do_not_travel(alice: Datasite) -> None:

@@ -16,6 +16,16 @@ Two origins of items reach the filter:
 * ``query``: aggregate tables the datasite computed itself (the sound tier,
   :mod:`remote_kernel.checks.sqltier`), whose evidence the datasite also computed; their
   verdict comes with them and is combined with the leak scan.
+* ``suppressed``: a kernel table with its failing cells blanked, which the
+  datasite wrote (:mod:`remote_kernel.checks.kernel_tables`). Its numbers are still
+  the kernel's, so it is reviewed like kernel output, never released by policy.
+* ``error``: what the datasite tells at once about a cell that raised
+  (:mod:`remote_kernel.checks.errors`): a known exception name and line numbers of
+  the researcher's own cell, quoted from their submitted code. Released by policy:
+  its content is a function of a few bounded numbers, not of the kernel's text.
+
+Kernel tables also get *hints* (small cells, zeros) for the reviewer; they are
+findings with the verdict ``review`` that the researcher's summary leaves out.
 """
 
 from __future__ import annotations
@@ -26,6 +36,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+from remote_kernel.checks.kernel_tables import HINT_CHECKS, table_hint_findings
 from remote_kernel.checks.policy import Policy, Thresholds
 from remote_kernel.protocol.errors import RemoteKernelError
 from remote_kernel.protocol.models import (
@@ -52,7 +63,7 @@ class CheckContext:
     """What the filter knows about the item besides its bytes."""
 
     researcher: str = ""
-    origin: str = "kernel"  # "kernel" or "query"
+    origin: str = "kernel"  # "kernel", "query", "suppressed" or "error" (module docstring)
     #: For query results: the sound tier's own verdict and findings.
     query_findings: tuple[Finding, ...] = field(default_factory=tuple)
 
@@ -70,8 +81,22 @@ class LeakScanner(Protocol):
     def scan_text(self, text: str, where: str = ..., markup: bool = ...) -> list[Finding]: ...
 
 
+@dataclass(frozen=True)
+class HintedDecision(FilterDecision):
+    """A decision whose researcher summary leaves out the reviewers' hints.
+
+    Hints on a kernel table (``small-cells-hint (3)``) depend on the numbers in
+    it; in the summary a researcher sees before release they would answer "were
+    there small cells?" for a table nobody released.
+    """
+
+    def summary(self) -> str:
+        shown = tuple(f for f in self.findings if f.check not in HINT_CHECKS)
+        return FilterDecision(self.verdict, shown).summary()
+
+
 def decision(findings: Sequence[Finding]) -> FilterDecision:
-    return FilterDecision(Verdict.worst([f.verdict for f in findings]), tuple(findings))
+    return HintedDecision(Verdict.worst([f.verdict for f in findings]), tuple(findings))
 
 
 def size_findings(item: OutputItem, limit: int) -> list[Finding]:
@@ -137,9 +162,33 @@ class RuleBasedFilter:
                     Finding("sound-tier", Verdict.REVIEW,
                             "the datasite's own evidence for this table was lost (restart)")
                 )  # fmt: skip
+        elif context.origin == "error":
+            findings.append(ERROR_SUMMARY)
+        elif context.origin == "suppressed":
+            findings += [*mime_findings(item), SUPPRESSED_VARIANT]
         else:
             findings += mime_findings(item) + kernel_origin_findings(item, thresholds)
+            # Hints only guide a person: never where no person looks (a block, or a
+            # release the policy trusts), where they would change the verdict.
+            if Verdict.worst([f.verdict for f in findings]) is Verdict.REVIEW:
+                findings += table_hint_findings(item, thresholds)
         return decision(findings)
+
+
+ERROR_SUMMARY = Finding(
+    "error-summary",
+    Verdict.RELEASE,
+    "written by the datasite: a known exception name and line numbers of the researcher's "
+    "own cell, with those lines quoted from the code they submitted; the kernel's message "
+    "and traceback are a separate output, held",
+)
+SUPPRESSED_VARIANT = Finding(
+    "suppressed-variant",
+    Verdict.REVIEW,
+    "written by the datasite from the kernel's table: its labels and numbers only, failing "
+    "cells blank. The numbers are still the kernel's (not evidence), so a person decides; "
+    "approving it releases these bytes in place of the original",
+)
 
 
 def filter_error(exc: BaseException) -> Finding:

@@ -145,6 +145,19 @@ def cmd_review_show(args: argparse.Namespace) -> None:
     if args.save_images:
         for path in save_images(output, Path(args.save_images)):
             print(f"image written to {path}")
+    print_variants(output)
+
+
+def print_variants(output: dict[str, Any]) -> None:
+    """The datasite's variants of an output (approve one by its id to release it instead)."""
+    for variant in output.get("variants") or []:
+        print(
+            f"\n--- variant {variant['id']} ({variant['kind']}, {variant.get('state', '?')}): "
+            f"{variant['summary']} ---"
+        )
+        print(render_text("display_data", variant.get("content") or {}))
+        if variant.get("state") == "pending":
+            print(f"(release it instead: remote-kernel review approve {variant['id']})")
 
 
 def cmd_review_decide(args: argparse.Namespace) -> None:

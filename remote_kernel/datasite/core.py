@@ -12,13 +12,11 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
-import builtins
 import contextlib
 import json
 import keyword
 import logging
 import os
-import re
 import signal
 import time
 import uuid
@@ -31,7 +29,9 @@ from typing import Any, Protocol
 import pandas as pd
 
 from remote_kernel.checks import sqltier
+from remote_kernel.checks.errors import error_facts, error_release_item, error_summary
 from remote_kernel.checks.filter import QUERY_MIME, CheckContext, OutputFilter
+from remote_kernel.checks.kernel_tables import suppressed_variant
 from remote_kernel.checks.policy import Policy
 from remote_kernel.datasite.config import DatasiteConfig
 from remote_kernel.datasite.datasets import load_private_tables
@@ -240,8 +240,17 @@ class DatasiteCore:
         return request
 
     def visible_output(self, user: User, output_id: int) -> Output:
+        """The output ``user`` may see under ``output_id``.
+
+        For a researcher a variant does not exist (404, like any unknown id), and an
+        output released with suppression is its released variant (shown under this id).
+        """
         output = self.store.get_output(output_id)
         self.visible_request(user, output.request_id)
+        if user.role_enum is Role.RESEARCHER:
+            if output.parent_id is not None:
+                raise NotFound(f"no output {output_id}")
+            return self.store.released_variant_of(output.id) or output
         return output
 
     # --- sessions ------------------------------------------------------------------------
@@ -409,7 +418,20 @@ class DatasiteCore:
         else:
             errors = [o for o in self.store.outputs_of(request.id) if o.msg_type == "error"]
             content = errors[-1].item.content if errors else {}
+            self._release_error_facts(request, content)
             self._finish(request.id, RequestStatus.ERROR, error_summary(content, request.code))
+
+    def _release_error_facts(self, request: Request, content: dict[str, Any]) -> None:
+        """The datasite's own output for a cell that raised: the type and the cell's lines.
+
+        Written from a known exception name, line numbers and the submitted code
+        (:mod:`remote_kernel.checks.errors`), checked by the filter (origin "error",
+        released by policy unless the scan finds something); the kernel's error
+        output, with the message, stays held.
+        """
+        item = error_release_item(error_facts(content, request.code), request.code)
+        output = self.store.add_output(request.id, item, origin="error")
+        self._check_and_store(output, request.user_id)
 
     def _watchdog(self, user: User, request: Request, kernel: KernelHandle) -> CellWatchdog:
         """The cell's wall-clock limit (policy); interrupting for it is audited."""
@@ -505,6 +527,27 @@ class DatasiteCore:
         decision = self.filter.check(output.item, context)
         output = self.store.apply_filter_decision(output.id, decision, self.filter.name)
         self._publish_output(output, user_id)
+        if output.origin == "kernel" and output.state == OutputState.PENDING.value:
+            self._offer_variant(output, context.researcher, user_id)
+
+    def _offer_variant(self, output: Output, researcher: str, user_id: int) -> None:
+        """For a held kernel table of counts with failing cells: a suppressed variant.
+
+        The datasite writes it (:func:`~remote_kernel.checks.kernel_tables.suppressed_variant`:
+        the table's labels and numbers only, failing cells blank, under the researcher's
+        thresholds), stores it as its own output linked to the original (audited with
+        its hash), and checks it like any output. Nobody but reviewers learns of it
+        before a reviewer releases it.
+        """
+        thresholds = self.policy.for_researcher(researcher)
+        try:
+            variant = suppressed_variant(output.item, thresholds)
+        except Exception:  # researcher-made input: no variant, the original is reviewed as is
+            log.exception("could not build a suppressed variant of output %s", output.id)
+            return
+        if variant is not None:
+            row = self.store.add_variant(output, variant.item, "suppressed", variant.summary)
+            self._check_and_store(row, user_id)
 
     async def run_query(self, session_id: str, sql: str) -> dict[str, Any]:
         """``rk.query`` from a kernel: run it here, record the table as an output, check it.
@@ -559,6 +602,10 @@ class DatasiteCore:
         self.events.publish(request.user_id, event)
 
     def _publish_output(self, output: Output, user_id: int | None = None) -> None:
+        """Tell the researcher what the output's state allows: a variant only once released
+        (then under its original's id, replacing the placeholder)."""
+        if output.parent_id is not None and output.state != OutputState.RELEASED.value:
+            return
         if user_id is None:
             user_id = self.store.get_request(output.request_id).user_id
         event = {"type": "output", "output": output_view(output, Role.RESEARCHER)}
@@ -638,37 +685,6 @@ def query_output_item(sql: str, table: pd.DataFrame) -> OutputItem:
         QUERY_MIME: {"sql": sql, "columns": split["columns"], "data": split["data"]},
     }
     return OutputItem("display_data", {"data": data, "metadata": {}, "transient": {}})
-
-
-#: Exception names the researcher may see at once (ename is chosen by researcher code,
-#: so an arbitrary class name could carry private values; these cannot).
-KNOWN_EXCEPTIONS = frozenset(
-    name
-    for name, value in vars(builtins).items()
-    if isinstance(value, type) and issubclass(value, BaseException)
-) | {
-    "ParserError", "MergeError", "IndexingError", "InvalidIndexError", "OutOfBoundsDatetime",
-    "LinAlgError", "AxisError", "NotFittedError", "QueryRejected", "UnknownDataset",
-    "RemoteKernelError", "BinderException", "CatalogException", "ParserException",
-}  # fmt: skip
-CELL_LINE = re.compile(r"Cell In\[\d+\], line (\d+)")
-ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
-
-
-def error_summary(content: dict[str, Any], code: str) -> str:
-    """What a researcher learns at once about an exception: its type and their line.
-
-    Only a known exception name and a line number within the cell: both come
-    from kernel output, so both are limited to values that cannot carry data
-    beyond a few bits. The message and traceback are an output like any other.
-    """
-    ename = str(content.get("ename", ""))
-    name = ename if ename in KNOWN_EXCEPTIONS else "an exception"
-    lines = len(code.splitlines()) or 1
-    traceback = ANSI.sub("", "\n".join(str(t) for t in content.get("traceback") or []))
-    numbers = [int(n) for n in CELL_LINE.findall(traceback) if 1 <= int(n) <= lines]
-    where = f" at line {numbers[-1]} of your cell" if numbers else ""
-    return f"{name}{where}; the message and traceback are checked like any other output"
 
 
 def _is_our_kernel(pid: int) -> bool:

@@ -154,8 +154,15 @@ class Output(Base):
     request_id: Mapped[int] = mapped_column(ForeignKey("requests.id"), index=True)
     seq: Mapped[int] = mapped_column(Integer)
     msg_type: Mapped[str] = mapped_column(String(32))
-    # "kernel" (emitted by the researcher's kernel) or "query" (made by the datasite).
+    # "kernel" (emitted by the researcher's kernel), or made by the datasite: "query"
+    # (the sound tier), "suppressed" (a variant of a kernel table), "error" (type + lines).
     origin: Mapped[str] = mapped_column(String(16), default="kernel")
+    #: For a variant: the output it may be released in place of (same request and seq).
+    parent_id: Mapped[int | None] = mapped_column(
+        ForeignKey("outputs.id"), default=None, index=True
+    )
+    #: For a variant: what the datasite did to the original ("3 cell(s) under 10 blanked").
+    note: Mapped[str | None] = mapped_column(Text, default=None)
     # The exact canonical bytes checked and released (invariant 2), as UTF-8 text.
     body: Mapped[str] = mapped_column(Text)
     sha256: Mapped[str] = mapped_column(String(64))
@@ -383,8 +390,10 @@ _GET_SESSION = select(KernelSession.__table__).where(
 _GET_REQUEST = select(_REQUESTS).where(_REQUESTS.c.id == bindparam("row_id"))
 _INSERT_OUTPUT = _OUTPUTS.insert().returning(*_OUTPUTS.c)
 _GET_OUTPUT = select(_OUTPUTS).where(_OUTPUTS.c.id == bindparam("row_id"))
+# Variants share their original's seq and are not counted: the researcher's numbering of
+# outputs must not show that one was made.
 _COUNT_OUTPUTS = select(func.count(_OUTPUTS.c.id)).where(
-    _OUTPUTS.c.request_id == bindparam("request_id")
+    _OUTPUTS.c.request_id == bindparam("request_id"), _OUTPUTS.c.parent_id.is_(None)
 )
 _UPDATES: dict[tuple[str, tuple[str, ...]], Any] = {}
 
@@ -406,6 +415,19 @@ def _update_returning(table: Any, columns: tuple[str, ...]) -> Any:
 def _update(conn: Connection, table: Any, row_id: int | str, **values: Any) -> Row[Any] | None:
     statement = _update_returning(table, tuple(sorted(values)))
     return conn.execute(statement, {"row_id": row_id, **values}).first()
+
+
+def _insert_output(conn: Connection, item: OutputItem, **columns: Any) -> Output:
+    """Insert an output row holding ``item``'s canonical bytes (what is checked and released)."""
+    body = item.canonical_bytes()
+    values = {
+        "msg_type": item.msg_type,
+        "body": body.decode(),
+        "sha256": hashlib.sha256(body).hexdigest(),
+        "size": len(body),
+        **columns,
+    }
+    return Output(**conn.execute(_INSERT_OUTPUT, values).one()._mapping)
 
 
 def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
@@ -437,7 +459,10 @@ class Store:
 
     def _add_missing_columns(self) -> None:
         """Columns added after a datasite was created (``create_all`` adds only tables)."""
-        added = {"users": {"expires_at": "DATETIME"}}
+        added = {
+            "users": {"expires_at": "DATETIME"},
+            "outputs": {"parent_id": "INTEGER REFERENCES outputs(id)", "note": "TEXT"},
+        }
         inspector = inspect(self.engine)
         for table, columns in added.items():
             present = {c["name"] for c in inspector.get_columns(table)}
@@ -695,22 +720,10 @@ class Store:
     # --- outputs -------------------------------------------------------------------------
     def add_output(self, request_id: int, item: OutputItem, origin: str = "kernel") -> Output:
         """Record an output before anything else happens to it (pending, unchecked)."""
-        body = item.canonical_bytes()
         with self._write() as conn:
             seq = conn.execute(_COUNT_OUTPUTS, {"request_id": request_id}).scalar()
-            row = conn.execute(
-                _INSERT_OUTPUT,
-                {
-                    "request_id": request_id,
-                    "seq": int(seq or 0),
-                    "msg_type": item.msg_type,
-                    "origin": origin,
-                    "body": body.decode(),
-                    "sha256": hashlib.sha256(body).hexdigest(),
-                    "size": len(body),
-                },
-            ).one()
-            output = Output(**row._mapping)
+            output = _insert_output(conn, item, request_id=request_id, seq=int(seq or 0),
+                                    origin=origin)  # fmt: skip
             self._audit(
                 conn,
                 "kernel",
@@ -721,6 +734,52 @@ class Store:
                 size=output.size,
             )
         return output
+
+    def add_variant(self, parent: Output, item: OutputItem, origin: str, note: str) -> Output:
+        """Record a datasite-made variant of ``parent`` (pending, unchecked), audited with
+        its hash: it may later be released in the original's place."""
+        with self._write() as conn:
+            output = _insert_output(
+                conn,
+                item,
+                request_id=parent.request_id,
+                seq=parent.seq,
+                origin=origin,
+                parent_id=parent.id,
+                note=note,
+            )
+            self._audit(
+                conn,
+                "datasite",
+                "output.variant",
+                f"output:{output.id}",
+                request=parent.request_id,
+                variant_of=parent.id,
+                kind=origin,
+                note=note,
+                sha256=output.sha256,
+                size=output.size,
+            )
+        return output
+
+    def variants_of(self, output_ids: list[int]) -> dict[int, list[Output]]:
+        """The variants of each of ``output_ids`` (one query per 500), oldest first."""
+        found: dict[int, list[Output]] = {}
+        with self._sessions() as db:
+            for start in range(0, len(output_ids), 500):
+                query = (
+                    select(Output)
+                    .where(Output.parent_id.in_(output_ids[start : start + 500]))
+                    .order_by(Output.id)
+                )
+                for output in db.scalars(query):
+                    found.setdefault(output.parent_id or 0, []).append(output)
+        return found
+
+    def released_variant_of(self, output_id: int) -> Output | None:
+        """The variant released in place of ``output_id``, if any."""
+        variants = self.variants_of([output_id]).get(output_id, [])
+        return next((v for v in variants if v.state == OutputState.RELEASED.value), None)
 
     def apply_filter_decision(
         self, output_id: int, decision: FilterDecision, filter_name: str
@@ -757,9 +816,11 @@ class Store:
         state: OutputState,
         by: str,
         comment: str = "",
+        audit: dict[str, Any] | None = None,
         **also: Any,
     ) -> Output:
-        """Give an output its final state (with ``also``: other columns) and audit it."""
+        """Give an output its final state (with ``also``: other columns) and audit it
+        (``audit``: more detail for the entry)."""
         row = _update(
             conn,
             _OUTPUTS,
@@ -779,6 +840,7 @@ class Store:
             detail["size"] = output.size
         if comment:
             detail["comment"] = comment
+        detail.update(audit or {})
         self._audit(conn, by, f"output.{state.value}", f"output:{output.id}", **detail)
         return output
 
@@ -812,7 +874,9 @@ class Store:
             )
             if required_reviews <= 1:
                 state = OutputState.RELEASED if approve else OutputState.DENIED
-                return self._decide(conn, output_id, state, reviewer.name, comment)
+                decided = self._decide(conn, output_id, state, reviewer.name, comment)
+                self._settle_variants(conn, decided)
+                return decided
             votes = [*earlier, (reviewer.name, decision, comment)]
             self._audit(
                 conn,
@@ -825,7 +889,42 @@ class Store:
                 required=required_reviews,
                 **({"comment": comment} if comment else {}),
             )
-            return self._decide_by_votes(conn, output, votes, required_reviews)
+            decided = self._decide_by_votes(conn, output, votes, required_reviews)
+            self._settle_variants(conn, decided)
+            return decided
+
+    def _settle_variants(self, conn: Connection, decided: Output) -> None:
+        """Keep an original and its variants consistent, in the deciding vote's transaction.
+
+        A released variant closes its original as ``denied`` (its bytes as they were
+        never travel; the comment says what was released instead) and any other
+        variant; a decided original closes its pending variants, so nothing of it can
+        be released later by another path.
+        """
+        if decided.state == OutputState.PENDING.value:
+            return
+        parent_id = decided.parent_id
+        if parent_id is not None and decided.state != OutputState.RELEASED.value:
+            return
+        if parent_id is not None:
+            parent = self._get_output(conn, parent_id)
+            if parent.state == OutputState.PENDING.value:
+                comment = (
+                    f"released with suppression as output {decided.id} ({decided.note}); "
+                    "the table as the kernel printed it is not released"
+                )
+                by = decided.decided_by or "datasite"
+                self._decide(conn, parent_id, OutputState.DENIED, by, comment,
+                             audit={"superseded_by": decided.id})  # fmt: skip
+        closer = parent_id if parent_id is not None else decided.id
+        siblings = conn.execute(
+            select(_OUTPUTS.c.id).where(
+                _OUTPUTS.c.parent_id == closer, _OUTPUTS.c.state == OutputState.PENDING.value
+            )
+        ).scalars()
+        for variant_id in list(siblings):
+            comment = f"not needed: output {decided.id} was {decided.state}"
+            self._decide(conn, variant_id, OutputState.DENIED, "datasite", comment)
 
     def _checked_vote(
         self, conn: Connection, output_id: int, reviewer: User
@@ -841,6 +940,11 @@ class Store:
                 f"output {output_id} is already {output.state}"
                 + (f" by {output.decided_by}" if output.decided_by else "")
             )
+        if output.parent_id is not None:  # a variant: only while its original waits
+            parent = self._get_output(conn, output.parent_id)
+            if parent.state != OutputState.PENDING.value:
+                raise Conflict(f"output {output_id} is a variant of output {parent.id}, "
+                               f"which is already {parent.state}")  # fmt: skip
         if output.verdict is None:
             raise Conflict(f"output {output_id} has not been checked by the filter yet")
         author = conn.execute(
@@ -901,15 +1005,21 @@ class Store:
 
     def outputs_of(self, request_id: int) -> list[Output]:
         with self._sessions() as db:
-            query = select(Output).where(Output.request_id == request_id).order_by(Output.seq)
+            query = (
+                select(Output)
+                .where(Output.request_id == request_id)
+                .order_by(Output.seq, Output.id)
+            )
             return list(db.scalars(query))
 
     def pending_outputs(self) -> list[Output]:
         with self._sessions() as db:
+            # Variants are offered on their original's item, not queued on their own.
             query = (
                 select(Output)
                 .where(Output.state == OutputState.PENDING.value)
                 .where(Output.verdict.is_not(None))
+                .where(Output.parent_id.is_(None))
                 .order_by(Output.id)
             )
             return list(db.scalars(query))

@@ -3,6 +3,12 @@
 Every API route and websocket event builds its payload here, so invariant 1
 ("no researcher-facing endpoint returns unreleased content") is enforced in
 one function, :func:`output_view`, and tested against every route.
+
+Variants (a datasite-made, suppressed form of a kernel table) are invisible to
+researchers until one is released; then it takes its original's place: same id
+and seq, so the researcher's placeholder for that output is replaced
+(:func:`researcher_outputs`). Reviewers see them under their original's
+``variants``.
 """
 
 from __future__ import annotations
@@ -43,14 +49,30 @@ class Votes:
         return {"required_reviews": self.required, "votes": votes}
 
 
-def output_view(output: Output, role: Role, votes: Votes | None = None) -> dict[str, Any]:
+#: A reviewer sees variants that can still be approved, or the one that was released.
+_OFFERED = (OutputState.PENDING.value, OutputState.RELEASED.value)
+
+
+def output_view(
+    output: Output,
+    role: Role,
+    votes: Votes | None = None,
+    variants: Mapping[int, Sequence[Output]] | None = None,
+) -> dict[str, Any]:
     """An output as ``role`` may see it. Researchers get content only once released.
 
     Reviewers and admins also get ``required_reviews`` and ``votes`` when ``votes``
-    is given; researchers never do (a first vote of two changes nothing they see).
+    is given, and ``variants`` (from ``variants[output.id]``) when that is; researchers
+    never do (a first vote of two changes nothing they see). A released variant is
+    shown to its researcher as the original it replaces (its id); callers pass
+    researchers only what :func:`researcher_outputs` keeps.
     """
+    if role is Role.RESEARCHER and output.parent_id is not None:
+        if output.state != OutputState.RELEASED.value:
+            raise ValueError("an unreleased variant has no researcher view")
+    shown_id = output.parent_id if role is Role.RESEARCHER and output.parent_id else output.id
     view: dict[str, Any] = {
-        "id": output.id,
+        "id": shown_id,
         "request_id": output.request_id,
         "seq": output.seq,
         "msg_type": output.msg_type,
@@ -73,7 +95,51 @@ def output_view(output: Output, role: Role, votes: Votes | None = None) -> dict[
         view["comment"] = output.comment
         if votes is not None:
             view.update(votes.view(output.id))
+        if output.parent_id is not None:
+            view["variant_of"] = output.parent_id
+        if variants is not None:
+            view["variants"] = [
+                variant_view(v) for v in variants.get(output.id, ()) if v.state in _OFFERED
+            ]
     return view
+
+
+def variant_view(variant: Output) -> dict[str, Any]:
+    """A variant as offered on its original (reviewers): ``{id, kind, content, summary}``,
+    with its state and the filter's findings on it."""
+    return {
+        "id": variant.id,
+        "kind": variant.origin,
+        "content": json.loads(variant.body)["content"],
+        "summary": variant.note or "",
+        "state": variant.state,
+        "verdict": variant.verdict,
+        "findings": variant.findings,
+        "sha256": variant.sha256,
+    }
+
+
+def researcher_outputs(outputs: Sequence[Output]) -> list[Output]:
+    """What a researcher's listing holds: no variant before release; a released variant
+    in its original's place (the original, closed as denied, is left out)."""
+    replaced = {
+        o.parent_id: o for o in outputs if o.parent_id and o.state == OutputState.RELEASED.value
+    }
+    shown = []
+    for output in outputs:
+        if output.parent_id is not None:
+            continue
+        shown.append(replaced.get(output.id, output))
+    return shown
+
+
+def variants_by_original(outputs: Sequence[Output]) -> dict[int, list[Output]]:
+    """The variants among ``outputs``, keyed by their original's id."""
+    found: dict[int, list[Output]] = {}
+    for output in outputs:
+        if output.parent_id is not None:
+            found.setdefault(output.parent_id, []).append(output)
+    return found
 
 
 def request_view(
@@ -95,8 +161,14 @@ def request_view(
         "started_at": _time(request.started_at),
         "finished_at": _time(request.finished_at),
     }
-    if outputs is not None:
-        view["outputs"] = [output_view(o, role, votes) for o in outputs]
+    if outputs is not None and role is Role.RESEARCHER:
+        view["outputs"] = [output_view(o, role) for o in researcher_outputs(outputs)]
+    elif outputs is not None:
+        # Reviewers see variants under their original's "variants", not as outputs.
+        variants = variants_by_original(outputs)
+        view["outputs"] = [
+            output_view(o, role, votes, variants) for o in outputs if o.parent_id is None
+        ]
     if pushes is not None:
         # What was sent, never the bytes: reviewers see names, types, sizes and hashes.
         view["pushes"] = [

@@ -162,6 +162,14 @@ class BaseHandler(AuthMixin, JsonErrorsMixin):
             return None
         return self.datasite.votes_of(outputs)
 
+    def variants(self, outputs: list[Output]) -> dict[int, list[Output]] | None:
+        """The suppressed variants offered on these outputs (one query), for a reviewer's or
+        admin's view; None for researchers, who never learn of a variant before release."""
+        assert self.user is not None
+        if self.user.role_enum is Role.RESEARCHER:
+            return None
+        return self.datasite.store.variants_of([o.id for o in outputs])
+
 
 def load_json(raw: str | bytes, what: str) -> Any:
     """Parse JSON from a caller; anything it cannot be stored as is a 400, never a 500."""
@@ -393,7 +401,8 @@ class OutputHandler(BaseHandler):
     def get(self, output_id: str) -> None:
         assert self.user is not None
         output = self.datasite.visible_output(self.user, parse_id(output_id, "output"))
-        self.write_json(output_view(output, self.user.role_enum, self.votes([output])))
+        role, outputs = self.user.role_enum, [output]
+        self.write_json(output_view(output, role, self.votes(outputs), self.variants(outputs)))
 
 
 class ReviewQueueHandler(BaseHandler):
@@ -402,9 +411,10 @@ class ReviewQueueHandler(BaseHandler):
         store = self.datasite.store
         items = []
         outputs, votes = self.datasite.pending_for_review(user)
+        variants = self.variants(outputs)
         for output in outputs:
             request = store.get_request(output.request_id)
-            view = output_view(output, user.role_enum, votes)
+            view = output_view(output, user.role_enum, votes, variants)
             view["request"] = request_view(
                 request,
                 user.role_enum,
@@ -428,7 +438,9 @@ class ReviewHandler(BaseHandler):
         output = self.datasite.review(
             user, parse_id(output_id, "output"), decision == "approve", comment
         )
-        self.write_json(output_view(output, user.role_enum, self.votes([output])))
+        outputs = [output]
+        view = output_view(output, user.role_enum, self.votes(outputs), self.variants(outputs))
+        self.write_json(view)
 
 
 class NotFoundHandler(BaseHandler):
