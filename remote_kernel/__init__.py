@@ -26,6 +26,7 @@ _EXPORTS = {
     "RequestRejected": "remote_kernel.protocol.errors",
     "UnknownDataset": "remote_kernel.protocol.errors",
     "QueryRejected": "remote_kernel.protocol.errors",
+    "BudgetExhausted": "remote_kernel.protocol.errors",
     "Datasite": "remote_kernel.researcher.client",
     "RemoteOutput": "remote_kernel.researcher.client",
     "RemoteRequest": "remote_kernel.researcher.client",
@@ -62,6 +63,7 @@ def __dir__() -> list[str]:
 
 __all__ = [
     "AuthenticationError",
+    "BudgetExhausted",
     "Datasite",
     "DatasiteUnreachable",
     "NoValue",

@@ -178,8 +178,12 @@ def test_attack_is_never_released(
 
 
 def is_error_note(output: RemoteOutput, code: str) -> bool:
-    """The datasite's released note for an error: a known name, then lines of ``code`` only."""
+    """The datasite's released note for an error: a known name, then lines of ``code`` only;
+    or its note of a refused query: the refusal's words, made from the query text."""
     made_by = ((output.content or {}).get("metadata") or {}).get("remote_kernel") or {}
+    if output.state == "released" and made_by.get("kind") == "query-refusal":
+        assert output.text.startswith("rk.query refused at ")
+        return True
     if output.state != "released" or made_by.get("kind") != "error-summary":
         return False
     head, *lines = output.text.splitlines()

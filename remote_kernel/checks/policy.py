@@ -17,6 +17,7 @@ from typing import Any
 
 import yaml
 
+from remote_kernel.checks.dp.metadata import DPMetadata, DPMetadataError, parse_metadata
 from remote_kernel.protocol.errors import InputError
 
 POLICY_FILE = "policy.yaml"
@@ -104,6 +105,9 @@ class DatasetPolicy:
     quasi_identifiers: tuple[str, ...] = ()
     #: A lower wall-clock limit for cells that name this dataset (None: the researcher's).
     max_cell_seconds: float | None = None
+    #: What the DP tier may assume, declared by the owner (bounds, public categories, the
+    #: privacy unit); None: no DP queries on this dataset. See docs/policy.md.
+    dp: DPMetadata | None = None
 
 
 @dataclass(frozen=True)
@@ -177,6 +181,15 @@ def _seconds(value: Any, where: str) -> float | None:
     return float(value)
 
 
+def _dp_metadata(raw: Any, where: str) -> DPMetadata | None:
+    if raw is None:
+        return None
+    try:
+        return parse_metadata(raw, where)
+    except DPMetadataError as exc:
+        raise PolicyError(str(exc)) from None
+
+
 def parse_policy(raw: Any) -> Policy:
     """Build a Policy from the YAML mapping; every mistake is a PolicyError."""
     raw = raw or {}
@@ -194,13 +207,14 @@ def parse_policy(raw: Any) -> Policy:
     datasets = {}
     for name, spec in (raw.get("datasets") or {}).items():
         spec = spec or {}
-        bad = set(spec) - {"identifiers", "quasi_identifiers", "max_cell_seconds"}
+        bad = set(spec) - {"identifiers", "quasi_identifiers", "max_cell_seconds", "dp"}
         if bad:
             raise PolicyError(f"unknown key(s) for dataset {name!r}: {', '.join(sorted(bad))}")
         datasets[name] = DatasetPolicy(
             identifiers=tuple(spec.get("identifiers") or ()),
             quasi_identifiers=tuple(spec.get("quasi_identifiers") or ()),
             max_cell_seconds=_seconds(spec.get("max_cell_seconds"), f"datasets.{name}"),
+            dp=_dp_metadata(spec.get("dp"), f"datasets.{name}.dp"),
         )
     overrides = raw.get("overrides") or {}
     roles = {

@@ -49,7 +49,14 @@ from remote_kernel.datasite.views import Votes, output_view, request_view
 from remote_kernel.datasite.watchdog import CellStopped, CellWatchdog
 from remote_kernel.protocol.errors import InputError, PermissionDenied, RemoteKernelError, TooLarge
 from remote_kernel.protocol.kernel_env import DATASETS_ENV, SITE_ENV
-from remote_kernel.protocol.models import Finding, OutputItem, OutputState, RequestStatus, Role
+from remote_kernel.protocol.models import (
+    Finding,
+    OutputItem,
+    OutputState,
+    RequestStatus,
+    Role,
+    Verdict,
+)
 
 log = logging.getLogger("remote_kernel.datasite.core")
 
@@ -557,11 +564,7 @@ class DatasiteCore:
         true result back for further work, and whatever it then prints is an
         ordinary kernel output.
         """
-        runtime = self.runtimes.get(session_id)
-        request_id = runtime.current_request if runtime else None
-        if request_id is None:
-            raise InputError("rk.query works only while a remote cell is running")
-        request = self.store.get_request(request_id)
+        request = self.running_request(session_id)
         thresholds = self.policy.for_researcher(self.store.user_name(request.user_id))
         size = len(sql.encode())
         if size > self.config.limits.max_code_bytes:
@@ -573,16 +576,57 @@ class DatasiteCore:
         except sqltier.QueryRejected as exc:
             raise InputError(str(exc)) from None
         shown = outcome.released if outcome.released is not None else outcome.result
-        output = self.store.add_output(request_id, query_output_item(sql, shown), origin="query")
         findings = tuple(outcome.findings) or (
             Finding("sound-tier", outcome.verdict, outcome.summary),
         )
-        self._check_and_store(output, request.user_id, findings)
+        output = self.record_datasite_output(request, query_output_item(sql, shown), findings)
         return {
             "output_id": output.id,
-            "summary": self.store.get_output(output.id).summary,
+            "summary": output.summary,
             "result": json.loads(outcome.result.to_json(orient="split", index=False)),
         }
+
+    def running_request(self, session_id: str) -> Request:
+        """The request a session's kernel is running (what ``rk.query`` belongs to)."""
+        runtime = self.runtimes.get(session_id)
+        request_id = runtime.current_request if runtime else None
+        if request_id is None:
+            raise InputError("rk.query works only while a remote cell is running")
+        return self.store.get_request(request_id)
+
+    def record_datasite_output(
+        self, request: Request, item: OutputItem, findings: tuple[Finding, ...]
+    ) -> Output:
+        """A table the datasite computed itself (exact or DP tier), as an output of the
+        running cell: stored, then checked with the datasite's own findings as evidence."""
+        output = self.store.add_output(request.id, item, origin="query")
+        self._check_and_store(output, request.user_id, findings)
+        return self.store.get_output(output.id)
+
+    def record_refusal(self, session_id: str, message: str) -> None:
+        """A refused ``rk.query``, said to the researcher at once by the datasite.
+
+        The kernel raises the refusal too, but what a kernel prints is held for a
+        person. This message is the datasite's own, made from the query text, the
+        schema, the policy and the researcher's budget -- never from private values
+        (a failure while running on private data has a fixed message) -- so it is
+        released at once, like a table of the sound tier.
+        """
+        try:
+            request = self.running_request(session_id)
+        except InputError:
+            return
+        text = f"rk.query refused at {self.config.name}: {message}"
+        item = OutputItem(
+            "display_data",
+            {
+                "data": {"text/plain": text},
+                "metadata": {"remote_kernel": {"made_by": "datasite", "kind": "query-refusal"}},
+                "transient": {},
+            },
+        )
+        finding = Finding("query-refusal", Verdict.RELEASE, "the datasite's own refusal message")
+        self.record_datasite_output(request, item, (finding,))
 
     def review(self, reviewer: User, output_id: int, approve: bool, comment: str) -> Output:
         if reviewer.role_enum is not Role.REVIEWER:

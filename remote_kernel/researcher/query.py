@@ -20,9 +20,10 @@ from typing import Any
 import httpx
 import pandas as pd
 
-from remote_kernel.protocol.errors import QueryRejected, RemoteKernelError
+from remote_kernel.protocol.errors import BudgetExhausted, QueryRejected, RemoteKernelError
 from remote_kernel.protocol.kernel_env import API_SOCKET_ENV, API_TOKEN_ENV
-from remote_kernel.querylang import crosstab_sql, run_on_tables
+from remote_kernel.querylang import crosstab_sql, open_connection, run_on_tables
+from remote_kernel.querylang.engine import refusing_errors
 from remote_kernel.researcher.client import sites
 from remote_kernel.researcher.data import at_datasite
 
@@ -43,11 +44,21 @@ class DatasiteTable(pd.DataFrame):
         return None
 
 
-def query(sql: str, site: str | None = None) -> pd.DataFrame:
-    """Run an aggregate SQL query: on the mock here, by the datasite there."""
+def query(
+    sql: str, site: str | None = None, epsilon: float | None = None, delta: float = 0.0
+) -> pd.DataFrame:
+    """Run an aggregate SQL query: on the mock here, by the datasite there.
+
+    With ``epsilon`` the datasite answers with differential privacy: noise calibrated
+    to the query, charged to your budget on that dataset, released without a reviewer.
+    Here, on the mock, the same call gives the exact mock answer and says so.
+    """
     if at_datasite():
-        return _ask_datasite(sql)
-    return run_on_tables(sql, _mock_tables(site))
+        return _ask_datasite(sql, epsilon, delta)
+    tables = _mock_tables(site)
+    if epsilon is None:
+        return run_on_tables(sql, tables)
+    return _mock_dp(sql, tables, epsilon)
 
 
 def crosstab(
@@ -57,24 +68,44 @@ def crosstab(
     values: str | None = None,
     aggfunc: str = "count",
     site: str | None = None,
+    epsilon: float | None = None,
+    delta: float = 0.0,
 ) -> pd.DataFrame:
     """A cross-tabulation computed as an aggregate query (released as a long table)."""
     sql = crosstab_sql(dataset, index, columns=columns, values=values, aggfunc=aggfunc)
-    return query(sql, site=site)
+    return query(sql, site=site, epsilon=epsilon, delta=delta)
 
 
-def _ask_datasite(sql: str) -> pd.DataFrame:
+def _mock_dp(sql: str, tables: dict[str, pd.DataFrame], epsilon: float) -> pd.DataFrame:
+    """A DP query on the mock: exact (the mock is public), in the locked-down engine.
+
+    The DP tier takes shapes the exact tier refuses (MEDIAN, quantiles), so the
+    query runs as written; what the datasite's DP tier refuses is refused there.
+    """
+    con = open_connection(tables)
+    try:
+        with refusing_errors(private=False):
+            result = con.execute(sql).df()
+    finally:
+        con.close()
+    print(f"(mock data: the exact answer, no noise; at the datasite: DP with ε={epsilon:g})")
+    return result
+
+
+def _ask_datasite(sql: str, epsilon: float | None, delta: float) -> pd.DataFrame:
     transport = httpx.HTTPTransport(uds=os.environ[API_SOCKET_ENV])
+    body = {"sql": sql} if epsilon is None else {"sql": sql, "epsilon": epsilon, "delta": delta}
     with httpx.Client(transport=transport, base_url="http://datasite", timeout=600) as http:
         response = http.post(
             "/kernel/query",
-            json={"sql": sql},
+            json=body,
             headers={"Authorization": f"Bearer {os.environ[API_TOKEN_ENV]}"},
         )
-    body: dict[str, Any] = response.json()
+    answer: dict[str, Any] = response.json()
     if response.status_code != 200:
-        raise QueryRejected(body.get("error", {}).get("message", f"HTTP {response.status_code}"))
-    split = body["result"]
+        message = answer.get("error", {}).get("message", f"HTTP {response.status_code}")
+        raise BudgetExhausted(message) if response.status_code == 403 else QueryRejected(message)
+    split = answer["result"]
     return DatasiteTable(split["data"], columns=split["columns"])
 
 

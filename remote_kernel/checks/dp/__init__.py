@@ -80,24 +80,28 @@ tests are statistical; rows whose key is NULL or off the public grid are counted
 in no group.
 """
 
-from remote_kernel.checks.dp.answer import DPAnswer
-from remote_kernel.checks.dp.engine import DPPlan, dp_query, plan_dp_query
-from remote_kernel.checks.dp.metadata import (
-    DPMetadata,
-    DPMetadataError,
-    PrivacyUnit,
-    parse_metadata,
-)
-from remote_kernel.checks.dp.shape import check_dp_query
+import importlib
+from typing import Any
 
-__all__ = [
-    "DPAnswer",
-    "DPMetadata",
-    "DPMetadataError",
-    "DPPlan",
-    "PrivacyUnit",
-    "check_dp_query",
-    "dp_query",
-    "parse_metadata",
-    "plan_dp_query",
-]
+#: Loaded on first use (PEP 562): OpenDP takes seconds to import, and the policy reads
+#: DP metadata (``metadata``, no OpenDP) every time a datasite or the CLI starts.
+_EXPORTS = {
+    "DPAnswer": "remote_kernel.checks.dp.answer",
+    "DPPlan": "remote_kernel.checks.dp.engine",
+    "dp_query": "remote_kernel.checks.dp.engine",
+    "plan_dp_query": "remote_kernel.checks.dp.engine",
+    "DPMetadata": "remote_kernel.checks.dp.metadata",
+    "DPMetadataError": "remote_kernel.checks.dp.metadata",
+    "PrivacyUnit": "remote_kernel.checks.dp.metadata",
+    "parse_metadata": "remote_kernel.checks.dp.metadata",
+    "check_dp_query": "remote_kernel.checks.dp.shape",
+}
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _EXPORTS:
+        raise AttributeError(f"module 'remote_kernel.checks.dp' has no attribute {name!r}")
+    value = getattr(importlib.import_module(_EXPORTS[name]), name)
+    globals()[name] = value
+    return value

@@ -24,8 +24,9 @@ from tornado import web
 from tornado.httpserver import HTTPServer
 from tornado.netutil import bind_unix_socket
 
+from remote_kernel.datasite.dp_tier import run_dp_query
 from remote_kernel.datasite.http.handlers import JsonErrorsMixin, load_json
-from remote_kernel.protocol.errors import AuthenticationError, InputError
+from remote_kernel.protocol.errors import AuthenticationError, InputError, PermissionDenied
 from remote_kernel.protocol.kernel_env import API_SOCKET_ENV, API_TOKEN_ENV
 
 if TYPE_CHECKING:
@@ -105,6 +106,21 @@ class QueryHandler(JsonErrorsMixin):
         sql = body.get("sql")
         if not isinstance(sql, str):
             raise InputError("field 'sql' must be a string")
-        result = await self.api.datasite.run_query(session_id, sql)
+        epsilon, delta = body.get("epsilon"), body.get("delta", 0.0)
+        if not all(_number(v) for v in (epsilon or 0, delta)):
+            raise InputError("fields 'epsilon' and 'delta' must be numbers")
+        core = self.api.datasite
+        try:
+            if epsilon is None:
+                result = await core.run_query(session_id, sql)
+            else:
+                result = await run_dp_query(core, session_id, sql, float(epsilon), float(delta))
+        except (InputError, PermissionDenied) as exc:
+            core.record_refusal(session_id, str(exc))
+            raise
         self.set_header("Content-Type", "application/json")
         self.finish(json.dumps(result))
+
+
+def _number(value: object) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)

@@ -1,0 +1,124 @@
+"""The DP tier end to end: rk.query(sql, epsilon=...) in a datasite kernel, no reviewer.
+
+A real datasite (subprocess, loopback port), real kernels, the policy file and the
+budget command an admin uses. The engine's statistics are tested in test_dp_engine.py;
+this file proves the order (plan, charge, release), the budget and what each side sees.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from collections.abc import Iterator
+from typing import Any
+
+import httpx
+import pytest
+
+from remote_kernel.researcher.client import Datasite
+
+from .conftest import RunningDatasite, make_datasite
+
+POLICY = """
+preset: strict
+datasets:
+  heart:
+    dp:
+      bounds: {age: [20, 80], chol: [100, 600]}
+      public_categories: {sex: [0, 1]}
+"""
+FILTERED = "SELECT sex, COUNT(*) AS n FROM heart WHERE age > 50 GROUP BY sex"
+
+
+@pytest.fixture(scope="module")
+def dp_site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningDatasite]:
+    site = make_datasite(tmp_path_factory.mktemp("dp"))
+    (site.directory / "policy.yaml").write_text(POLICY)
+    budget = [sys.executable, "-m", "remote_kernel.cli", "datasite", "budget", str(site.directory)]
+    done = subprocess.run(
+        [*budget, "alice", "heart", "--epsilon", "0.3"], capture_output=True, text=True
+    )
+    assert done.returncode == 0, done.stderr
+    site.start()
+    yield site
+    site.stop()
+
+
+def run(site: RunningDatasite, client: Datasite, code: str) -> tuple[Any, list[dict[str, Any]]]:
+    request = client.run(code)
+    request.wait(180, until="finished")
+    views = [
+        httpx.get(f"{site.url}/api/outputs/{o.id}", headers=site.headers("bob")).json()
+        for o in request.outputs
+    ]
+    return request, views
+
+
+def test_dp_answers_release_without_a_reviewer_until_the_budget_is_spent(
+    dp_site: RunningDatasite,
+) -> None:
+    client = Datasite(dp_site.url, dp_site.tokens["alice"])
+    cell = f'rk.query("{FILTERED}", epsilon=0.1)'
+    released = []
+    for attempt in range(5):
+        request, views = run(dp_site, client, cell)
+        if attempt < 3:
+            assert request.status == "completed", request.message
+            (table,) = [
+                v
+                for v in views
+                if "application/vnd.remote-kernel.dp+json" in v["content"].get("data", {})
+            ]
+            assert table["state"] == "released" and table["decided_by"].startswith("policy")
+            dp = table["content"]["data"]["application/vnd.remote-kernel.dp+json"]
+            assert dp["epsilon"] == pytest.approx(0.1) and len(dp["data"]) == 2
+            assert dp["epsilon_left"] == pytest.approx(0.3 - 0.1 * (attempt + 1), abs=1e-6)
+            assert "± " in table["content"]["data"]["text/plain"]
+            released.append(dp)
+        else:  # over budget: refused at once, in words, with nothing of the data
+            assert request.status == "error"
+            assert "BudgetExhausted" in request.message
+            assert not any(v["state"] == "released" and "dp+json" in str(v) for v in views)
+            (refusal,) = [
+                o for o in request.outputs if o.state == "released" and "refused" in o.text
+            ]
+            assert "this query needs ε=0.1 on heart; you have ε=0.0 left of 0.3" in refusal.text
+    # The researcher's own view of the released table carries the cost, never the evidence.
+    mine = client.requests()
+    assert sum(1 for r in mine for o in r.outputs if o.state == "released") >= 3
+    store = dp_site.store()
+    (line,) = store.budgets("alice")
+    assert line.epsilon_spent == pytest.approx(0.3) and line.charges == 3
+    charges = [e for e in store.audit_entries() if e.action == "budget.charge"]
+    assert len(charges) == 3 and store.verify_audit() == []
+    store.close()
+    client.close()
+
+
+def test_refusals_cost_nothing(dp_site: RunningDatasite) -> None:
+    client = Datasite(dp_site.url, dp_site.tokens["carol"])  # carol has no budget
+    request, _ = run(dp_site, client, f'rk.query("{FILTERED}", epsilon=0.1)')
+    assert request.status == "error" and "BudgetExhausted" in request.message
+    assert any("no privacy budget on heart" in o.text for o in request.outputs if o.text)
+    before = dp_site.store()
+    spent = [line.epsilon_spent for line in before.budgets()]
+    before.close()
+    unbounded = 'rk.query("SELECT AVG(thalach) FROM heart", epsilon=0.1)'
+    request, _ = run(dp_site, Datasite(dp_site.url, dp_site.tokens["alice"]), unbounded)
+    assert request.status == "error" and "QueryRejected" in request.message
+    after = dp_site.store()
+    assert [line.epsilon_spent for line in after.budgets()] == spent
+    after.close()
+    client.close()
+
+
+def test_the_mock_gives_the_exact_answer_and_says_so(dp_site: RunningDatasite) -> None:
+    import remote_kernel as rk
+
+    rk.connect(dp_site.url, token=dp_site.tokens["alice"], name="dp-mock")
+    try:
+        table = rk.query("SELECT MEDIAN(age) AS m FROM heart", epsilon=0.1)
+        mock = rk.data("heart")
+        assert float(table["m"][0]) == pytest.approx(float(mock["age"].median()))
+    finally:
+        rk.disconnect("dp-mock")
