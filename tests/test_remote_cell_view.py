@@ -112,6 +112,17 @@ def test_a_tagged_cell_runs_on_the_mock_then_at_the_sites(
     assert list(meta["requests"]) == list(TWO)
     # Each site's outputs, grouped in the sites' order and numbered in order.
     assert remote_outputs(messages) == [(s, n) for s in TWO for n in (1, 2)]
+    # Once every site has finished, the table is plain text/HTML (a widget dies with
+    # its kernel, and the saved notebook must still show the rows).
+    ident = tables[0]["content"]["transient"]["display_id"]
+    updates = [
+        m
+        for m in messages
+        if m["msg_type"] == "update_display_data"
+        and m["content"]["transient"]["display_id"] == ident
+    ]
+    assert updates
+    assert "application/vnd.jupyter.widget-view+json" not in updates[-1]["content"]["data"]
     # No status line per request besides the table.
     assert "request " not in "".join(
         m["content"]["data"]["text/plain"]

@@ -277,6 +277,12 @@ class FanoutView:
 
     def follow_later(self) -> None:
         self.sync(flush=True)
+        requests = self.result.requests.values()
+        if self.widget is not None and all(r.finished or r.connection_lost for r in requests):
+            # Nothing ticks any more: the table stays as plain HTML, which a saved or
+            # reopened notebook can show (a widget's model dies with its kernel).
+            with self._lock:
+                self.widget, self.last_key = None, ()
         for view in self.requests:
             view.follow_later()
         self.refresh()
