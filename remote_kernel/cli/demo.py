@@ -84,7 +84,16 @@ DEMO_POLICY = """\
 preset: acro
 thresholds:
   failing_cells: suppress
+datasets:
+  heart:
+    # What the DP tier (rk.query(..., epsilon=...)) may assume: declared from clinical
+    # knowledge, never read from the private data.
+    dp:
+      bounds: {age: [20, 80], trestbps: [80, 200], chol: [100, 600], thalach: [60, 210]}
+      public_categories: {sex: [0, 1], num: [0, 1, 2, 3, 4]}
 """
+#: The researcher's privacy budget on each hospital's heart table (epsilon).
+DEMO_BUDGET = 3.0
 RESEARCHER, REVIEWER = "alice", "bob"
 #: A datasite that exits is restarted after 1, 2, 4 … seconds, never more than this.
 MAX_BACKOFF = 30.0
@@ -218,6 +227,7 @@ def prepare_demo(directory: Path, data_dir: str | Path | None = None) -> dict[st
             RESEARCHER: store.create_user(RESEARCHER, Role.RESEARCHER)[1],
             REVIEWER: store.create_user(REVIEWER, Role.REVIEWER)[1],
         }
+        store.set_budget(RESEARCHER, "heart", DEMO_BUDGET, actor="demo")
         store.close()
     tokens_file.write_text(json.dumps(tokens, indent=2))
     os.chmod(tokens_file, 0o600)
