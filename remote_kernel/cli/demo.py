@@ -188,6 +188,8 @@ def prepare_demo(directory: Path, data_dir: str | Path | None = None) -> dict[st
     if tokens_file.exists() and all(
         (directory / "sites" / site / CONFIG_FILE).exists() for site in SITES
     ):
+        for site in SITES:  # sites made by an older version: bring their policy up to date
+            refresh_policy(directory / "sites" / site)
         return dict(json.loads(tokens_file.read_text()))
     if (directory / "sites").exists():
         shutil.rmtree(directory / "sites")  # half-made by an interrupted earlier run
@@ -232,6 +234,19 @@ def prepare_demo(directory: Path, data_dir: str | Path | None = None) -> dict[st
     tokens_file.write_text(json.dumps(tokens, indent=2))
     os.chmod(tokens_file, 0o600)
     return tokens
+
+
+def refresh_policy(site: Path) -> None:
+    """The demo's current policy, and the researcher's budget if they have none yet."""
+    policy = site / "policy.yaml"
+    if policy.read_text() != DEMO_POLICY:
+        policy.write_text(DEMO_POLICY)
+    store = Store(DatasiteConfig.load(site).database_url)
+    try:
+        if not store.budgets(RESEARCHER, "heart"):
+            store.set_budget(RESEARCHER, "heart", DEMO_BUDGET, actor="demo")
+    finally:
+        store.close()
 
 
 def example_notebook() -> Path | None:
