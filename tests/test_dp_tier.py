@@ -122,3 +122,28 @@ def test_the_mock_gives_the_exact_answer_and_says_so(dp_site: RunningDatasite) -
         assert float(table["m"][0]) == pytest.approx(float(mock["age"].median()))
     finally:
         rk.disconnect("dp-mock")
+
+
+def test_budgets_are_visible_to_their_researcher_and_to_reviewers(
+    dp_site: RunningDatasite,
+) -> None:
+    import remote_kernel as rk
+
+    alice = Datasite(dp_site.url, dp_site.tokens["alice"])
+    carol = Datasite(dp_site.url, dp_site.tokens["carol"])
+    bob = Datasite(dp_site.url, dp_site.tokens["bob"])
+    try:
+        (mine,) = alice.budget()
+        assert mine["user"] == "alice" and mine["dataset"] == "heart"
+        assert mine["epsilon_total"] == pytest.approx(0.3)
+        assert mine["epsilon_left"] == pytest.approx(0.3 - mine["epsilon_spent"])
+        assert carol.budget() == []  # carol has none, and never sees alice's
+        assert [line["user"] for line in bob.budget()] == ["alice"]
+        rk.connect(dp_site.url, token=dp_site.tokens["alice"], name="dp-budget")
+        table = rk.budget()
+        row = table[table.site == "dp-budget"].iloc[0]
+        assert row.dataset == "heart" and row.epsilon_left == pytest.approx(mine["epsilon_left"])
+    finally:
+        rk.disconnect("dp-budget")
+        for client in (alice, carol, bob):
+            client.close()

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from remote_kernel.datasite.store import KernelSession, Output, Push, Request
+from remote_kernel.datasite.store import BudgetLine, KernelSession, Output, Push, Request
 from remote_kernel.protocol.models import OutputState, Role
 
 
@@ -184,4 +184,20 @@ def session_view(session: KernelSession, kernel_state: str) -> dict[str, Any]:
         "created_at": _time(session.created_at),
         "closed_at": _time(session.closed_at),
         "kernel": kernel_state,
+    }
+
+
+def budget_view(line: BudgetLine) -> dict[str, Any]:
+    """A privacy budget as its researcher (or a reviewer or admin) sees it."""
+    return {
+        "user": line.user,
+        "dataset": line.dataset,
+        "epsilon_total": line.epsilon_total,
+        "epsilon_spent": line.epsilon_spent,
+        "epsilon_left": line.epsilon_left,
+        "delta_total": line.delta_total,
+        "delta_spent": line.delta_spent,
+        "delta_left": line.delta_left,
+        "charges": line.charges,
+        "updated_at": _time(line.updated_at),
     }

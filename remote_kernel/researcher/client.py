@@ -312,6 +312,11 @@ class Datasite:
     def _call(self, method: str, path: str, **kwargs: Any) -> Any:
         return self.api.call(self.http, method, path, **kwargs)
 
+    # --- privacy budgets -----------------------------------------------------------------
+    def budget(self) -> list[dict[str, Any]]:
+        """Your privacy budgets here (DP tier): per dataset, ε and δ granted, spent and left."""
+        return list(self._call("GET", "/api/budgets"))
+
     # --- datasets ------------------------------------------------------------------------
     def datasets(self) -> list[dict[str, Any]]:
         return list(self._call("GET", "/api/datasets"))
@@ -563,6 +568,19 @@ def connect(url: str, token: str, name: str | None = None, save: bool = False) -
 
         save_connection(Connection(site.name, site.url, token, site.user, site.role))
     return site
+
+
+def budget() -> pd.DataFrame:
+    """Your privacy budgets at every connected site, one row per site and dataset."""
+    rows = [
+        {"site": name, **line}
+        for name, site in sites().items()
+        if site.role == "researcher"
+        for line in site.budget()
+    ]
+    columns = ["site", "dataset", "epsilon_total", "epsilon_spent", "epsilon_left", "charges"]
+    frame = pd.DataFrame(rows, columns=[*columns, "delta_total", "delta_spent", "delta_left"])
+    return frame[columns + [c for c in ("delta_total", "delta_left") if frame[c].any()]]
 
 
 def sites() -> dict[str, Datasite]:

@@ -52,6 +52,7 @@ def routes(
         (r"/api/outputs/" + ID.format("output_id"), h.OutputHandler, kw),
         (r"/api/outputs/" + ID.format("output_id") + "/review", h.ReviewHandler, kw),
         (r"/api/reviews", h.ReviewQueueHandler, kw),
+        (r"/api/budgets", h.BudgetsHandler, kw),
     ]
 
 

@@ -20,7 +20,13 @@ from tornado import web, websocket
 from remote_kernel._version import __version__
 from remote_kernel.datasite.config import DatasiteConfig
 from remote_kernel.datasite.store import Output, User
-from remote_kernel.datasite.views import Votes, output_view, request_view, session_view
+from remote_kernel.datasite.views import (
+    Votes,
+    budget_view,
+    output_view,
+    request_view,
+    session_view,
+)
 from remote_kernel.mocks.report import load_summary
 from remote_kernel.protocol.errors import (
     AuthenticationError,
@@ -423,6 +429,17 @@ class ReviewQueueHandler(BaseHandler):
             )
             items.append(view)
         self.write_json(items)
+
+
+class BudgetsHandler(BaseHandler):
+    """Privacy budgets of the DP tier: a researcher's own; every researcher's for
+    reviewers (what a researcher already spent is context for a review) and admins."""
+
+    def get(self) -> None:
+        assert self.user is not None
+        own = self.user.role_enum is Role.RESEARCHER
+        lines = self.datasite.store.budgets(self.user.name if own else None)
+        self.write_json([budget_view(line) for line in lines])
 
 
 class ReviewHandler(BaseHandler):
