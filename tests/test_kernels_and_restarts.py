@@ -60,7 +60,9 @@ def test_interrupt_reaches_the_remote_kernel(datasite: RunningDatasite) -> None:
     client.interrupt()
     request.wait(30, until="finished")
     assert request.status == "error"  # KeyboardInterrupt, held for review like any output
-    assert [o.msg_type for o in request.outputs] == ["error"]
+    kernel, note = request.outputs  # and the datasite's own note, released at once
+    assert kernel.msg_type == "error" and kernel.state != "released"
+    assert note.state == "released" and note.text.startswith("KeyboardInterrupt in your cell")
     assert released_text(datasite, client, "print('alive')") == "alive\n"
 
     client.run("z = 1").wait(60, until="finished")
