@@ -22,6 +22,7 @@ import { datasitesIcon, reviewsIcon } from './icons';
 import { RemoteKernelModel } from './model';
 import { RemoteCellController } from './remoteCells';
 import { DatasitesPanel } from './widgets/datasitesPanel';
+import { ReviewDocuments } from './widgets/reviewDocument';
 import { ReviewPanel } from './widgets/reviewPanel';
 
 const plugin: JupyterFrontEndPlugin<void> = {
@@ -45,7 +46,17 @@ const plugin: JupyterFrontEndPlugin<void> = {
     datasites.title.icon = datasitesIcon;
     app.shell.add(datasites, 'left', { rank: 600 });
 
-    const reviews = new ReviewPanel(model, rendermime);
+    // One output's review in the main area, opened from the queue.
+    const documents = new ReviewDocuments(app, model, rendermime);
+    app.commands.addCommand('remote-kernel:open-review', {
+      label: 'Open Output Review',
+      caption: 'Review a pending output in the main area',
+      execute: args =>
+        documents.showById(String(args.site ?? ''), Number(args.id ?? -1))
+    });
+    const reviews = new ReviewPanel(model, rendermime, item =>
+      documents.show(item)
+    );
     reviews.title.icon = reviewsIcon;
     app.shell.add(reviews, 'left', { rank: 601 });
 

@@ -9,6 +9,9 @@
  * - the requests that remote cells still wait for every 3 s: `requestChanged`.
  *   The cell controller says which ones (`watchRequests`): only it knows which
  *   cells are unsettled.
+ * - reviewers' decisions in their undo window (`decide`, `undoDecision`,
+ *   `commitDecisions`): `decisionsChanged` when one starts or ends,
+ *   `decisionTick` every second while any waits, `decisionFailed`.
  *
  * Widgets and the cell controller subscribe to these signals; none of them runs
  * a timer or fetches connections itself. Nothing is fetched before `start()`.
@@ -17,9 +20,18 @@ import { ISignal, Signal } from '@lumino/signaling';
 
 import { RemoteKernelApi } from './api';
 import {
+  DecisionQueue,
+  IHistoryEntry,
+  IPendingDecision,
+  UNDO_WINDOW_MS,
+  researcherHistory
+} from './reviews';
+import {
   IConnection,
   IDatasetSummary,
   IMockPreview,
+  IOutputVariant,
+  IOutputView,
   IRequestView,
   IReviewItem,
   ISiteError,
@@ -47,6 +59,12 @@ export interface IReviewsState {
   history: IReviewItem[];
   /** Sites that did not answer (or the Jupyter server itself, as site "server"). */
   errors: ISiteError[];
+}
+
+/** A decision the datasite refused (or could not be reached for), by `reviewKey`. */
+export interface IDecisionFailure {
+  key: string;
+  message: string;
 }
 
 /** A request at a datasite, by its id. */
@@ -78,11 +96,29 @@ export class RemoteKernelModel {
   private readonly _connectionsFailed = new Signal<this, string>(this);
   private readonly _reviewsChanged = new Signal<this, IReviewsState>(this);
   private readonly _requestChanged = new Signal<this, IRequestUpdate>(this);
+  private readonly _decisionsChanged = new Signal<this, IPendingDecision[]>(
+    this
+  );
+  private readonly _decisionTick = new Signal<this, number>(this);
+  private readonly _decisionFailed = new Signal<this, IDecisionFailure>(this);
+  private _decisionTicker = 0;
+  private readonly _decisions: DecisionQueue;
 
   constructor(
     readonly api: RemoteKernelApi,
-    private readonly intervals: IPollIntervals = POLL_INTERVALS
-  ) {}
+    private readonly intervals: IPollIntervals = POLL_INTERVALS,
+    undoWindowMs = UNDO_WINDOW_MS
+  ) {
+    this._decisions = new DecisionQueue(
+      pending => void this.sendDecision(pending),
+      {
+        now: () => Date.now(),
+        setTimeout: (callback, ms) => window.setTimeout(callback, ms),
+        clearTimeout: handle => window.clearTimeout(handle as number)
+      },
+      undoWindowMs
+    );
+  }
 
   /** Fetches connections and reviews now, then polls everything at its interval. */
   start(): void {
@@ -106,7 +142,10 @@ export class RemoteKernelModel {
     if (this._isDisposed) {
       return;
     }
+    // Decisions in their undo window were made: they are sent, not lost.
+    this._decisions.flush();
     this._isDisposed = true;
+    window.clearInterval(this._decisionTicker);
     for (const timer of this._timers) {
       window.clearInterval(timer);
     }
@@ -247,6 +286,111 @@ export class RemoteKernelModel {
     this._reviews = { ...this._reviews, queue };
     this._reviewsChanged.emit(this._reviews);
     void this.refreshReviews();
+  }
+
+  // --- decisions in their undo window ------------------------------------------------------
+
+  /** Emitted when a decision starts its undo window, is undone, or is sent. */
+  get decisionsChanged(): ISignal<this, IPendingDecision[]> {
+    return this._decisionsChanged;
+  }
+
+  /** Emitted every second while a decision waits (with the time), for the countdowns. */
+  get decisionTick(): ISignal<this, number> {
+    return this._decisionTick;
+  }
+
+  /** Emitted when the datasite refused a decision, or could not be reached. */
+  get decisionFailed(): ISignal<this, IDecisionFailure> {
+    return this._decisionFailed;
+  }
+
+  /** The decisions waiting for their undo window to close. */
+  get pendingDecisions(): IPendingDecision[] {
+    return this._decisions.all;
+  }
+
+  /** The item's decision in its undo window, if any (by `reviewKey`). */
+  pendingDecision(key: string): IPendingDecision | undefined {
+    return this._decisions.get(key);
+  }
+
+  /**
+   * Approves or denies (or approves a variant instead), sent when the undo
+   * window closes. Null if the item already has a decision waiting.
+   */
+  decide(
+    item: IReviewItem,
+    decision: ReviewDecision,
+    comment: string,
+    variant: IOutputVariant | null = null
+  ): IPendingDecision | null {
+    const pending = this._decisions.add(item, decision, comment, variant);
+    if (pending) {
+      this.decisionsUpdated();
+    }
+    return pending;
+  }
+
+  /** Cancels a decision in its window: nothing is sent; the cancelled decision. */
+  undoDecision(key: string): IPendingDecision | undefined {
+    const undone = this._decisions.undo(key);
+    if (undone) {
+      this.decisionsUpdated();
+    }
+    return undone;
+  }
+
+  /** Sends one waiting decision now (all without a key): its review or panel was closed. */
+  commitDecisions(key?: string): void {
+    this._decisions.flush(key);
+  }
+
+  private decisionsUpdated(): void {
+    const waiting = this._decisions.all.length > 0;
+    if (waiting && !this._decisionTicker) {
+      this._decisionTicker = window.setInterval(
+        () => this._decisionTick.emit(Date.now()),
+        1000
+      );
+    } else if (!waiting && this._decisionTicker) {
+      window.clearInterval(this._decisionTicker);
+      this._decisionTicker = 0;
+    }
+    this._decisionsChanged.emit(this._decisions.all);
+  }
+
+  private async sendDecision(pending: IPendingDecision): Promise<void> {
+    this.decisionsUpdated();
+    const { item, outputId, decision, comment } = pending;
+    try {
+      await this.api.review(item.site, outputId, decision, comment);
+    } catch (error) {
+      this._decisionFailed.emit({
+        key: pending.key,
+        message: messageOf(error)
+      });
+      void this.refreshReviews();
+      return;
+    }
+    if (!this._isDisposed) {
+      this.markDecided(item);
+    }
+  }
+
+  /** An output as the datasite shows this connection's reviewer now. */
+  output(site: string, outputId: number): Promise<IOutputView> {
+    return this.api.output(site, outputId);
+  }
+
+  /** The item's researcher's other requests at its site, newest first, with their decisions. */
+  async researcherHistory(item: IReviewItem): Promise<IHistoryEntry[]> {
+    const [requests, decided] = await Promise.all([
+      this.api.requests(item.site),
+      this.api.reviewHistory().catch(() => null)
+    ]);
+    const items = (decided?.items ?? []).filter(i => i.site === item.site);
+    return researcherHistory(item, requests, items);
   }
 
   // --- requests of remote cells --------------------------------------------------------------

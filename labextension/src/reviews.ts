@@ -1,9 +1,19 @@
 /**
  * The reviewers' rules, as pure functions over plain JSON (no JupyterLab
  * imports, unit-tested with jest): which items a filter shows and in what
- * order, votes under the two-person rule, ages, finding locations, j/k steps.
+ * order, votes under the two-person rule, ages, finding locations, j/k steps,
+ * a researcher's history at a site, and the undo window of decisions
+ * (`DecisionQueue`, with the clock handed in).
  */
-import { IOutputView, IReviewItem, Open, OutputState } from './tokens';
+import {
+  IOutputVariant,
+  IOutputView,
+  IRequestView,
+  IReviewItem,
+  Open,
+  OutputState,
+  ReviewDecision
+} from './tokens';
 
 /** The Pending outputs panel's status filter: a state, or 'decided' (by this reviewer), or 'all'. */
 export type ReviewStatusFilter = OutputState | 'decided' | 'all';
@@ -149,4 +159,237 @@ export function voteSummary(item: IOutputView): string {
     .map(v => `${v.reviewer} ${VOTED[v.decision] ?? v.decision}`)
     .join(', ');
   return `${approvals} of ${required} approvals${who ? ` — ${who}` : ''}`;
+}
+
+/** The title of an output's review in the main area: "Review: cleveland #12". */
+export function reviewTitle(item: IReviewItem): string {
+  return `Review: ${item.site} #${item.id}`;
+}
+
+/**
+ * Which body cell a finding's column names: its index among the row's cells, or
+ * -1. `header` is the last header row's texts, `firstHeader` the first one's (a
+ * pandas table with a named index has two); body rows can have fewer leading
+ * index cells than the header has.
+ */
+export function columnIndex(
+  header: string[],
+  firstHeader: string[],
+  rowLength: number,
+  column: string
+): number {
+  let index = header.indexOf(column);
+  if (index < 0) {
+    index = firstHeader.indexOf(column);
+  }
+  if (index < 0) {
+    return -1;
+  }
+  const cell = index - Math.max(0, header.length - rowLength);
+  return cell >= 0 && cell < rowLength ? cell : -1;
+}
+
+// --- a researcher's history at a site ------------------------------------------------------
+
+/** One earlier request of the researcher, as the review shows it. */
+export interface IHistoryEntry {
+  requestId: number;
+  createdAt: string | null;
+  status: string;
+  /** The code's first non-empty line (the whole code is the entry's tooltip). */
+  firstLine: string;
+  code: string;
+  /** How its outputs were decided, as far as this reviewer's history shows: state → count. */
+  outputs: Record<string, number>;
+}
+
+/**
+ * The researcher's other requests at the item's site, newest first: from the
+ * site's requests (a reviewer sees every researcher's) and the decided outputs
+ * of the review history (their states, counted per request).
+ */
+export function researcherHistory(
+  item: IReviewItem,
+  requests: IRequestView[],
+  decided: IReviewItem[],
+  limit = 20
+): IHistoryEntry[] {
+  const states = new Map<number, Record<string, number>>();
+  for (const output of decided) {
+    if (output.site !== item.site) {
+      continue;
+    }
+    const counts = states.get(output.request_id) ?? {};
+    counts[output.state] = (counts[output.state] ?? 0) + 1;
+    states.set(output.request_id, counts);
+  }
+  return requests
+    .filter(r => r.user === item.request.user && r.id !== item.request_id)
+    .sort((a, b) => b.id - a.id)
+    .slice(0, limit)
+    .map(r => ({
+      requestId: r.id,
+      createdAt: r.created_at ?? null,
+      status: r.status,
+      firstLine:
+        r.code
+          .split('\n')
+          .map(line => line.trim())
+          .find(line => line && !line.startsWith('%%')) ?? '',
+      code: r.code,
+      outputs: states.get(r.id) ?? {}
+    }));
+}
+
+/** "2 released, 1 denied" (or "" when nothing was decided). */
+export function outputCounts(counts: Record<string, number>): string {
+  return Object.entries(counts)
+    .sort(([a], [b]) => a.localeCompare(b))
+    .map(([state, n]) => `${n} ${state}`)
+    .join(', ');
+}
+
+// --- variants (approve with suppression) ---------------------------------------------------
+
+/** The button that approves a variant: "Approve with suppression" for a suppressed one. */
+export function variantAction(variant: IOutputVariant): string {
+  return variant.kind === 'suppressed'
+    ? 'Approve with suppression'
+    : `Approve the ${variant.kind} version`;
+}
+
+/** An output's variants the datasite offers (none from a datasite without them). */
+export function variantsOf(item: IOutputView): IOutputVariant[] {
+  return Array.isArray(item.variants)
+    ? item.variants.filter(v => typeof v?.id === 'number')
+    : [];
+}
+
+// --- the undo window of decisions ----------------------------------------------------------
+
+/** How long a decision can be undone before it is sent to the datasite. */
+export const UNDO_WINDOW_MS = 5000;
+
+/** A decision made but not sent yet: it is sent when its window closes. */
+export interface IPendingDecision {
+  /** `reviewKey` of the item. */
+  key: string;
+  item: IReviewItem;
+  decision: ReviewDecision;
+  comment: string;
+  /** The output that is reviewed: the item's own id, or a variant's. */
+  outputId: number;
+  /** The variant approved instead of the output, if any. */
+  variant: IOutputVariant | null;
+  /** When it is sent (ms, the queue's clock). */
+  deadline: number;
+}
+
+/** What a pending decision is shown as: "Approved", "Denied", "Approved with suppression". */
+export function decisionLabel(pending: IPendingDecision): string {
+  if (pending.decision === 'deny') {
+    return 'Denied';
+  }
+  if (pending.variant) {
+    return pending.variant.kind === 'suppressed'
+      ? 'Approved with suppression'
+      : `Approved (${pending.variant.kind})`;
+  }
+  return 'Approved';
+}
+
+/** Whole seconds left in the window, never below 0: "Undo (5 s)". */
+export function secondsLeft(deadline: number, now: number): number {
+  return Math.max(0, Math.ceil((deadline - now) / 1000));
+}
+
+/** The undo button's text. */
+export function undoText(pending: IPendingDecision, now: number): string {
+  return `Undo (${secondsLeft(pending.deadline, now)} s)`;
+}
+
+/** The clock and timers a `DecisionQueue` uses (the window's, or a test's). */
+export interface IClock {
+  now(): number;
+  setTimeout(callback: () => void, ms: number): unknown;
+  clearTimeout(handle: unknown): void;
+}
+
+/**
+ * Decisions waiting for their undo window to close. `send` is called once per
+ * decision: when its window closes, or at once by `flush` (the review was
+ * closed); never after `undo`. One decision per item at a time.
+ */
+export class DecisionQueue {
+  private readonly pending = new Map<
+    string,
+    { decision: IPendingDecision; timer: unknown }
+  >();
+
+  constructor(
+    private readonly send: (decision: IPendingDecision) => void,
+    private readonly clock: IClock,
+    readonly windowMs = UNDO_WINDOW_MS
+  ) {}
+
+  /** Starts a decision's window; null if the item already has one pending. */
+  add(
+    item: IReviewItem,
+    decision: ReviewDecision,
+    comment: string,
+    variant: IOutputVariant | null = null
+  ): IPendingDecision | null {
+    const key = reviewKey(item);
+    if (this.pending.has(key)) {
+      return null;
+    }
+    const entry: IPendingDecision = {
+      key,
+      item,
+      decision,
+      comment,
+      outputId: variant ? variant.id : item.id,
+      variant,
+      deadline: this.clock.now() + this.windowMs
+    };
+    const timer = this.clock.setTimeout(() => this.flush(key), this.windowMs);
+    this.pending.set(key, { decision: entry, timer });
+    return entry;
+  }
+
+  get(key: string): IPendingDecision | undefined {
+    return this.pending.get(key)?.decision;
+  }
+
+  get all(): IPendingDecision[] {
+    return [...this.pending.values()].map(p => p.decision);
+  }
+
+  /** Cancels a decision still in its window; the cancelled one, if there was one. */
+  undo(key: string): IPendingDecision | undefined {
+    const entry = this.pending.get(key);
+    if (!entry) {
+      return undefined;
+    }
+    this.clock.clearTimeout(entry.timer);
+    this.pending.delete(key);
+    return entry.decision;
+  }
+
+  /** Sends one decision now (or all of them without a key); returns what was sent. */
+  flush(key?: string): IPendingDecision[] {
+    const keys = key === undefined ? [...this.pending.keys()] : [key];
+    const sent: IPendingDecision[] = [];
+    for (const k of keys) {
+      const entry = this.pending.get(k);
+      if (!entry) {
+        continue;
+      }
+      this.clock.clearTimeout(entry.timer);
+      this.pending.delete(k);
+      sent.push(entry.decision);
+      this.send(entry.decision);
+    }
+    return sent;
+  }
 }

@@ -117,6 +117,20 @@ export interface IVote {
   comment?: string;
 }
 
+/**
+ * Reviewers only: another version of an output the datasite offers to release
+ * instead (kind "suppressed": a table with its disclosive cells blanked). It is
+ * an output of its own: approving its id releases it in place of the original.
+ */
+export interface IOutputVariant {
+  id: number;
+  kind: Open<'suppressed'>;
+  /** Like an output's content (a mime bundle under `data`). */
+  content?: JSONObject;
+  /** What was blanked, in words. */
+  summary?: string;
+}
+
 /** An output as a datasite shows it (researchers: content only when released). */
 export interface IOutputView {
   id: number;
@@ -135,6 +149,8 @@ export interface IOutputView {
   /** Reviewers and admins only: the votes so far and how many approvals release it. */
   votes?: IVote[];
   required_reviews?: number;
+  /** Reviewers only, where the datasite offers them: versions to release instead. */
+  variants?: IOutputVariant[];
 }
 
 /** A request as the datasite shows the connection's user. */

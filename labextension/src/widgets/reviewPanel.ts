@@ -1,99 +1,34 @@
 /**
  * The reviewers' "Pending outputs" sidebar: the queue of every reviewer
- * connection (polled by the model), each output rendered with the filter's
- * findings marked on it, and Approve / Deny with a fast keyboard loop (j/k, a, d).
+ * connection (polled by the model), a preview of the selected output with the
+ * filter's findings marked on it, and Approve / Deny with a fast keyboard loop
+ * (j/k, a, d; Enter or a click opens the full review in the main area).
+ * Decisions wait out the model's undo window ("Approved — Undo (5 s)").
  */
 import { IRenderMimeRegistry, MimeModel } from '@jupyterlab/rendermime';
-import { OutputAreaModel, SimplifiedOutputArea } from '@jupyterlab/outputarea';
+import { Message } from '@lumino/messaging';
 import { Panel, Widget } from '@lumino/widgets';
 
-import { RemoteKernelModel } from '../model';
 import {
   IReviewFilter,
   REVIEW_STATUSES,
   ageText,
   combineItems,
   matchesFilter,
-  parseLocation,
   reviewKey,
   step,
-  voteSummary,
-  votedBy
+  voteSummary
 } from '../reviews';
-import { IFinding, INbOutput, IReviewItem, ReviewDecision } from '../tokens';
-import { el, errorText } from './dom';
-
-/** An output item as nbformat, so JupyterLab's own renderers draw it for the reviewer. */
-export function reviewOutput(item: IReviewItem): INbOutput {
-  const content = item.content ?? {};
-  if (item.msg_type === 'stream') {
-    return {
-      output_type: 'stream',
-      name: content.name ?? 'stdout',
-      text: content.text ?? ''
-    };
-  }
-  if (item.msg_type === 'error') {
-    return {
-      output_type: 'error',
-      ename: content.ename ?? '',
-      evalue: content.evalue ?? '',
-      traceback: content.traceback ?? []
-    };
-  }
-  return {
-    output_type: 'display_data',
-    data: content.data ?? {},
-    metadata: {}
-  };
-}
-
-/** Marks failing table cells (or rows) named by the findings' locations. */
-export function markFindings(root: HTMLElement, findings: IFinding[]): number {
-  let marked = 0;
-  const table = root.querySelector('table');
-  if (!table) {
-    return 0;
-  }
-  const headerRows = table.querySelectorAll('thead tr');
-  const header = headerRows.length ? headerRows[headerRows.length - 1] : null;
-  const headerCells = header ? Array.from(header.children) : [];
-  const firstHeader = headerRows.length
-    ? Array.from(headerRows[0].children)
-    : [];
-  const bodyRows = Array.from(table.querySelectorAll('tbody tr'));
-  for (const finding of findings) {
-    const where = parseLocation(finding.location);
-    if (!where || where.row >= bodyRows.length) {
-      continue;
-    }
-    const row = bodyRows[where.row] as HTMLElement;
-    let target: HTMLElement = row;
-    if (where.column !== null) {
-      let index = headerCells.findIndex(
-        c => c.textContent?.trim() === where.column
-      );
-      if (index < 0) {
-        index = firstHeader.findIndex(
-          c => c.textContent?.trim() === where.column
-        );
-      }
-      // Body rows can have fewer leading index cells than the header has.
-      const offset = headerCells.length - row.children.length;
-      const cell =
-        index >= 0 ? row.children[index - Math.max(0, offset)] : undefined;
-      if (cell) {
-        target = cell as HTMLElement;
-      }
-    }
-    target.classList.add(
-      finding.verdict === 'block' ? 'rk-finding-block' : 'rk-finding'
-    );
-    target.title = `${finding.check}: ${finding.message}`;
-    marked += 1;
-  }
-  return marked;
-}
+import { IDecisionFailure, RemoteKernelModel } from '../model';
+import { IReviewItem, ReviewDecision } from '../tokens';
+import { el } from './dom';
+import {
+  DecisionBar,
+  pendingDecisionNode,
+  standingNodes,
+  updateCountdowns
+} from './reviewDecision';
+import { reviewOutput, withheldOutputArea } from './reviewOutput';
 
 export class ReviewPanel extends Panel {
   private filter: IReviewFilter = {
@@ -107,12 +42,13 @@ export class ReviewPanel extends Panel {
   private readonly filtersNode = el('div', 'rk-Filters');
   private readonly messageNode = el('div', 'rk-Message');
   private readonly detail = new Panel();
-  private readonly comment = el('textarea', 'rk-Comment');
-  private readonly outputModel = new OutputAreaModel({ trusted: false });
+  private readonly bar: DecisionBar;
 
   constructor(
     private readonly model: RemoteKernelModel,
-    private readonly rendermime: IRenderMimeRegistry
+    private readonly rendermime: IRenderMimeRegistry,
+    /** Opens an item's review in the main area (a click, or Enter). */
+    private readonly openReview: (item: IReviewItem) => void = () => undefined
   ) {
     super();
     this.id = 'remote-kernel-reviews';
@@ -131,16 +67,50 @@ export class ReviewPanel extends Panel {
     this.addWidget(top);
     this.detail.addClass('rk-ReviewDetail');
     this.addWidget(this.detail);
-    this.comment.placeholder =
-      'Comment (required to deny; the researcher reads it)';
+    this.bar = new DecisionBar(model, {
+      className: 'rk-Actions',
+      decided: item => this.moveOn(item),
+      focus: () => this.node.focus()
+    });
     this.node.addEventListener('keydown', event => this.onKey(event));
     this.model.includeHistory = this.filter.status !== 'pending';
     model.reviewsChanged.connect(this.onReviews, this);
+    model.decisionsChanged.connect(this.onDecisions, this);
+    model.decisionTick.connect(this.onTick, this);
+    model.decisionFailed.connect(this.onDecisionFailed, this);
   }
 
   dispose(): void {
+    if (this.isDisposed) {
+      return;
+    }
     this.model.reviewsChanged.disconnect(this.onReviews, this);
+    this.model.decisionsChanged.disconnect(this.onDecisions, this);
+    this.model.decisionTick.disconnect(this.onTick, this);
+    this.model.decisionFailed.disconnect(this.onDecisionFailed, this);
+    this.bar.dispose();
     super.dispose();
+  }
+
+  /** Closing (collapsing) the panel ends the undo windows: the decisions are sent. */
+  protected onAfterHide(msg: Message): void {
+    super.onAfterHide(msg);
+    this.model.commitDecisions();
+  }
+
+  private onDecisions(): void {
+    this.render();
+  }
+
+  private onTick(_: RemoteKernelModel, now: number): void {
+    updateCountdowns(this.listNode, this.model, now);
+  }
+
+  private onDecisionFailed(
+    _: RemoteKernelModel,
+    failure: IDecisionFailure
+  ): void {
+    this.messageNode.textContent = `Decision on ${failure.key} not sent: ${failure.message}`;
   }
 
   get visibleItems(): IReviewItem[] {
@@ -232,7 +202,20 @@ export class ReviewPanel extends Panel {
         // Two-person rule: "1 of 2 approvals — bob approved".
         row.appendChild(el('div', 'rk-RowVotes', votes));
       }
-      row.onclick = () => this.select(reviewKey(item));
+      const pending = this.model.pendingDecision(reviewKey(item));
+      if (pending) {
+        row.classList.add('rk-mod-deciding');
+        row.appendChild(
+          pendingDecisionNode(pending, () => {
+            this.select(pending.key);
+            this.bar.undo();
+          })
+        );
+      }
+      row.onclick = () => {
+        this.select(reviewKey(item));
+        this.openReview(item);
+      };
       this.listNode.appendChild(row);
     }
   }
@@ -320,35 +303,8 @@ export class ReviewPanel extends Panel {
         `${item.site} · ${item.request.user} · request ${item.request_id} · output ${item.seq + 1} (${item.msg_type})`
       )
     );
-    head.appendChild(
-      el(
-        'div',
-        `rk-Verdict rk-verdict-${item.verdict}`,
-        `filter: ${item.verdict}`
-      )
-    );
     head.appendChild(el('div', 'rk-Summary', item.summary));
-    const votes = voteSummary(item);
-    if (votes) {
-      head.appendChild(el('div', 'rk-Votes', votes));
-    }
-    if (item.state !== 'pending') {
-      head.appendChild(
-        el(
-          'div',
-          'rk-Decision',
-          `${item.state} by ${item.decided_by ?? '?'}${item.comment ? `: ${item.comment}` : ''}`
-        )
-      );
-    } else if (votedBy(item, item.reviewer)) {
-      head.appendChild(
-        el(
-          'div',
-          'rk-Decision',
-          `${item.reviewer} has voted; another reviewer decides`
-        )
-      );
-    }
+    head.append(...standingNodes(item, 'div'));
     add(head);
 
     add(el('h3', '', 'Code'));
@@ -362,23 +318,24 @@ export class ReviewPanel extends Panel {
     );
     this.detail.addWidget(code);
 
+    const open = el(
+      'button',
+      'jp-Button rk-Small rk-OpenReview',
+      'Open review'
+    );
+    open.title = 'The whole review in the main area (Enter)';
+    open.onclick = () => this.openReview(item);
+    add(open);
+
     add(el('h3', '', 'Withheld output'));
-    this.outputModel.clear();
-    this.outputModel.fromJSON([reviewOutput(item) as any]);
-    const area = new SimplifiedOutputArea({
-      model: this.outputModel,
-      rendermime: this.rendermime
-    });
+    const findings = item.findings ?? [];
+    const area = withheldOutputArea(
+      reviewOutput(item),
+      this.rendermime,
+      findings
+    );
     area.addClass('rk-WithheldOutput');
     this.detail.addWidget(area);
-    const findings = item.findings ?? [];
-    // Renderers finish asynchronously; mark the table once it is in the DOM.
-    const mark = (tries: number) => {
-      if (markFindings(area.node, findings) === 0 && tries > 0) {
-        window.setTimeout(() => mark(tries - 1), 100);
-      }
-    };
-    window.setTimeout(() => mark(20), 50);
 
     add(el('h3', '', `Findings (${findings.length})`));
     const list = el('ul', 'rk-Findings');
@@ -404,82 +361,33 @@ export class ReviewPanel extends Panel {
       add(el('pre', 'rk-Hints', JSON.stringify(hints, null, 1)));
     }
 
-    if (this.canDecide(item)) {
-      const actions = el('div', 'rk-Actions');
-      actions.appendChild(this.comment);
-      const approve = el(
-        'button',
-        'jp-Button jp-mod-accept rk-Approve',
-        'Approve (a)'
-      );
-      approve.onclick = () => void this.decide('approve');
-      const deny = el('button', 'jp-Button jp-mod-warn rk-Deny', 'Deny (d)');
-      deny.onclick = () => void this.decide('deny');
-      actions.appendChild(approve);
-      actions.appendChild(deny);
-      actions.appendChild(
-        el(
-          'div',
-          'rk-Note',
-          'Approve with suppression: this datasite’s filter does not offer a suppressed version of outputs yet.'
-        )
-      );
-      add(actions);
-    }
+    add(this.bar.node);
+    this.bar.show(item);
   }
 
-  /** Pending, and this connection's reviewer has not voted on it yet. */
-  private canDecide(item: IReviewItem): boolean {
-    return item.state === 'pending' && !votedBy(item, item.reviewer);
+  /** Approves or denies the selected output (after the undo window). */
+  decide(decision: ReviewDecision): void {
+    this.bar.decide(decision);
   }
 
-  async decide(decision: ReviewDecision): Promise<void> {
-    const item = this.selectedItem;
-    if (!item || !this.canDecide(item)) {
-      return;
-    }
-    const comment = this.comment.value.trim();
-    if (decision === 'deny' && !comment) {
-      this.messageNode.textContent =
-        'A denial needs a comment: type it, then press Ctrl+Enter.';
-      this.comment.focus();
-      return;
-    }
+  /** After a decision: on to the next output that waits for one. */
+  private moveOn(item: IReviewItem): void {
     const items = this.visibleItems;
-    const index = items.findIndex(i => reviewKey(i) === this.selected);
-    try {
-      await this.model.review(item, decision, comment);
-    } catch (error) {
-      this.messageNode.textContent = errorText(error);
-      return;
+    const index = items.findIndex(i => reviewKey(i) === reviewKey(item));
+    const next = [...items.slice(index + 1), ...items.slice(0, index)].find(i =>
+      this.bar.canDecide(i)
+    );
+    if (next) {
+      this.select(reviewKey(next));
     }
-    this.comment.value = '';
-    const rest = items.filter(i => reviewKey(i) !== reviewKey(item));
-    this.selected = rest.length
-      ? reviewKey(rest[Math.min(index, rest.length - 1)])
-      : '';
-    // Drops the item from the queue (badge and list re-render at once) and refetches.
-    this.model.markDecided(item);
-    this.renderDetail();
-    this.node.focus();
   }
 
   private onKey(event: KeyboardEvent): void {
-    const target = event.target as HTMLElement;
-    if (target === this.comment) {
-      if (event.key === 'Enter' && (event.ctrlKey || event.metaKey)) {
-        event.preventDefault();
-        void this.decide('deny');
-      } else if (event.key === 'Escape') {
-        this.node.focus();
-      }
+    if (this.bar.handleKey(event)) {
       return;
     }
-    if (
-      target.tagName === 'INPUT' ||
-      target.tagName === 'SELECT' ||
-      target.tagName === 'TEXTAREA'
-    ) {
+    const target = event.target as HTMLElement;
+    if (['INPUT', 'SELECT', 'TEXTAREA'].includes(target.tagName)) {
       return;
     }
     const items = this.visibleItems;
@@ -489,14 +397,8 @@ export class ReviewPanel extends Panel {
       if (next >= 0) {
         this.select(reviewKey(items[next]));
       }
-    } else if (event.key === 'a') {
-      void this.decide('approve');
-    } else if (event.key === 'd') {
-      if (this.comment.value.trim()) {
-        void this.decide('deny');
-      } else {
-        this.comment.focus();
-      }
+    } else if (event.key === 'Enter' && this.selectedItem) {
+      this.openReview(this.selectedItem);
     } else {
       return;
     }
