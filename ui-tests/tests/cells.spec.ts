@@ -184,11 +184,15 @@ test('a tagged cell runs at its sites with Shift-Enter, one view in site order',
   await expect(released.nth(0)).toContainText('columns here: 14');
   await expect(rows.nth(0)).toContainText('1 released');
   await expect(rows.nth(1)).toContainText('1 released');
+  // Once every site has finished, the table is plain HTML (no widget to lose on reopen).
+  await expect(view.locator('.jupyter-widgets')).toHaveCount(0);
   await view.screenshot({
     path: path.join(IMAGES, 'remote-cell-view-released.png')
   });
+  await page.waitForTimeout(4000); // the kernel's and the poll's last updates are in
   await page.notebook.save();
-  expect(await isDirty(page)).toBe(false);
+  await page.waitForTimeout(4000);
+  expect(await isDirty(page)).toBe(false); // settled: nothing rewrites the cell
 
   // Reopened: the extension fetches both requests; nothing changed, nothing written.
   await page.notebook.close(true);
@@ -205,8 +209,11 @@ test('opening a notebook does not mark it modified', async ({
   page,
   tmpPath
 }) => {
+  // Run once first: JupyterLab itself writes the kernel's full language_info into a
+  // notebook that lacks it when it opens (and so marks it modified); this one has it.
   await page.notebook.createNew('plain.ipynb');
   await page.notebook.setCell(0, 'code', 'x = 1');
+  await page.notebook.runCell(0, true);
   await page.notebook.save();
   await page.notebook.close(true);
   await openPath(page, `${tmpPath}/plain.ipynb`);
