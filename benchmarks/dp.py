@@ -29,7 +29,8 @@ import duckdb
 import numpy as np
 import pandas as pd
 
-from remote_kernel.checks.dp import parse_metadata, plan_dp_query
+from remote_kernel.checks.dp.engine import plan_dp_query
+from remote_kernel.checks.dp.metadata import parse_metadata
 from remote_kernel.checks.policy import Thresholds
 from remote_kernel.checks.sqltier import run_query
 from remote_kernel.datasite.datasets import synthetic_heart

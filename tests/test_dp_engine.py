@@ -13,12 +13,8 @@ import pytest
 
 pytest.importorskip("opendp")
 
-from remote_kernel.checks.dp import (
-    DPMetadataError,
-    dp_query,
-    parse_metadata,
-    plan_dp_query,
-)
+from remote_kernel.checks.dp.engine import dp_query, plan_dp_query
+from remote_kernel.checks.dp.metadata import DPMetadataError, parse_metadata
 from remote_kernel.datasite.datasets import (
     HEART_COLUMNS,
     UCI_HEART_FILES,

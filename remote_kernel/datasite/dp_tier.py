@@ -25,7 +25,8 @@ from remote_kernel.protocol.models import Finding, OutputItem, Verdict
 from remote_kernel.querylang import serialize_sql
 
 if TYPE_CHECKING:
-    from remote_kernel.checks.dp import DPAnswer, DPMetadata
+    from remote_kernel.checks.dp.answer import DPAnswer
+    from remote_kernel.checks.dp.metadata import DPMetadata
     from remote_kernel.datasite.core import DatasiteCore
     from remote_kernel.datasite.store import Charge
 
@@ -37,7 +38,7 @@ async def run_dp_query(
     core: DatasiteCore, session_id: str, sql: str, epsilon: float, delta: float = 0.0
 ) -> dict[str, Any]:
     """Answer one DP query of the cell running in ``session_id`` (see the module docstring)."""
-    from remote_kernel.checks.dp import plan_dp_query
+    from remote_kernel.checks.dp.engine import plan_dp_query
 
     request = core.running_request(session_id)
     user = core.store.user_name(request.user_id)

@@ -80,28 +80,8 @@ tests are statistical; rows whose key is NULL or off the public grid are counted
 in no group.
 """
 
-import importlib
-from typing import Any
-
-#: Loaded on first use (PEP 562): OpenDP takes seconds to import, and the policy reads
-#: DP metadata (``metadata``, no OpenDP) every time a datasite or the CLI starts.
-_EXPORTS = {
-    "DPAnswer": "remote_kernel.checks.dp.answer",
-    "DPPlan": "remote_kernel.checks.dp.engine",
-    "dp_query": "remote_kernel.checks.dp.engine",
-    "plan_dp_query": "remote_kernel.checks.dp.engine",
-    "DPMetadata": "remote_kernel.checks.dp.metadata",
-    "DPMetadataError": "remote_kernel.checks.dp.metadata",
-    "PrivacyUnit": "remote_kernel.checks.dp.metadata",
-    "parse_metadata": "remote_kernel.checks.dp.metadata",
-    "check_dp_query": "remote_kernel.checks.dp.shape",
-}
-__all__ = sorted(_EXPORTS)
-
-
-def __getattr__(name: str) -> Any:
-    if name not in _EXPORTS:
-        raise AttributeError(f"module 'remote_kernel.checks.dp' has no attribute {name!r}")
-    value = getattr(importlib.import_module(_EXPORTS[name]), name)
-    globals()[name] = value
-    return value
+# No re-exports here: OpenDP takes seconds to import, and the policy reads DP metadata
+# (``checks.dp.metadata``, no OpenDP) whenever a datasite or the CLI starts. Import
+# from the modules: ``engine`` (plan_dp_query, dp_query, DPPlan), ``metadata``
+# (DPMetadata, parse_metadata, PrivacyUnit, DPMetadataError), ``answer`` (DPAnswer),
+# ``shape`` (check_dp_query).
