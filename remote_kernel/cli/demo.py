@@ -323,6 +323,16 @@ class Supervisor:
         self.coming_back: set[str] = set()  # restarted, not answering yet
         self.given_up: set[str] = set()
 
+    def report_back(self) -> None:
+        """Say which restarted sites answer again (without restarting anything)."""
+        for site in self.sites:
+            self._say_if_back(site)
+
+    def _say_if_back(self, site: DemoSite) -> None:
+        if site.name in self.coming_back and answers(site):
+            self.coming_back.discard(site.name)
+            self.say(f"{site.name} restarted: answering again at {site.url}")
+
     def poll(self) -> None:
         """Notice exits, restart the sites whose delay has passed, report sites back up."""
         now = time.monotonic()
@@ -341,9 +351,7 @@ class Supervisor:
                 continue
             code = site.process.poll()
             if code is None:
-                if name in self.coming_back and answers(site):
-                    self.coming_back.discard(name)
-                    self.say(f"{name} restarted: answering again at {site.url}")
+                self._say_if_back(site)
                 continue
             self._exited(site, code, now)
 
@@ -542,6 +550,7 @@ def watch(
         if lab_process is not None and lab_process.poll() is not None:
             print(f"JupyterLab stopped unexpectedly; see {logs / 'jupyterlab.log'}", flush=True)
             stop.set()
+    supervisor.report_back()  # a site back up since the last poll is said before stopping
 
 
 def run_demo(
