@@ -16,6 +16,7 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pandas as pd
@@ -201,3 +202,16 @@ def _isolated_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Mocks are cached per test, never in the real user's cache; saved connections too."""
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
     monkeypatch.setenv("REMOTE_KERNEL_CONNECTIONS", str(tmp_path / "connections.json"))
+
+
+def run_and_view(
+    site: RunningDatasite, client: Any, code: str, timeout: float = 180
+) -> tuple[Any, list[dict[str, Any]]]:
+    """Run a cell until it finishes; the request and every output's full view (as bob)."""
+    request = client.run(code)
+    request.wait(timeout, until="finished")
+    views = [
+        httpx.get(f"{site.url}/api/outputs/{o.id}", headers=site.headers("bob")).json()
+        for o in request.outputs
+    ]
+    return request, views

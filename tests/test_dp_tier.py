@@ -10,14 +10,12 @@ from __future__ import annotations
 import subprocess
 import sys
 from collections.abc import Iterator
-from typing import Any
 
-import httpx
 import pytest
 
 from remote_kernel.researcher.client import Datasite
 
-from .conftest import RunningDatasite, make_datasite
+from .conftest import RunningDatasite, make_datasite, run_and_view
 
 POLICY = """
 preset: strict
@@ -44,16 +42,6 @@ def dp_site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningDatasit
     site.stop()
 
 
-def run(site: RunningDatasite, client: Datasite, code: str) -> tuple[Any, list[dict[str, Any]]]:
-    request = client.run(code)
-    request.wait(180, until="finished")
-    views = [
-        httpx.get(f"{site.url}/api/outputs/{o.id}", headers=site.headers("bob")).json()
-        for o in request.outputs
-    ]
-    return request, views
-
-
 def test_dp_answers_release_without_a_reviewer_until_the_budget_is_spent(
     dp_site: RunningDatasite,
 ) -> None:
@@ -61,7 +49,7 @@ def test_dp_answers_release_without_a_reviewer_until_the_budget_is_spent(
     cell = f'rk.query("{FILTERED}", epsilon=0.1)'
     released = []
     for attempt in range(5):
-        request, views = run(dp_site, client, cell)
+        request, views = run_and_view(dp_site, client, cell)
         if attempt < 3:
             assert request.status == "completed", request.message
             (table,) = [
@@ -97,14 +85,14 @@ def test_dp_answers_release_without_a_reviewer_until_the_budget_is_spent(
 
 def test_refusals_cost_nothing(dp_site: RunningDatasite) -> None:
     client = Datasite(dp_site.url, dp_site.tokens["carol"])  # carol has no budget
-    request, _ = run(dp_site, client, f'rk.query("{FILTERED}", epsilon=0.1)')
+    request, _ = run_and_view(dp_site, client, f'rk.query("{FILTERED}", epsilon=0.1)')
     assert request.status == "error" and "BudgetExhausted" in request.message
     assert any("no privacy budget on heart" in o.text for o in request.outputs if o.text)
     before = dp_site.store()
     spent = [line.epsilon_spent for line in before.budgets()]
     before.close()
     unbounded = 'rk.query("SELECT AVG(thalach) FROM heart", epsilon=0.1)'
-    request, _ = run(dp_site, Datasite(dp_site.url, dp_site.tokens["alice"]), unbounded)
+    request, _ = run_and_view(dp_site, Datasite(dp_site.url, dp_site.tokens["alice"]), unbounded)
     assert request.status == "error" and "QueryRejected" in request.message
     after = dp_site.store()
     assert [line.epsilon_spent for line in after.budgets()] == spent

@@ -25,7 +25,7 @@ import pytest
 from remote_kernel.datasite.config import DatasiteConfig
 from remote_kernel.researcher.client import Datasite
 
-from .conftest import RunningDatasite, make_datasite
+from .conftest import RunningDatasite, make_datasite, run_and_view
 
 PROBE = r"""
 import json, os, socket
@@ -55,17 +55,6 @@ print(json.dumps(report))
 
 def sandbox_of(site: RunningDatasite) -> dict[str, Any]:
     return httpx.get(site.url + "/api/health").json()["sandbox"]
-
-
-def run(site: RunningDatasite, client: Datasite, code: str) -> tuple[Any, list[dict[str, Any]]]:
-    """Run a cell; the request and every output's full view (read as the reviewer)."""
-    request = client.run(code)
-    request.wait(120, until="finished")
-    views = [
-        httpx.get(f"{site.url}/api/outputs/{o.id}", headers=site.headers("bob")).json()
-        for o in request.outputs
-    ]
-    return request, views
 
 
 def stdout(views: list[dict[str, Any]]) -> str:
@@ -130,7 +119,7 @@ def test_a_remote_cell_reaches_no_network_and_no_datasite_files(isolated: Runnin
         .replace("SITE", repr(str(site.directory)))
     )
     client = Datasite(site.url, site.tokens["alice"])
-    request, views = run(site, client, code)
+    request, views = run_and_view(site, client, code)
     client.close()
     assert request.status == "completed", request.message
     report = json.loads(stdout(views))
@@ -164,21 +153,21 @@ def test_a_remote_cell_reaches_no_network_and_no_datasite_files(isolated: Runnin
 
 def test_a_memory_hog_is_stopped_and_reported(isolated: RunningDatasite) -> None:
     client = Datasite(isolated.url, isolated.tokens["alice"])
-    request, _ = run(isolated, client, "hog = bytearray(3 * 1024**3)\nhog[-1] = 1")
+    request, _ = run_and_view(isolated, client, "hog = bytearray(3 * 1024**3)\nhog[-1] = 1")
     assert request.status == "error"
     assert request.message.startswith("MemoryError at line 1")
-    after, views = run(isolated, client, "print('still here')")  # the kernel survived
+    after, views = run_and_view(isolated, client, "print('still here')")  # the kernel survived
     assert after.status == "completed" and stdout(views) == "still here\n"
     client.close()
 
 
 def test_cpu_time_limit_stops_a_busy_loop(isolated: RunningDatasite) -> None:
     client = Datasite(isolated.url, isolated.tokens["alice"])
-    request, _ = run(isolated, client, "while True:\n    pass")
+    request, _ = run_and_view(isolated, client, "while True:\n    pass")
     assert request.status == "failed"
     assert "CPU time limit of 12 s" in request.message
     assert "new kernel" in request.message
-    after, views = run(isolated, client, "print(6 * 7)")
+    after, views = run_and_view(isolated, client, "print(6 * 7)")
     assert after.status == "completed" and stdout(views) == "42\n"
     client.close()
 
@@ -186,19 +175,19 @@ def test_cpu_time_limit_stops_a_busy_loop(isolated: RunningDatasite) -> None:
 def test_an_output_flood_is_cut_off_with_a_message(limited: RunningDatasite) -> None:
     client = Datasite(limited.url, limited.tokens["alice"])
     flood = "from IPython.display import display\nfor i in range(10**6):\n    display(i)"
-    request, views = run(limited, client, flood)
+    request, views = run_and_view(limited, client, flood)
     assert request.status == "failed"
     assert request.message.startswith("output cut off: the cell produced more than 50 outputs")
     assert len(views) == 50  # what came before the limit is kept (and checked), no more
     assert all(v["state"] in {"pending", "blocked"} for v in views)
 
     big = "for i in range(100):\n    print('y' * 10_000, flush=True)"
-    request, views = run(limited, client, big)
+    request, views = run_and_view(limited, client, big)
     assert request.status == "failed"
     assert "more than 300000 bytes of output" in request.message
     assert sum(len(v["content"].get("text", "")) for v in views) <= 300_000
 
-    after, views = run(limited, client, "print('fine')")
+    after, views = run_and_view(limited, client, "print('fine')")
     assert after.status == "completed" and stdout(views) == "fine\n"
     store = limited.store()
     cut = [e for e in store.audit_entries() if e.action == "request.cut_off"]
@@ -238,7 +227,7 @@ def test_without_namespaces_auto_warns_loudly_and_kernels_still_run(tmp_path: Pa
         assert "unshare" in status["warnings"][0]
         assert "SANDBOX: researcher kernels run WITHOUT a sandbox" in site.log_path.read_text()
         client = Datasite(site.url, site.tokens["alice"])
-        request, views = run(site, client, "print(len(rk.data('heart')) > 100)")
+        request, views = run_and_view(site, client, "print(len(rk.data('heart')) > 100)")
         client.close()
         assert request.status == "completed" and stdout(views) == "True\n"  # tcp transport
     finally:
@@ -298,7 +287,7 @@ def test_two_sites_on_one_machine_run_kernels_as_different_users(
     try:
         probe = "import os, json\ndf = rk.data('heart')\n"
         probe += "print(json.dumps([os.getpid(), os.getuid()]))"
-        request, views = run(isolated, first, probe)
+        request, views = run_and_view(isolated, first, probe)
         assert request.status == "completed", request.message
         pid, uid = json.loads(stdout(views))
         look = (
@@ -306,7 +295,7 @@ def test_two_sites_on_one_machine_run_kernels_as_different_users(
             f"try:\n    print(os.getuid(), sorted(os.listdir('/proc/{pid}/fd')))\n"
             "except OSError as exc:\n    print(os.getuid(), type(exc).__name__)"
         )
-        request, views = run(other, second, look)
+        request, views = run_and_view(other, second, look)
         assert request.status == "completed", request.message
         other_uid, result = stdout(views).split(" ", 1)
         assert int(other_uid) != uid
