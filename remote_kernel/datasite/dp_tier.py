@@ -38,7 +38,13 @@ async def run_dp_query(
     core: DatasiteCore, session_id: str, sql: str, epsilon: float, delta: float = 0.0
 ) -> dict[str, Any]:
     """Answer one DP query of the cell running in ``session_id`` (see the module docstring)."""
-    from remote_kernel.checks.dp.engine import plan_dp_query
+    try:
+        from remote_kernel.checks.dp.engine import plan_dp_query
+    except ImportError:
+        raise InputError(
+            "this datasite has no DP engine installed, so DP queries are refused: its admin "
+            "installs it with pip install 'remote_kernel[dp]'"
+        ) from None
 
     request = core.running_request(session_id)
     user = core.store.user_name(request.user_id)
