@@ -6,9 +6,12 @@ error at once, and nothing is sent there (it used to wait for a reviewer as a re
 
 from __future__ import annotations
 
+import pytest
+
 import remote_kernel as rk
+from remote_kernel.protocol.errors import NotFound, UnknownDataset
 from remote_kernel.researcher.client import Datasite
-from remote_kernel.researcher.fanout import datasets_named
+from remote_kernel.researcher.fanout import datasets_named, preflight
 
 from .conftest import RunningDatasite
 
@@ -45,5 +48,20 @@ def test_a_query_or_crosstab_on_a_missing_dataset_is_not_sent(
         ok = rk.run_everywhere('rk.crosstab("heart", index="sex")', [site])
         assert ok.runs["cleveland"].request is not None
         ok.wait(120, until="finished")
+    finally:
+        site.close()
+
+
+def test_a_missing_dataset_is_an_unknown_dataset_naming_what_the_site_has(
+    shared_datasite: RunningDatasite,
+) -> None:
+    site = Datasite(shared_datasite.url, shared_datasite.tokens["alice"], "cleveland")
+    try:
+        with pytest.raises(UnknownDataset) as caught:
+            preflight(site, 'rk.data("heart"); rk.query("SELECT 1 FROM claims")', {})
+        assert str(caught.value) == "cleveland has no dataset 'claims' (available: heart)"
+        # The notebook catches it as the KeyError and the NotFound it also is.
+        assert isinstance(caught.value, KeyError) and isinstance(caught.value, NotFound)
+        assert preflight(site, 'rk.data("heart")', {}) == []
     finally:
         site.close()

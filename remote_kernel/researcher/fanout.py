@@ -17,7 +17,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
-from remote_kernel.protocol.errors import NoValue, RemoteKernelError
+from remote_kernel.protocol.errors import NoValue, RemoteKernelError, UnknownDataset
 from remote_kernel.researcher.client import Datasite, RemoteRequest
 
 #: ``rk.data("heart")`` / ``remote_kernel.data('heart')`` with a literal name (the fallback
@@ -213,7 +213,7 @@ def preflight(site: Datasite, code: str, mock_schemas: Schemas) -> list[str]:
     available = {d["name"]: d for d in site.datasets()}
     missing = [n for n in names if n not in available]
     if missing:
-        raise RemoteKernelError(
+        raise UnknownDataset(
             f"{site.name} has no dataset {', '.join(repr(n) for n in missing)} "
             f"(available: {', '.join(sorted(available)) or 'none'})"
         )
