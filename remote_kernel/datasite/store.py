@@ -1030,6 +1030,24 @@ class Store:
             query = select(Output).where(Output.verdict.is_(None)).order_by(Output.id)
             return list(db.scalars(query))
 
+    def released_datasite_outputs(self, user_id: int, marker: str, limit: int = 50) -> list[Output]:
+        """One researcher's released datasite-made tables whose body holds ``marker`` (a
+        mime type, e.g. the DP tier's), newest first: what a reviewer is shown they hold.
+
+        The marker narrows in SQL (a portable LIKE); callers still parse each body.
+        """
+        with self._sessions() as db:
+            query = (
+                select(Output)
+                .join(Request, Request.id == Output.request_id)
+                .where(Request.user_id == user_id, Output.origin == "query")
+                .where(Output.state == OutputState.RELEASED.value, Output.parent_id.is_(None))
+                .where(Output.body.contains(marker, autoescape=True))
+                .order_by(Output.id.desc())
+                .limit(limit)
+            )
+            return list(db.scalars(query))
+
     def user_name(self, user_id: int) -> str:
         """Names never change once created, so they are cached (a hot path)."""
         name = self._user_names.get(user_id)
