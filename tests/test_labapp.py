@@ -5,7 +5,8 @@ answers the proxied calls. Checks: tokens are saved in the 0600 connections
 file and never returned, errors are typed JSON 4xx (502 when a datasite is
 down), a reviewer's approve/deny through the extension reaches the
 researcher's request, and at a two-person site the votes pass through
-("1 of 2") while the first reviewer's queue no longer has the output.
+("1 of 2") while the first reviewer's queue no longer has the output, and the
+researcher connections' privacy budgets are gathered (a site that is down reported).
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from tornado.httpclient import HTTPClientError
 
 from remote_kernel.protocol.models import Role
 from remote_kernel.researcher.client import Datasite
-from remote_kernel.researcher.connections import load_connections
+from remote_kernel.researcher.connections import Connection, load_connections, save_connection
 
 from .conftest import RunningDatasite, free_port, make_datasite
 
@@ -264,3 +265,31 @@ async def test_votes_pass_through_and_a_voter_queue_drops_the_output(
     assert released["state"] == "released" and released["decided_by"] == "bob, dave"
     history = of_request((await call(jp_fetch, "GET", "reviews", "history"))["items"])
     assert {i["state"] for i in history.values()} == {"released"} and len(history) == 2
+
+
+@on_server_loop
+async def test_budgets_of_every_researcher_connection_a_down_site_reported(
+    jp_fetch: Any, two_person_site: RunningDatasite, connections_file: Path
+) -> None:
+    """``GET budgets``: one line per site and dataset, what is left after a charge; the
+    reviewer connection is not asked, and a site that is down is an error, not a failure."""
+    store = two_person_site.store()
+    try:
+        store.set_budget("alice", "heart", 3.0)
+        store.charge_budget("alice", "heart", 0.6, what="test")
+    finally:
+        store.close()
+    await connect(jp_fetch, two_person_site, "alice", "hungary")
+    await connect(jp_fetch, two_person_site, "bob", "hungary-bob")
+    down = f"http://127.0.0.1:{free_port()}"
+    save_connection(Connection("switzerland", down, "rk_x", "alice", "researcher"))
+
+    page = await call(jp_fetch, "GET", "budgets")
+    (line,) = page["budgets"]
+    assert line["site"] == "hungary" and line["dataset"] == "heart"
+    assert line["epsilon_total"] == pytest.approx(3.0)
+    assert line["epsilon_spent"] == pytest.approx(0.6)
+    assert line["epsilon_left"] == pytest.approx(2.4) and line["charges"] == 1
+    (error,) = page["errors"]
+    assert error["site"] == "switzerland" and "cannot reach" in error["message"]
+    assert "rk_x" not in json.dumps(page)

@@ -26,6 +26,7 @@ from remote_kernel.protocol.errors import (
     InputError,
     NotFound,
     RemoteKernelError,
+    RequestRejected,
     error_body,
     http_status,
 )
@@ -260,14 +261,25 @@ def reviewer_connections() -> list[Connection]:
     )
 
 
+def researcher_connections() -> list[Connection]:
+    return sorted(
+        (c for c in load_connections().values() if c.role == Role.RESEARCHER.value),
+        key=lambda c: c.name,
+    )
+
+
 class ReviewerSitesHandler(RemoteKernelHandler):
-    """Base of the handlers that ask every reviewer connection's datasite the same thing."""
+    """Base of the handlers that ask every reviewer (or researcher) connection the same thing."""
 
     async def at_every_site(
-        self, path: str, **kwargs: Any
+        self, path: str, connections: list[Connection] | None = None, **kwargs: Any
     ) -> tuple[list[tuple[Connection, Any]], list[dict[str, str]]]:
-        """``[(connection, answer)]`` and ``[{site, message}]`` for the sites that failed."""
-        connections = reviewer_connections()
+        """``[(connection, answer)]`` and ``[{site, message}]`` for the sites that failed.
+
+        ``connections``: the reviewer connections unless given.
+        """
+        if connections is None:
+            connections = reviewer_connections()
         results = await asyncio.gather(
             *(self.call(c, "GET", path, **kwargs) for c in connections),
             return_exceptions=True,
@@ -369,6 +381,35 @@ def review_body(body: dict[str, Any]) -> dict[str, str]:
     return {"decision": decision, "comment": comment}
 
 
+# --- the researcher's privacy budgets (DP tier) ---------------------------------------------
+class BudgetsHandler(ReviewerSitesHandler):
+    @web.authenticated
+    async def get(self) -> None:
+        """The privacy budgets of every researcher connection, one line per site and dataset.
+
+        ``{"budgets": [{site, dataset, epsilon_total, epsilon_spent, epsilon_left, …}],
+        "errors": [{site, message}]}``: a site that does not answer is reported, not
+        fatal. A datasite older than the DP tier (no ``/api/budgets``) has none.
+        """
+        connections = researcher_connections()
+        answers, errors = await self.at_every_site("/api/budgets", connections)
+        budgets = [
+            {**line, "site": connection.name}
+            for connection, lines in answers
+            for line in lines
+            if isinstance(line, dict)
+        ]
+        self.write_json({"budgets": budgets, "errors": errors})
+
+    async def call(self, connection: Connection, method: str, path: str, **kwargs: Any) -> Any:
+        try:
+            return await super().call(connection, method, path, **kwargs)
+        except RequestRejected as exc:
+            if exc.status != 404:
+                raise
+            return []  # a datasite without the DP tier: no budgets there
+
+
 def route_table() -> list[tuple[str, type[RemoteKernelHandler]]]:
     name = r"(?P<name>[a-z0-9][a-z0-9_-]{0,62})"
     number = r"(?P<%s>[0-9]{1,18})"
@@ -385,4 +426,5 @@ def route_table() -> list[tuple[str, type[RemoteKernelHandler]]]:
         (f"{PREFIX}/connections/{name}/outputs/{number % 'output_id'}/review", ReviewHandler),
         (f"{PREFIX}/reviews", ReviewQueueHandler),
         (f"{PREFIX}/reviews/history", ReviewHistoryHandler),
+        (f"{PREFIX}/budgets", BudgetsHandler),
     ]
