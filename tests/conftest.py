@@ -33,6 +33,8 @@ from remote_kernel.datasite.datasets import (
 from remote_kernel.datasite.store import Store
 from remote_kernel.protocol.models import Role
 
+from .postgres import SKIP_REASON, PostgresCluster, find_bin_dir
+
 #: Modules that start a browser, the whole demo or a crash loop (about 4 of the suite's
 #: minutes): ``python -m pytest -q -m "not slow"`` leaves them out for everyday work.
 SLOW_MODULES = frozenset({"test_ui", "test_crash_safety", "test_demo", "test_binder"})
@@ -148,10 +150,19 @@ class RunningDatasite:
 
 
 def make_datasite(
-    tmp: Path, name: str = "cleveland", extra_args: list[str] | None = None, **limits: int
+    tmp: Path,
+    name: str = "cleveland",
+    extra_args: list[str] | None = None,
+    store: str | None = None,
+    **limits: int,
 ) -> RunningDatasite:
-    """Create a datasite the way an admin does: init, add-dataset, add users."""
+    """Create a datasite the way an admin does: init, add-dataset, add users.
+
+    ``store``: a database URL for ``store:`` in datasite.yaml (default: SQLite in the
+    directory), e.g. the ``store_url`` fixture's.
+    """
     config = DatasiteConfig.create(tmp / name, name)
+    config.db_url = store
     for key, value in limits.items():
         setattr(config.limits, key, value)
     config.kernels.cull_interval_seconds = 5
@@ -172,6 +183,29 @@ def make_datasite(
         _, tokens[user] = store.create_user(user, role)
     store.close()
     return RunningDatasite(config.directory, name, free_port(), tokens, extra_args=extra_args or [])
+
+
+@pytest.fixture(scope="session")
+def postgres_cluster() -> Iterator[PostgresCluster]:
+    """One throwaway PostgreSQL server for the session (skips without the binaries)."""
+    bin_dir = find_bin_dir()
+    if bin_dir is None:
+        if os.environ.get("REMOTE_KERNEL_REQUIRE_POSTGRES"):  # CI: a skip would hide a gap
+            pytest.fail(SKIP_REASON)
+        pytest.skip(SKIP_REASON)
+    cluster = PostgresCluster(bin_dir)
+    cluster.start()
+    yield cluster
+    cluster.stop()
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def store_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """The URL of a new, empty store: a SQLite file, or a fresh PostgreSQL database."""
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'datasite.db'}"
+    cluster: PostgresCluster = request.getfixturevalue("postgres_cluster")
+    return cluster.new_database()
 
 
 @pytest.fixture(scope="session")

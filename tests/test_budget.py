@@ -1,8 +1,9 @@
 """The privacy-budget ledger: exact amounts, no overspending, durable charges, the CLI.
 
-Every test uses a real SQLite file. Concurrency is tested both ways it happens at a
-datasite: many threads of one server, and several processes (the server and the
-admin's command line) on one file.
+Every store test runs twice: on a real SQLite file and on a real PostgreSQL database
+(conftest's ``store_url``). Concurrency is tested both ways it happens at a datasite:
+many threads of one server, and several processes (the server and the admin's command
+line, or server replicas) on one database.
 """
 
 from __future__ import annotations
@@ -62,9 +63,9 @@ time.sleep(120)
 
 
 @pytest.fixture
-def url(tmp_path: Path) -> str:
-    """A store with researcher alice (ε=0.3 on heart) and reviewer bob."""
-    database = f"sqlite:///{tmp_path / 'datasite.db'}"
+def url(store_url: str) -> str:
+    """A store with researcher alice (ε=0.3 on heart) and reviewer bob, on each backend."""
+    database = store_url
     store = Store(database)
     store.create_user("alice", Role.RESEARCHER)
     store.create_user("bob", Role.REVIEWER)
@@ -261,9 +262,11 @@ def _cli(*args: str) -> subprocess.CompletedProcess[str]:
 
 
 @pytest.fixture
-def site(tmp_path: Path) -> Path:
+def site(tmp_path: Path, store_url: str) -> Path:
     """A datasite directory with dataset heart, researcher alice and reviewer bob."""
     config = DatasiteConfig.create(tmp_path / "cleveland", "cleveland")
+    config.db_url = store_url if store_url.startswith("postgresql") else None
+    config.save()
     table = tmp_path / "heart.csv"
     table.write_text("age,sex\n" + "".join(f"{40 + i % 30},{i % 2}\n" for i in range(40)))
     add_dataset(config, "heart", table, mock_path=table)

@@ -3,7 +3,8 @@
 Layout::
 
     <dir>/datasite.yaml        settings and the dataset registry (this module)
-    <dir>/datasite.db          SQLite store (requests, outputs, decisions, audit)
+    <dir>/datasite.db          SQLite store (requests, outputs, decisions, audit), unless
+                               ``store:`` in datasite.yaml names a PostgreSQL database
     <dir>/datasets/<name>/     private.parquet and mock.parquet
     <dir>/scratch/<session>/   each researcher kernel's working directory
 
@@ -122,6 +123,8 @@ class DatasetEntry:
 class DatasiteConfig:
     name: str
     directory: Path
+    #: ``store:`` in datasite.yaml: a SQLAlchemy URL (``postgresql+psycopg://user:pw@host/db``
+    #: or ``sqlite:///path``); None for ``datasite.db`` in the directory.
     db_url: str | None = None
     output_filter: str = "rules"
     limits: Limits = field(default_factory=Limits)
@@ -159,7 +162,7 @@ class DatasiteConfig:
     def to_yaml_dict(self) -> dict[str, Any]:
         return {
             "name": self.name,
-            "db_url": self.db_url,
+            "store": self.db_url,
             "output_filter": self.output_filter,
             "limits": asdict(self.limits),
             "kernels": asdict(self.kernels),
@@ -213,7 +216,7 @@ class DatasiteConfig:
             return cls(
                 name=check_name("datasite", raw["name"]),
                 directory=directory,
-                db_url=raw.get("db_url"),
+                db_url=_store_url(raw.get("store", raw.get("db_url")), path),
                 output_filter=raw.get("output_filter", "rules"),
                 limits=Limits(**(raw.get("limits") or {})),
                 kernels=kernels,
@@ -237,3 +240,27 @@ class DatasiteConfig:
         os.chmod(directory, 0o700)
         config.save()
         return config
+
+STORE_BACKENDS = ("sqlite", "postgresql")
+
+
+def _store_url(raw: Any, path: Path) -> str | None:
+    """``store:`` checked: absent, or a URL of a backend the store supports."""
+    if raw is None:
+        return None
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.exc import ArgumentError
+
+    try:
+        backend = make_url(raw).get_backend_name() if isinstance(raw, str) else None
+    except ArgumentError:
+        backend = None
+    if backend not in STORE_BACKENDS:
+        # Only the scheme is quoted: the rest of a URL may hold a password.
+        shown = repr(raw.split(":", 1)[0]) if isinstance(raw, str) else type(raw).__name__
+        raise ConfigError(
+            f"{path}: store must be a database URL, postgresql+psycopg://USER:PASSWORD@HOST"
+            "[:PORT]/DATABASE or sqlite:///PATH (leave it out for datasite.db in the "
+            f"directory), not {shown}"
+        )
+    return str(raw)

@@ -1,12 +1,15 @@
 """Durable state of a datasite: users, sessions, requests, outputs, reviews, audit.
 
-SQLAlchemy 2 over SQLite (WAL, ``synchronous=FULL``) by default; any
-``db_url`` SQLAlchemy understands (PostgreSQL at scale) works the same way.
-Every write is one short transaction that also appends to the hash-chained
-audit log, so a state change and its audit entry are committed together or
-not at all (invariants 5 and 6). SQLite transactions start with
-``BEGIN IMMEDIATE`` so that the command line and the server, two processes,
-never interleave audit entries.
+SQLAlchemy 2 over SQLite (WAL, ``synchronous=FULL``) by default, or PostgreSQL
+(psycopg 3) when ``store:`` in datasite.yaml says ``postgresql+psycopg://…``; the
+schema is Alembic's (:mod:`remote_kernel.datasite.migrations`), upgraded when a
+store opens. Every write is one short transaction that also appends to the
+hash-chained audit log, so a state change and its audit entry are committed
+together or not at all (invariants 5 and 6). Write transactions are serialised,
+so that writers (threads, the command line, server replicas) never fork the audit
+chain nor act on a state another writer is changing: on SQLite they start with
+``BEGIN IMMEDIATE``, on PostgreSQL they first take one transaction-scoped advisory
+lock (:data:`WRITER_LOCK`). Reads are not serialised.
 """
 
 from __future__ import annotations
@@ -35,13 +38,13 @@ from sqlalchemy import (
     create_engine,
     event,
     func,
-    inspect,
     select,
-    text,
 )
-from sqlalchemy.engine import Row
+from sqlalchemy.engine import Row, make_url
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
 
+from remote_kernel.datasite import migrations
+from remote_kernel.datasite.config import ConfigError
 from remote_kernel.protocol.errors import (
     BudgetExhausted,
     Conflict,
@@ -430,6 +433,43 @@ def _insert_output(conn: Connection, item: OutputItem, **columns: Any) -> Output
     return Output(**conn.execute(_INSERT_OUTPUT, values).one()._mapping)
 
 
+#: The advisory lock every PostgreSQL write transaction takes first (any constant; ours),
+#: released at commit or rollback. Why every write and not only the audit append: each
+#: write appends to the chain anyway, and taking the lock first (as SQLite's BEGIN
+#: IMMEDIATE does) means no writer holds it while waiting for a row lock, so writers
+#: cannot deadlock, and check-then-write code (a name taken? a vote cast?) stays correct
+#: under READ COMMITTED, exactly as on SQLite.
+WRITER_LOCK = 0x726B_7772  # "rkwr"
+_TAKE_WRITER_LOCK = select(func.pg_advisory_xact_lock(WRITER_LOCK))
+
+
+def _make_engine(url: str) -> Any:
+    """An engine for ``url`` with what the store needs of its dialect.
+
+    ``postgresql://`` means psycopg 3 (SQLAlchemy's default driver would be psycopg2).
+    """
+    parsed = make_url(url)
+    backend = parsed.get_backend_name()
+    if backend == "sqlite":
+        engine = create_engine(parsed)
+        event.listen(engine, "connect", _sqlite_pragmas)
+        event.listen(engine, "begin", _begin_immediate)
+        return engine
+    if backend == "postgresql":
+        # pre_ping: a connection the database server dropped (restart, failover) is
+        # replaced instead of failing the next request.
+        parsed = parsed.set(drivername="postgresql+psycopg")
+        return create_engine(parsed, pool_pre_ping=True, pool_size=10, max_overflow=20)
+    raise ConfigError(
+        f"unsupported store {parsed.drivername!r}: use sqlite:///PATH or "
+        "postgresql+psycopg://USER:PASSWORD@HOST[:PORT]/DATABASE"
+    )
+
+
+def _begin_immediate(conn: Any) -> None:
+    conn.exec_driver_sql("BEGIN IMMEDIATE")
+
+
 def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
     dbapi_connection.isolation_level = None  # let SQLAlchemy's "begin" hook decide
     cursor = dbapi_connection.cursor()
@@ -443,46 +483,33 @@ def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
 class Store:
     """All reads and writes of datasite state go through here."""
 
-    def __init__(self, url: str) -> None:
-        self.engine = create_engine(url)
-        if self.engine.dialect.name == "sqlite":
-            event.listen(self.engine, "connect", _sqlite_pragmas)
-
-            @event.listens_for(self.engine, "begin")
-            def _begin_immediate(conn: Any) -> None:
-                conn.exec_driver_sql("BEGIN IMMEDIATE")
-
-        Base.metadata.create_all(self.engine)
-        self._add_missing_columns()
+    def __init__(self, url: str, upgrade: bool = True) -> None:
+        """Open the store at ``url``, upgrading its schema to the newest revision
+        (``upgrade=False``: as it is, for Alembic's own env.py)."""
+        self.engine = _make_engine(url)
+        self._serialise_writes = self.engine.dialect.name == "postgresql"
+        if upgrade:
+            migrations.ensure_current(self.engine)
         self._sessions = sessionmaker(self.engine, expire_on_commit=False)
         self._user_names: dict[int, str] = {}
-
-    def _add_missing_columns(self) -> None:
-        """Columns added after a datasite was created (``create_all`` adds only tables)."""
-        added = {
-            "users": {"expires_at": "DATETIME"},
-            "outputs": {"parent_id": "INTEGER REFERENCES outputs(id)", "note": "TEXT"},
-        }
-        inspector = inspect(self.engine)
-        for table, columns in added.items():
-            present = {c["name"] for c in inspector.get_columns(table)}
-            for name, sql_type in columns.items():
-                if name not in present:
-                    with self.engine.begin() as conn:
-                        conn.execute(text(f"ALTER TABLE {table} ADD COLUMN {name} {sql_type}"))
 
     def close(self) -> None:
         self.engine.dispose()
 
     @contextmanager
     def transaction(self) -> Iterator[Session]:
+        """One write transaction through the ORM (serialised with every other writer)."""
         with self._sessions() as session, session.begin():
+            if self._serialise_writes:
+                session.execute(_TAKE_WRITER_LOCK)
             yield session
 
     @contextmanager
     def _write(self) -> Iterator[Connection]:
         """One write transaction without the ORM, for the per-cell path."""
         with self.engine.begin() as conn:
+            if self._serialise_writes:
+                conn.execute(_TAKE_WRITER_LOCK)
             yield conn
 
     # --- audit ---------------------------------------------------------------------------
