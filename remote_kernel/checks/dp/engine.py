@@ -1,37 +1,33 @@
 """The DP aggregation: one OpenDP measurement per query, released through its own Context.
 
 :func:`plan_dp_query` does everything that does not draw noise -- the shape check,
-bounds, public keys, the row-level DuckDB stage, building and resolving the
-OpenDP measurement, and its accuracy summary; :meth:`DPPlan.release` draws the
-noise once, through a fresh ``Context`` holding exactly the plan's epsilon.
-:func:`dp_query` is the two in one call.
+bounds, public keys, the row-level DuckDB stage, and the OpenDP measurement with
+its accuracy summary (:mod:`.measure`: built from public facts only, cached);
+:meth:`DPPlan.release` draws the noise once, through a fresh ``Context`` holding
+exactly the plan's epsilon. :func:`dp_query` is the two in one call.
 """
 
 from __future__ import annotations
 
 import math
+import os
+import tempfile
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-import opendp.prelude as dp
 import pandas as pd
 import polars as pl
-from opendp.accuracy import summarize_polars_measurement
 
 from remote_kernel.checks.dp.answer import DPAnswer
 from remote_kernel.checks.dp.bounds import Bounder, Interval
 from remote_kernel.checks.dp.keys import KeysNotPublic, public_keys
+from remote_kernel.checks.dp.measure import Spec, compiled, spec_for
 from remote_kernel.checks.dp.metadata import DPMetadata
 from remote_kernel.checks.dp.rows import key_name, output_names, row_sql, run_rows
-from remote_kernel.checks.dp.shape import DPAggregate, DPQuery, check_dp_query
+from remote_kernel.checks.dp.shape import DPQuery, check_dp_query
 from remote_kernel.checks.dp.tables import assemble
 from remote_kernel.protocol.errors import InputError, QueryRejected
-
-dp.enable_features("contrib")
-
-#: Candidates a quantile is chosen from: this many points spanning the declared bounds.
-QUANTILE_CANDIDATES = 201
 
 
 @dataclass
@@ -40,9 +36,7 @@ class DPPlan:
 
     query: DPQuery
     metadata: DPMetadata
-    epsilon: float
-    delta: float
-    confidence: float
+    spec: Spec
     rows: pl.DataFrame
     measurement: Any  # opendp Measurement
     summary: pd.DataFrame  # accuracy at 1 - confidence
@@ -50,26 +44,55 @@ class DPPlan:
     bounds: Mapping[int, Interval]
     names: list[str]
     notes: tuple[str, ...]
-    #: Whether the key set is public (else OpenDP selected the groups by thresholding).
-    public_keys: bool = True
+
+    @property
+    def epsilon(self) -> float:
+        return self.spec.epsilon
+
+    @property
+    def delta(self) -> float:
+        return self.spec.delta
+
+    @property
+    def confidence(self) -> float:
+        return self.spec.confidence
+
+    @property
+    def public_keys(self) -> bool:
+        """Whether the key set is public (else OpenDP selected the groups by thresholding)."""
+        return self.spec.keys is not None or not self.spec.by
 
     @property
     def spent(self) -> tuple[float, float]:
         """(epsilon, delta) one release spends: OpenDP's privacy map of the measurement."""
-        loss = self.measurement.map(self.metadata.privacy_unit.max_contributions)
+        loss = self.measurement.map(self.spec.contributions)
         return (float(loss[0]), float(loss[1])) if isinstance(loss, tuple) else (float(loss), 0.0)
 
     def release(self) -> DPAnswer:
-        """Draw the noise once (OpenDP's samplers only) and assemble the answer."""
-        context = _context(
-            self.rows, self.metadata, self.epsilon, self.delta, self._by(), self.public_keys
-        )
-        noisy = context(self.measurement).collect()
+        """Draw the noise once (OpenDP's samplers only) and assemble the answer.
+
+        The measurement is invoked on the rows directly: what OpenDP's ``Context``
+        would add is a budget check, and the plan has checked the measurement's
+        privacy map against exactly (epsilon, delta); budgets across queries are the
+        datasite's ledger's (a ``Context`` cannot survive a restart).
+        """
+        noisy = invoke(self.measurement, self.rows)
         epsilon, delta = self.spent
         return assemble(self, noisy, epsilon, delta)
 
-    def _by(self) -> list[str]:
-        return [key_name(i) for i in range(len(self.query.skeleton.keys))]
+
+def invoke(measurement: Any, rows: pl.DataFrame) -> pl.DataFrame:
+    """Run the measurement on the rows, handed to OpenDP as a memory-mapped Arrow file.
+
+    OpenDP's polars measurements take a LazyFrame and serialize it to cross into
+    Rust; an in-memory frame is serialized *with its data* (~1 s for a million rows
+    here), a scan of a file as its path (the data is then read by Rust, ~0.1 s). The
+    file lives in a private temporary directory for the duration of the call.
+    """
+    with tempfile.TemporaryDirectory(prefix="rk-dp-") as folder:
+        path = os.path.join(folder, "rows.arrow")
+        rows.write_ipc(path, compression="uncompressed")
+        return measurement(pl.scan_ipc(path, memory_map=True)).collect()
 
 
 def dp_query(
@@ -101,19 +124,24 @@ def plan_dp_query(
     bounds = _aggregate_bounds(query, metadata, frame)
     centres = {a.position: sum(bounds[a.position]) / 2 for a in query.aggregates if a.kind == "avg"}
     names = output_names(query, frame)
-    rows = run_rows(row_sql(query, metadata, centres), query.dataset, frame, private=True)
     keys, notes = _keys(query, metadata, frame, delta)
+    stage = row_sql(query, metadata, centres)
+    rows = run_rows(stage, query.dataset, frame, private=True)
     by = [key_name(i) for i in range(len(query.skeleton.keys))]
-    context = _context(rows, metadata, epsilon, delta, by, public=keys is not None)
-    measurement = _measurement(context, query, bounds, by, keys)
-    alpha = 1.0 - confidence
-    summary = summarize_polars_measurement(measurement, alpha).to_pandas()
-    half = summarize_polars_measurement(measurement, alpha / 2).to_pandas()
-    notes += tuple(_bounds_notes(query, bounds))
-    return DPPlan(
-        query, metadata, epsilon, delta, confidence, rows, measurement, summary, half,
-        bounds, names, notes, public_keys=keys is not None or not by,
+    spec = spec_for(
+        row_sql=stage, rows=rows, aggregates=query.aggregates, bounds=bounds, by=by,
+        keys=keys, metadata=metadata, loss=(epsilon, delta, confidence),
     )  # fmt: skip
+    made = compiled(spec, rows, keys)
+    notes += tuple(_bounds_notes(query, bounds))
+    plan = DPPlan(
+        query, metadata, spec, rows, made.measurement, made.summary, made.half_summary,
+        bounds, names, notes,
+    )  # fmt: skip
+    spent_epsilon, spent_delta = plan.spent
+    if spent_epsilon > epsilon * (1 + 1e-9) or spent_delta > delta:  # OpenDP's map says no
+        raise QueryRejected(f"the DP engine could not fit this query into epsilon={epsilon:g}.")
+    return plan
 
 
 def _check_loss(epsilon: float, delta: float, confidence: float) -> None:
@@ -176,75 +204,6 @@ def _keys(
         "group keys come from the declared metadata; rows whose key is NULL or outside the "
         "declared values are counted in no group",
     )
-
-
-def _context(
-    rows: pl.DataFrame,
-    metadata: DPMetadata,
-    epsilon: float,
-    delta: float,
-    by: list[str],
-    public: bool = True,
-) -> Any:
-    """A fresh OpenDP Context holding exactly (epsilon, delta) for one query."""
-    loss = dp.loss_of(epsilon=epsilon, delta=delta) if delta > 0 else dp.loss_of(epsilon=epsilon)
-    margins = [dp.polars.Margin(by=[], max_length=metadata.max_rows)]
-    if by:
-        groups = None if public else metadata.max_groups
-        margins.append(dp.polars.Margin(by=by, max_length=metadata.max_rows, max_groups=groups))
-    return dp.Context.compositor(
-        data=rows.lazy(),
-        privacy_unit=dp.unit_of(contributions=metadata.privacy_unit.max_contributions),
-        privacy_loss=loss,
-        split_evenly_over=1,
-        margins=margins,
-    )
-
-
-def _measurement(
-    context: Any,
-    query: DPQuery,
-    bounds: Mapping[int, Interval],
-    by: list[str],
-    keys: pl.DataFrame | None,
-) -> Any:
-    """The OpenDP measurement of the whole query: every aggregate under one epsilon."""
-    expressions = [e for a in query.aggregates for e in _expressions(a, bounds.get(a.position))]
-    plan = context.query()
-    if not by:
-        return plan.select(*expressions).resolve()
-    if keys is None:
-        expressions.append(dp.len(signed=True).alias("__dp_len"))  # thresholded on
-        return plan.group_by(by).agg(*expressions).resolve()
-    return plan.group_by(by).agg(*expressions).with_keys(keys.lazy()).resolve()
-
-
-def _expressions(aggregate: DPAggregate, bounds: Interval | None) -> list[pl.Expr]:
-    """OpenDP expressions for one aggregate (a mean is a centred sum and a count)."""
-    position = aggregate.position
-    count = pl.col(f"__dp_n{position}").dp.sum((0, 1)).alias(f"__dp_n{position}")
-    if aggregate.kind == "count":
-        return [count]
-    assert bounds is not None
-    low, high = bounds
-    value = pl.col(f"__dp_v{position}")
-    if aggregate.kind == "sum":
-        clip = (min(low, 0.0), max(high, 0.0))
-        return [value.fill_null(0.0).dp.sum(clip).alias(f"__dp_v{position}")]
-    if aggregate.kind == "avg":
-        half = (high - low) / 2
-        return [value.fill_null(0.0).dp.sum((-half, half)).alias(f"__dp_v{position}"), count]
-    candidates = _candidates(low, high)
-    quantile = value.drop_nulls().dp.quantile(aggregate.quantile, candidates)
-    return [quantile.alias(f"__dp_v{position}")]
-
-
-def _candidates(low: float, high: float) -> list[float]:
-    """A public grid over the bounds: whole numbers when few, else evenly spaced points."""
-    if high - low <= QUANTILE_CANDIDATES and float(low).is_integer():
-        return [float(v) for v in range(int(low), math.floor(high) + 1)]
-    step = (high - low) / (QUANTILE_CANDIDATES - 1)
-    return [low + i * step for i in range(QUANTILE_CANDIDATES)] if step > 0 else [low]
 
 
 def _bounds_notes(query: DPQuery, bounds: Mapping[int, Interval]) -> list[str]:
