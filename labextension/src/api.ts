@@ -8,6 +8,7 @@ import { URLExt } from '@jupyterlab/coreutils';
 import { ServerConnection } from '@jupyterlab/services';
 
 import {
+  IBudgetsPage,
   IConnection,
   IDataset,
   IDatasetSummary,
@@ -113,6 +114,13 @@ export class RemoteKernelApi {
 
   mockPreview(site: string, dataset: string): Promise<IMockPreview> {
     return this.requestAPI(['connections', site, 'datasets', dataset, 'mock']);
+  }
+
+  // --- privacy budgets (DP tier) -------------------------------------------------------------
+
+  /** `GET budgets`: every researcher connection's budgets; sites that failed are listed. */
+  budgets(): Promise<IBudgetsPage> {
+    return this.requestAPI(['budgets']);
   }
 
   // --- researchers' requests -----------------------------------------------------------------

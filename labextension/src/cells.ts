@@ -11,7 +11,8 @@ import {
   INbOutput,
   IOutputView,
   IRemoteMeta,
-  IRequestView
+  IRequestView,
+  JSONObject
 } from './tokens';
 
 /** The cell tag that marks a cell as remote (the same one `%%remote` users type by hand). */
@@ -216,6 +217,65 @@ export function outputLabel(meta: IRemoteMeta): string {
   }
 }
 
+/** The DP tier's facts on a released answer (`dp_label` in researcher/display.py). */
+export const DP_MIME = 'application/vnd.remote-kernel.dp+json';
+
+/** "differential privacy: ε=0.1 spent on heart, ε=2.9 left" for a DP answer, else ''. */
+export function dpLabel(data: JSONObject | undefined): string {
+  const facts = data?.[DP_MIME];
+  const spent = Number(facts?.epsilon);
+  const left = Number(facts?.epsilon_left);
+  if (!facts || typeof facts !== 'object' || isNaN(spent) || isNaN(left)) {
+    return '';
+  }
+  const on = facts.dataset ? ` on ${facts.dataset}` : '';
+  return `differential privacy: ε=${spent} spent${on}, ε=${left} left`;
+}
+
+/** A leading symbol or emoji (and its space): "⏳ pending review…" → "pending review…". */
+const LEADING_SYMBOL = /^[^\p{L}\p{N}]+\s*/u;
+
+/** How JupyterLab labels one remote output (see `outputCaption`). */
+export interface IOutputCaption {
+  /** The one label drawn above the output. */
+  label: string;
+  /** The output is only a note (pending, denied, blocked): the label says it all. */
+  note: boolean;
+  /** The bundle carries the kernel's own label (to be hidden). */
+  kernelLabel: boolean;
+}
+
+/**
+ * The one label JupyterLab shows on a remote output, and whether the output is
+ * only a note (pending, denied, blocked: no content of its own).
+ *
+ * The kernel (`%%remote`, researcher/display.py) writes its own label into the
+ * bundle for frontends without this extension; the extension hides that one
+ * and shows this instead. A note's label is the note's own text (it says which
+ * output and why), without the symbol the kernel puts first: emoji glyphs show
+ * as boxes where no emoji font is installed; the state is drawn by CSS.
+ */
+export function outputCaption(output: INbOutput): IOutputCaption | null {
+  const meta = remoteMeta(output);
+  if (!meta || meta.output_id === undefined) {
+    return null;
+  }
+  const plain = text(output.data?.['text/plain']);
+  if (meta.state === 'released') {
+    const dp = dpLabel(output.data);
+    return {
+      label: [outputLabel(meta), dp].filter(p => p).join(' · '),
+      note: false,
+      // display.py's released bundles: "[cleveland · released by bob]\n…" (and the
+      // same words in a box at the top of their HTML).
+      kernelLabel: plain.startsWith(`[${meta.site} · `)
+    };
+  }
+  const said = plain.split('\n')[0];
+  const label = said.replace(LEADING_SYMBOL, '').trim() || outputLabel(meta);
+  return { label, note: true, kernelLabel: false };
+}
+
 function text(value: unknown): string {
   return Array.isArray(value) ? value.join('') : String(value ?? '');
 }
@@ -275,13 +335,13 @@ export function outputForView(site: string, view: IOutputView): INbOutput {
   }
   let note: string;
   if (view.state === 'denied') {
-    note = `✖ ${site}: output ${number} denied by ${view.decided_by}: ${view.comment ?? ''}`;
+    note = `${site}: output ${number} denied by ${view.decided_by}: ${view.comment ?? ''}`;
   } else if (view.state === 'conflicted') {
-    note = `⚖ ${site}: output ${number} sent back: the reviewers disagreed. ${view.comment ?? ''}`;
+    note = `${site}: output ${number} sent back: the reviewers disagreed. ${view.comment ?? ''}`;
   } else if (view.state === 'blocked') {
-    note = `⛔ ${site}: output ${number} blocked by the datasite's policy (${view.summary})`;
+    note = `${site}: output ${number} blocked by the datasite's policy (${view.summary})`;
   } else {
-    note = `⏳ pending review at ${site} · output ${number} (${view.summary})`;
+    note = `pending review at ${site} · output ${number} (${view.summary})`;
   }
   return {
     output_type: 'display_data',

@@ -4,6 +4,8 @@
  *
  * - connections (and their health) every 15 s, and at once after a connect or
  *   a disconnect: `connectionsChanged`, `connectionsFailed`;
+ * - the researcher connections' privacy budgets (DP tier) with the connections,
+ *   and at once after a connect or a disconnect: `budgetsChanged`;
  * - the reviewers' queue (and the history when the panel's filter shows
  *   decided outputs) every 4 s: `reviewsChanged`;
  * - the requests that remote cells still wait for every 3 s: `requestChanged`.
@@ -27,6 +29,7 @@ import {
   researcherHistory
 } from './reviews';
 import {
+  IBudgetsPage,
   IConnection,
   IDatasetSummary,
   IMockPreview,
@@ -94,6 +97,9 @@ export class RemoteKernelModel {
   private _isDisposed = false;
   private readonly _connectionsChanged = new Signal<this, IConnection[]>(this);
   private readonly _connectionsFailed = new Signal<this, string>(this);
+  private _budgets: IBudgetsPage = { budgets: [], errors: [] };
+  private _budgetsBusy = false;
+  private readonly _budgetsChanged = new Signal<this, IBudgetsPage>(this);
   private readonly _reviewsChanged = new Signal<this, IReviewsState>(this);
   private readonly _requestChanged = new Signal<this, IRequestUpdate>(this);
   private readonly _decisionsChanged = new Signal<this, IPendingDecision[]>(
@@ -127,10 +133,13 @@ export class RemoteKernelModel {
     }
     const every = (ms: number, poll: () => Promise<void>) =>
       this._timers.push(window.setInterval(() => void poll(), ms));
-    every(this.intervals.connections, () => this.refreshConnections());
+    every(this.intervals.connections, async () => {
+      await this.refreshConnections();
+      await this.refreshBudgets();
+    });
     every(this.intervals.reviews, () => this.refreshReviews());
     every(this.intervals.requests, () => this.refreshRequests());
-    void this.refreshConnections();
+    void this.refreshConnections().then(() => this.refreshBudgets());
     void this.refreshReviews();
   }
 
@@ -203,13 +212,61 @@ export class RemoteKernelModel {
     name: string
   ): Promise<IConnection> {
     const connection = await this.api.connect(url, token, name);
-    void this.refreshConnections();
+    void this.refreshConnections().then(() => this.refreshBudgets());
     return connection;
   }
 
   async disconnect(site: string): Promise<void> {
     await this.api.disconnect(site);
     await this.refreshConnections();
+    await this.refreshBudgets();
+  }
+
+  // --- privacy budgets (DP tier) -------------------------------------------------------------
+
+  /** The researcher connections' budgets as last fetched, and the sites that failed. */
+  get budgets(): IBudgetsPage {
+    return this._budgets;
+  }
+
+  /** Emitted after every fetch of the budgets (a failing site is in `errors`). */
+  get budgetsChanged(): ISignal<this, IBudgetsPage> {
+    return this._budgetsChanged;
+  }
+
+  /**
+   * Fetches the budgets now (never throws: the Jupyter server's own failure is
+   * reported as site "server"). Skipped while a fetch runs, and when no
+   * researcher connection is saved.
+   */
+  async refreshBudgets(): Promise<void> {
+    if (this._budgetsBusy || this._isDisposed) {
+      return;
+    }
+    if (!this.researcherSites.length) {
+      if (this._budgets.budgets.length || this._budgets.errors.length) {
+        this._budgets = { budgets: [], errors: [] };
+        this._budgetsChanged.emit(this._budgets);
+      }
+      return;
+    }
+    this._budgetsBusy = true;
+    let page: IBudgetsPage;
+    try {
+      page = await this.api.budgets();
+    } catch (error) {
+      page = {
+        budgets: this._budgets.budgets,
+        errors: [{ site: 'server', message: messageOf(error) }]
+      };
+    } finally {
+      this._budgetsBusy = false;
+    }
+    if (this._isDisposed) {
+      return;
+    }
+    this._budgets = page;
+    this._budgetsChanged.emit(page);
   }
 
   datasets(site: string): Promise<IDatasetSummary[]> {

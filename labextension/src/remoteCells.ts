@@ -37,7 +37,7 @@ import {
   mergeRequest,
   findRunRequest,
   needsRefresh,
-  outputLabel,
+  outputCaption,
   prepareCode,
   remoteBody,
   remoteMeta,
@@ -162,10 +162,12 @@ export class RemoteCellController {
       }
       const output = model.get(index).toJSON() as unknown as INbOutput;
       const meta = remoteMeta(output);
-      const label = meta ? outputLabel(meta) : '';
-      child.toggleClass('rk-RemoteOutput', !!label);
-      if (label && meta) {
-        child.node.dataset.rkLabel = label;
+      const caption = outputCaption(output);
+      child.toggleClass('rk-RemoteOutput', !!caption);
+      child.toggleClass('rk-mod-note', !!caption?.note);
+      child.toggleClass('rk-mod-kernelLabel', !!caption?.kernelLabel);
+      if (caption && meta) {
+        child.node.dataset.rkLabel = caption.label;
         child.node.dataset.rkState = meta.state ?? '';
         child.node.dataset.rkSite = meta.site;
       } else {

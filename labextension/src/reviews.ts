@@ -6,6 +6,9 @@
  * (`DecisionQueue`, with the clock handed in).
  */
 import {
+  IBudgetSpending,
+  IDpAnswer,
+  IDpContext,
   IOutputVariant,
   IOutputView,
   IRequestView,
@@ -14,6 +17,7 @@ import {
   OutputState,
   ReviewDecision
 } from './tokens';
+import { epsilonText } from './budgets';
 
 /** The Pending outputs panel's status filter: a state, or 'decided' (by this reviewer), or 'all'. */
 export type ReviewStatusFilter = OutputState | 'decided' | 'all';
@@ -392,4 +396,60 @@ export class DecisionQueue {
     }
     return sent;
   }
+}
+
+// --- differential privacy -------------------------------------------------------------------
+
+/** A dataset's part of a researcher's DP context: what they spent and the answers they hold. */
+export interface IDpDataset {
+  dataset: string;
+  spending: IBudgetSpending | null;
+  answers: IDpAnswer[];
+}
+
+/**
+ * The DP context by dataset (those with answers first, then by name), answers
+ * newest first. An empty list when the researcher has neither budget nor answers.
+ */
+export function dpByDataset(dp: IDpContext): IDpDataset[] {
+  const datasets = new Map<string, IDpDataset>();
+  const of = (name: string) => {
+    let entry = datasets.get(name);
+    if (!entry) {
+      entry = { dataset: name, spending: null, answers: [] };
+      datasets.set(name, entry);
+    }
+    return entry;
+  };
+  for (const line of dp.spending ?? []) {
+    of(line.dataset).spending = line;
+  }
+  for (const answer of dp.answers ?? []) {
+    of(answer.dataset || '?').answers.push(answer);
+  }
+  const entries = [...datasets.values()];
+  for (const entry of entries) {
+    entry.answers.sort(
+      (a, b) =>
+        (b.created ?? '').localeCompare(a.created ?? '') ||
+        b.output_id - a.output_id
+    );
+  }
+  return entries.sort(
+    (a, b) =>
+      Number(b.answers.length > 0) - Number(a.answers.length > 0) ||
+      a.dataset.localeCompare(b.dataset)
+  );
+}
+
+/** "ε 0.6 spent, 2.4 left of 3 (4 charges)": a dataset's spending, for the reviewer. */
+export function spendingText(line: IBudgetSpending | null): string {
+  if (!line) {
+    return 'no budget here';
+  }
+  const charges = `${line.charges} charge${line.charges === 1 ? '' : 's'}`;
+  return (
+    `ε ${epsilonText(line.epsilon_spent)} spent, ` +
+    `${epsilonText(line.epsilon_left)} left of ${epsilonText(line.epsilon_total)} (${charges})`
+  );
 }

@@ -131,6 +131,52 @@ export interface IOutputVariant {
   summary?: string;
 }
 
+// --- differential privacy (DP tier) -------------------------------------------------------------
+
+/** One privacy budget line (`budget_view` in datasite/views.py; `dp.spending` has its ε part). */
+export interface IBudgetSpending {
+  dataset: string;
+  epsilon_total: number;
+  epsilon_spent: number;
+  epsilon_left: number;
+  charges: number;
+}
+
+/** A researcher's budget at one site (`GET budgets`: `/api/budgets` plus the connection). */
+export interface IBudgetLine extends IBudgetSpending {
+  site: string;
+  user?: string;
+  delta_total?: number;
+  delta_spent?: number;
+  delta_left?: number;
+  updated_at?: string | null;
+}
+
+/** `GET budgets`: every researcher connection's budgets; sites that failed. */
+export interface IBudgetsPage {
+  budgets: IBudgetLine[];
+  errors: ISiteError[];
+}
+
+/** A DP answer a researcher already holds (`dp_answer_facts` in datasite/views.py). */
+export interface IDpAnswer {
+  output_id: number;
+  request_id: number;
+  dataset: string;
+  sql: string;
+  epsilon: number;
+  created: string | null;
+}
+
+/**
+ * Reviewers only: the output's researcher's DP spending and the DP answers they
+ * hold (`dp_view`); absent from datasites older than the DP tier.
+ */
+export interface IDpContext {
+  spending: IBudgetSpending[];
+  answers: IDpAnswer[];
+}
+
 /** An output as a datasite shows it (researchers: content only when released). */
 export interface IOutputView {
   id: number;
@@ -151,6 +197,8 @@ export interface IOutputView {
   required_reviews?: number;
   /** Reviewers only, where the datasite offers them: versions to release instead. */
   variants?: IOutputVariant[];
+  /** Reviewers only: the researcher's DP spending and answers (newer datasites). */
+  dp?: IDpContext;
 }
 
 /** A request as the datasite shows the connection's user. */

@@ -5,6 +5,8 @@ import {
   ISiteRow,
   mergeRequest,
   needsRefresh,
+  outputCaption,
+  outputForView,
   outputLabel,
   prepareCode,
   remoteBody,
@@ -312,5 +314,70 @@ describe('finding the request a run made', () => {
     expect(findRunRequest(listed, 'x = 1', 5)).toBe(9);
     expect(findRunRequest(listed, 'x = 1', 9)).toBeUndefined();
     expect(findRunRequest(listed, 'y', undefined)).toBeUndefined();
+  });
+});
+
+describe('one label per remote output, no emoji', () => {
+  const released = (plain: string, extra: Record<string, unknown> = {}) => ({
+    output_type: 'display_data',
+    data: { 'text/plain': plain, 'text/html': '<div>x</div>', ...extra },
+    metadata: {
+      remote_kernel: {
+        site: 'cleveland',
+        request_id: 7,
+        output_id: 3,
+        state: 'released',
+        decided_by: 'bob'
+      }
+    }
+  });
+
+  it("labels a released output once, hiding the kernel's own label", () => {
+    // As %%remote (researcher/display.py) writes it: its label in the bundle too.
+    const byKernel = outputCaption(
+      released('[cleveland · released by bob]\nsex  n')
+    )!;
+    expect(byKernel).toEqual({
+      label: 'cleveland · released by bob',
+      note: false,
+      kernelLabel: true
+    });
+    // As the extension writes it from the datasite's view: no label of its own.
+    const byExtension = outputCaption(released('sex  n'))!;
+    expect(byExtension.kernelLabel).toBe(false);
+    expect(byExtension.label).toBe('cleveland · released by bob');
+  });
+
+  it('says what a DP answer cost', () => {
+    const dp = {
+      'application/vnd.remote-kernel.dp+json': {
+        epsilon: 0.1,
+        epsilon_left: 2.9,
+        dataset: 'heart'
+      }
+    };
+    expect(outputCaption(released('n', dp))!.label).toBe(
+      'cleveland · released by bob · differential privacy: ' +
+        'ε=0.1 spent on heart, ε=2.9 left'
+    );
+  });
+
+  it("makes a note's own words its label, without the kernel's emoji", () => {
+    expect(outputCaption(placeholder(11))).toEqual({
+      label: 'pending review at cleveland · output 11',
+      note: true,
+      kernelLabel: false
+    });
+    expect(outputCaption(mockOutput)).toBeNull();
+    for (const state of ['pending', 'denied', 'blocked', 'conflicted']) {
+      const note = outputForView(
+        'hungary',
+        view(4, 0, state, { decided_by: 'dave', comment: 'no', summary: 's' })
+      );
+      const plain = String(note.data!['text/plain']);
+      expect(plain).toMatch(/^[a-z]/);
+      expect(plain).not.toMatch(/\p{Extended_Pictographic}/u);
+      expect(outputCaption(note)!.label).toBe(plain);
+    }
   });
 });

@@ -7,9 +7,10 @@
 import { INotebookTracker, NotebookPanel } from '@jupyterlab/notebook';
 import { Widget } from '@lumino/widgets';
 
+import { siteBudgets } from '../budgets';
 import { RemoteKernelModel } from '../model';
 import { RemoteCellController } from '../remoteCells';
-import { IConnection } from '../tokens';
+import { IBudgetsPage, IConnection } from '../tokens';
 import { el, errorText } from './dom';
 
 export class DatasitesPanel extends Widget {
@@ -39,9 +40,11 @@ export class DatasitesPanel extends Widget {
     tracker.currentChanged.connect(() => this.renderTargets());
     model.connectionsChanged.connect(this.onConnections, this);
     model.connectionsFailed.connect(this.onConnectionsFailed, this);
+    model.budgetsChanged.connect(this.renderBudgets, this);
   }
 
   dispose(): void {
+    this.model.budgetsChanged.disconnect(this.renderBudgets, this);
     this.model.connectionsChanged.disconnect(this.onConnections, this);
     this.model.connectionsFailed.disconnect(this.onConnectionsFailed, this);
     super.dispose();
@@ -212,6 +215,13 @@ export class DatasitesPanel extends Widget {
       };
       summary.appendChild(remove);
       item.appendChild(summary);
+      if (connection.role === 'researcher') {
+        const budgets = el('div', 'rk-Budgets');
+        budgets.dataset.site = connection.name;
+        // Outside the <details> body: the budgets show while the site is closed.
+        this.listNode.appendChild(item);
+        this.listNode.appendChild(budgets);
+      }
       const body = el('div', 'rk-Datasets');
       item.appendChild(body);
       item.ontoggle = () => {
@@ -219,7 +229,33 @@ export class DatasitesPanel extends Widget {
           void this.renderDatasets(connection.name, body);
         }
       };
-      this.listNode.appendChild(item);
+      if (!item.parentNode) {
+        this.listNode.appendChild(item);
+      }
+    }
+    this.renderBudgets(this.model, this.model.budgets);
+  }
+
+  /** Each researcher site's privacy budgets: "heart · ε 2.4 of 3 left" (DP tier). */
+  private renderBudgets(_: RemoteKernelModel, page: IBudgetsPage): void {
+    for (const node of this.listNode.querySelectorAll<HTMLElement>(
+      '.rk-Budgets'
+    )) {
+      const { rows, error } = siteBudgets(page, node.dataset.site ?? '');
+      node.textContent = '';
+      for (const row of rows) {
+        const line = el(
+          'div',
+          `rk-Budget${row.spent ? ' rk-mod-spent' : ''}`,
+          row.text
+        );
+        line.dataset.dataset = row.dataset;
+        line.title = row.title;
+        node.appendChild(line);
+      }
+      if (error) {
+        node.appendChild(el('div', 'rk-Budget rk-Message', error));
+      }
     }
   }
 

@@ -14,18 +14,21 @@ import { IRenderMimeRegistry } from '@jupyterlab/rendermime';
 import { Message } from '@lumino/messaging';
 import { Panel, Widget } from '@lumino/widgets';
 
+import { epsilonText } from '../budgets';
 import { reviewsIcon } from '../icons';
 import { RemoteKernelModel } from '../model';
 import {
   IHistoryEntry,
   ageText,
   combineItems,
+  dpByDataset,
   outputCounts,
   reviewKey,
   reviewTitle,
+  spendingText,
   variantsOf
 } from '../reviews';
-import { IReviewItem } from '../tokens';
+import { IDpContext, IReviewItem } from '../tokens';
 import { el, errorText } from './dom';
 import { DecisionBar, standingNodes } from './reviewDecision';
 import { reviewOutput, withheldOutputArea } from './reviewOutput';
@@ -40,6 +43,63 @@ export function codeView(code: string): HTMLElement {
   const text = el('pre', 'rk-CodeText');
   text.textContent = lines.join('\n');
   view.append(gutter, text);
+  return view;
+}
+
+/**
+ * The researcher's DP spending and the DP answers they hold, per dataset
+ * ("DP answers alice already holds on heart"): an exact table can be
+ * differenced against them. Absent (not drawn) for datasites without the DP tier.
+ */
+export function dpView(dp: IDpContext, user: string): HTMLElement {
+  const view = el('div', 'rk-DpContext');
+  const datasets = dpByDataset(dp);
+  if (!datasets.length) {
+    view.appendChild(
+      el(
+        'div',
+        'rk-Empty',
+        `${user} has no DP budget and holds no DP answers at this site.`
+      )
+    );
+    return view;
+  }
+  const now = Date.now();
+  for (const entry of datasets) {
+    const block = el('div', 'rk-DpDataset');
+    block.dataset.dataset = entry.dataset;
+    block.appendChild(
+      el(
+        'div',
+        'rk-DpTitle',
+        `DP answers ${user} already holds on ${entry.dataset} (${entry.answers.length})`
+      )
+    );
+    block.appendChild(
+      el('div', 'rk-DpSpending rk-Muted', spendingText(entry.spending))
+    );
+    if (entry.answers.length) {
+      const list = el('ol', 'rk-DpAnswers');
+      for (const answer of entry.answers) {
+        const li = el('li', 'rk-DpAnswer');
+        li.dataset.output = String(answer.output_id);
+        const age = answer.created
+          ? ` · ${ageText(answer.created, now)} ago`
+          : '';
+        li.appendChild(
+          el(
+            'div',
+            'rk-Muted',
+            `ε ${epsilonText(answer.epsilon)} · request ${answer.request_id}${age}`
+          )
+        );
+        li.appendChild(el('pre', 'rk-DpSql', answer.sql));
+        list.appendChild(li);
+      }
+      block.appendChild(list);
+    }
+    view.appendChild(block);
+  }
   return view;
 }
 
@@ -183,9 +243,6 @@ export class ReviewView extends Panel {
       `rk-Verdict rk-verdict-${item.verdict ?? 'none'}`
     );
     fact('Summary', item.summary);
-    for (const finding of findings) {
-      fact(`${finding.check} (${finding.verdict})`, finding.message);
-    }
     const pushes = item.request.pushes ?? [];
     if (pushes.length) {
       fact('Objects pushed with the request', JSON.stringify(pushes, null, 1));
@@ -198,6 +255,13 @@ export class ReviewView extends Panel {
       );
     }
     this.section('Evidence', evidence);
+
+    if (item.dp) {
+      this.section(
+        `Differential privacy: what ${item.request.user} already holds`,
+        dpView(item.dp, item.request.user)
+      );
+    }
 
     this.section(
       `${item.request.user}'s history at ${item.site}`,
