@@ -40,6 +40,7 @@ _EXPORTS = {
     "last": "remote_kernel.researcher.fanout",
     "run_everywhere": "remote_kernel.researcher.fanout",
     "crosstab": "remote_kernel.researcher.query",
+    "fit_dp": "remote_kernel.researcher.dp_models",
     "query": "remote_kernel.researcher.query",
     "PickledValue": "remote_kernel.researcher.values",
 }
@@ -84,6 +85,7 @@ __all__ = [
     "crosstab",
     "data",
     "disconnect",
+    "fit_dp",
     "last",
     "load_ipython_extension",
     "query",

@@ -37,6 +37,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from remote_kernel.checks.kernel_tables import HINT_CHECKS, table_hint_findings
+from remote_kernel.checks.models import model_findings
 from remote_kernel.checks.policy import Policy, Thresholds
 from remote_kernel.protocol.errors import RemoteKernelError
 from remote_kernel.protocol.models import (
@@ -154,7 +155,7 @@ class RuleBasedFilter:
             return decision(findings)  # do not scan what is never going out anyway
         if self.scanner is not None:
             findings += self.scanner.scan_item(item)
-        findings += value_findings(item, self.scanner)
+        findings += value_findings(item, self.scanner, thresholds, context.origin)
         if context.origin == "query":
             findings += list(context.query_findings)
             if not context.query_findings:
@@ -224,7 +225,12 @@ def mime_findings(item: OutputItem) -> list[Finding]:
     return findings
 
 
-def value_findings(item: OutputItem, scanner: LeakScanner | None) -> list[Finding]:
+def value_findings(
+    item: OutputItem,
+    scanner: LeakScanner | None,
+    thresholds: Thresholds | None = None,
+    origin: str = "kernel",
+) -> list[Finding]:
     """A cell's last value travels as an object: check what the researcher would receive.
 
     The payload is made by researcher code, so it is decoded defensively
@@ -234,7 +240,8 @@ def value_findings(item: OutputItem, scanner: LeakScanner | None) -> list[Findin
     like a printed table. A value that does not decode, or does not decode to
     exactly its own bytes, is blocked, since nobody could say what it carries.
     Pickles are never opened here (invariant 3): the filter scans their raw bytes
-    for identifier values and always hands them to a person.
+    for identifier values and always hands them to a person. Fitted models travel as
+    data (``model``) and get the model rules too (:mod:`remote_kernel.checks.models`).
     """
     data = item.content.get("data")
     if not isinstance(data, dict) or VALUE_MIME not in data:
@@ -258,6 +265,8 @@ def value_findings(item: OutputItem, scanner: LeakScanner | None) -> list[Findin
             if scanner is not None:
                 findings += scanner.scan_text(text, where=where)
         note = describe(payload)
+        if kind == "model":
+            findings += model_findings(payload, thresholds or Thresholds(), origin)
     except Exception as exc:  # undecodable, malformed, too large, or a bug: nobody checked it
         reason = str(exc) if isinstance(exc, ValueDecodeError) else f"{type(exc).__name__}"
         return [Finding("value-undecodable", Verdict.BLOCK,
@@ -323,7 +332,11 @@ class InsecureReleaseAllFilter:
     def check(self, item: OutputItem, context: CheckContext | None = None) -> FilterDecision:
         findings = [Finding("insecure-release-all", Verdict.RELEASE, "benchmark-only policy")]
         # Even here, pickles go to a person: they are code as much as data.
-        findings += [f for f in value_findings(item, None) if f.check == "pickled-value"]
+        findings += [
+            f
+            for f in value_findings(item, None)
+            if f.check == "pickled-value" or f.verdict is Verdict.BLOCK
+        ]
         return decision(findings)
 
 

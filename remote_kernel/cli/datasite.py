@@ -1,7 +1,7 @@
 """``remote-kernel datasite …``: the admin commands, run on a datasite directory.
 
-init, add-dataset, remock, mock-report, add-user, revoke, users, budget, serve
-and audit; none of them needs a running server (serve starts one).
+init, add-dataset, remock, mock-report, add-user, revoke, users, budget, serve,
+audit and migrate; none of them needs a running server (serve starts one).
 """
 
 from __future__ import annotations
@@ -12,6 +12,7 @@ import json
 import sys
 
 from remote_kernel.cli.common import CliError, Subparsers
+from remote_kernel.datasite import migrations
 from remote_kernel.datasite.config import DatasiteConfig
 from remote_kernel.datasite.datasets import add_dataset, remock_dataset
 from remote_kernel.datasite.store import BudgetLine, Store
@@ -29,6 +30,12 @@ def add_parser(top: Subparsers) -> None:
     p = cmds.add_parser("init", help="create a datasite directory")
     p.add_argument("directory")
     p.add_argument("--name", required=True, help="the datasite's name, e.g. cleveland")
+    p.add_argument(
+        "--store",
+        metavar="URL",
+        help="keep state in this database, e.g. postgresql+psycopg://USER:PASSWORD@HOST/DB "
+        "(default: SQLite, datasite.db in the directory); see docs/operators.md",
+    )
     p.set_defaults(func=cmd_init)
 
     _add_dataset_parser(cmds)
@@ -44,6 +51,17 @@ def add_parser(top: Subparsers) -> None:
     _add_budget_parser(cmds)
     _add_serve_parser(cmds)
     _add_audit_parser(cmds)
+
+    p = cmds.add_parser(
+        "migrate",
+        help="upgrade the store's schema to the newest revision (init, serve and every "
+        "command do it too; this says what it did)",
+    )
+    p.add_argument("directory")
+    p.add_argument(
+        "--check", action="store_true", help="change nothing; exit 1 if an upgrade is due"
+    )
+    p.set_defaults(func=cmd_migrate)
 
 
 def fidelity_arg(p: argparse.ArgumentParser, default: str | None) -> None:
@@ -174,7 +192,7 @@ def _add_audit_parser(cmds: Subparsers) -> None:
 
 # --- handlers -----------------------------------------------------------------------------------
 def cmd_init(args: argparse.Namespace) -> None:
-    config = DatasiteConfig.create(args.directory, args.name)
+    config = DatasiteConfig.create(args.directory, args.name, store=args.store)
     Store(config.database_url).close()
     print(f"created datasite {config.name!r} in {config.directory}")
     print(f"next: remote-kernel datasite add-dataset {args.directory} NAME --private FILE")
@@ -451,3 +469,26 @@ def _export_audit(store: Store) -> None:
                 }
             )
         )
+
+
+def cmd_migrate(args: argparse.Namespace) -> int:
+    """Upgrade (or with --check only inspect) the store's schema; say from what to what."""
+    config = DatasiteConfig.load(args.directory)
+    store = Store(config.database_url, upgrade=False)
+    where = store.engine.url.render_as_string(hide_password=True)
+    try:
+        if args.check:
+            with store.engine.connect() as conn:
+                found = migrations.current_revision(conn)
+            due = found != migrations.HEAD
+            state = "an upgrade is due" if due else "up to date"
+            print(f"store {where}: revision {found or 'none'}, newest {migrations.HEAD}: {state}")
+            return 1 if due else 0
+        before, after = migrations.upgrade(store.engine)
+    finally:
+        store.close()
+    if before == after:
+        print(f"store {where}: already at the newest revision {after}")
+    else:
+        print(f"store {where}: upgraded from revision {before or 'none'} to {after}")
+    return 0

@@ -136,6 +136,9 @@ def cmd_review_show(args: argparse.Namespace) -> None:
     for finding in output.get("findings") or []:
         where = f" at {finding['location']}" if finding.get("location") else ""
         print(f"[{finding['verdict']}] {finding['check']}: {finding['message']}{where}")
+    if "dp" in output:
+        print(f"\n--- differential privacy: what {request['user']} spent and holds here ---")
+        print(dp_text(output["dp"]))
     print("\n--- content ---")
     print(render_text(output["msg_type"], output.get("content") or {}))
     value = render_value((output.get("content") or {}).get("data") or {})
@@ -158,6 +161,34 @@ def print_variants(output: dict[str, Any]) -> None:
         print(render_text("display_data", variant.get("content") or {}))
         if variant.get("state") == "pending":
             print(f"(release it instead: remote-kernel review approve {variant['id']})")
+
+
+def dp_text(dp: dict[str, Any], shown: int = 10) -> str:
+    """The review's DP section, compactly: budgets per dataset, then the newest answers."""
+    lines = [
+        f"budget on {b['dataset']}: ε={b['epsilon_spent']:g} spent of {b['epsilon_total']:g} "
+        f"({b['epsilon_left']:g} left), {b['charges']} charge(s)"
+        for b in dp.get("spending") or []
+    ] or ["no privacy budget here"]
+    answers = dp.get("answers") or []
+    if answers:
+        lines.append("DP answers they hold, newest first:")
+    for answer in answers[:shown]:
+        when = str(answer.get("created") or "")[:16].replace("T", " ")
+        lines.append(
+            f"  output {answer['output_id']} (request {answer['request_id']}, {when}): "
+            f"ε={answer['epsilon']:g} on {answer['dataset']}: {_one_line(answer['sql'])}"
+        )
+    if len(answers) > shown:
+        lines.append(f"  ... and {len(answers) - shown} older (see --json)")
+    if not answers:
+        lines.append("no DP answers released to them")
+    return "\n".join(lines)
+
+
+def _one_line(sql: str, width: int = 100) -> str:
+    text = " ".join(sql.split())
+    return text if len(text) <= width else text[: width - 1] + "…"
 
 
 def cmd_review_decide(args: argparse.Namespace) -> None:

@@ -227,13 +227,17 @@ class DatasiteConfig:
             raise ConfigError(f"{path} is not a valid datasite config: {exc}") from exc
 
     @classmethod
-    def create(cls, directory: str | os.PathLike[str], name: str) -> DatasiteConfig:
+    def create(
+        cls, directory: str | os.PathLike[str], name: str, store: str | None = None
+    ) -> DatasiteConfig:
+        """A new datasite directory; ``store``: a database URL (default: SQLite in it)."""
         directory = Path(directory).resolve()
         check_name("datasite", name)
         if (directory / CONFIG_FILE).exists():
             raise ConfigError(f"{directory} is already a datasite directory")
+        store = _store_url(store, directory / CONFIG_FILE)
         directory.mkdir(parents=True, exist_ok=True)
-        config = cls(name=name, directory=directory)
+        config = cls(name=name, directory=directory, db_url=store)
         config.datasets_dir.mkdir(exist_ok=True)
         config.scratch_dir.mkdir(exist_ok=True)
         # The directory holds the database and private data: owner-only.

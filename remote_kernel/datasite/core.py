@@ -35,6 +35,7 @@ from remote_kernel.checks.kernel_tables import suppressed_variant
 from remote_kernel.checks.policy import Policy
 from remote_kernel.datasite.config import DatasiteConfig
 from remote_kernel.datasite.datasets import load_private_tables
+from remote_kernel.datasite.dp_tier import DP_MIME
 from remote_kernel.datasite.kernels import KernelDied, KernelHandle, KernelProvider
 from remote_kernel.datasite.store import (
     KernelSession,
@@ -45,7 +46,13 @@ from remote_kernel.datasite.store import (
     Store,
     User,
 )
-from remote_kernel.datasite.views import Votes, output_view, request_view
+from remote_kernel.datasite.views import (
+    DP_ANSWERS_SHOWN,
+    Votes,
+    dp_view,
+    output_view,
+    request_view,
+)
 from remote_kernel.datasite.watchdog import CellStopped, CellWatchdog
 from remote_kernel.protocol.errors import InputError, PermissionDenied, RemoteKernelError, TooLarge
 from remote_kernel.protocol.kernel_env import DATASETS_ENV, SITE_ENV
@@ -556,13 +563,16 @@ class DatasiteCore:
             row = self.store.add_variant(output, variant.item, "suppressed", variant.summary)
             self._check_and_store(row, user_id)
 
-    async def run_query(self, session_id: str, sql: str) -> dict[str, Any]:
+    async def run_query(
+        self, session_id: str, sql: str, extra: tuple[Finding, ...] = ()
+    ) -> dict[str, Any]:
         """``rk.query`` from a kernel: run it here, record the table as an output, check it.
 
         The table is released on the datasite's own evidence (cell counts,
         dominance, ...), never on anything the kernel said; the kernel gets the
         true result back for further work, and whatever it then prints is an
-        ordinary kernel output.
+        ordinary kernel output. ``extra``: the datasite's own notes for the reviewer
+        (e.g. the DP answer an exact query was asked from), added to the evidence.
         """
         request = self.running_request(session_id)
         thresholds = self.policy.for_researcher(self.store.user_name(request.user_id))
@@ -579,6 +589,7 @@ class DatasiteCore:
         findings = tuple(outcome.findings) or (
             Finding("sound-tier", outcome.verdict, outcome.summary),
         )
+        findings += extra
         output = self.record_datasite_output(request, query_output_item(sql, shown), findings)
         return {
             "output_id": output.id,
@@ -663,6 +674,13 @@ class DatasiteCore:
         if user.role_enum is Role.RESEARCHER:
             return self.store.list_requests(user_id=user.id, status=status)
         return self.store.list_requests(status=status)
+
+    def dp_of(self, researcher_id: int) -> dict[str, Any]:
+        """A researcher's DP spending and released DP answers here, for reviewers
+        (:func:`~remote_kernel.datasite.views.dp_view`)."""
+        lines = self.store.budgets(self.store.user_name(researcher_id))
+        answers = self.store.released_datasite_outputs(researcher_id, DP_MIME, DP_ANSWERS_SHOWN)
+        return dp_view(lines, answers)
 
     def votes_of(self, outputs: list[Output]) -> Votes:
         """How the reviews of ``outputs`` stand under this site's policy (one query)."""

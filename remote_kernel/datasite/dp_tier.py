@@ -15,13 +15,14 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
+import math
 from typing import TYPE_CHECKING, Any
 
 import pandas as pd
 
 from remote_kernel.checks.filter import QUERY_MIME
-from remote_kernel.protocol.errors import InputError, QueryRejected
-from remote_kernel.protocol.models import Finding, OutputItem, Verdict
+from remote_kernel.protocol.errors import InputError, NotFound, QueryRejected
+from remote_kernel.protocol.models import Finding, OutputItem, OutputState, Verdict
 from remote_kernel.querylang import serialize_sql
 
 if TYPE_CHECKING:
@@ -60,15 +61,60 @@ async def run_dp_query(
     what = f"request:{request.id} sql-sha256:{hashlib.sha256(sql.encode()).hexdigest()}"
     charge = core.store.charge_budget(user, dataset, spent_epsilon, spent_delta, what=what)
     answer: DPAnswer = await asyncio.to_thread(plan.release)
+    item = dp_output_item(sql, answer, charge)
     finding = Finding("dp-tier", Verdict.RELEASE, cost_line(charge))
-    output = core.record_datasite_output(request, dp_output_item(sql, answer, charge), (finding,))
+    output = core.record_datasite_output(request, item, (finding,))
+    facts = item.content["data"][DP_MIME]
     return {
         "output_id": output.id,
         "summary": output.summary,
-        "result": json.loads(answer.table.to_json(orient="split", index=False)),
+        "result": {"columns": facts["columns"], "data": facts["data"]},
+        "dp": {k: v for k, v in facts.items() if k not in ("columns", "data")},
         "epsilon": charge.epsilon,
         "epsilon_left": charge.epsilon_left,
     }
+
+
+async def run_exact_of(
+    core: DatasiteCore, session_id: str, sql: str, answer_id: int
+) -> dict[str, Any]:
+    """``rk.exact(answer)``: the exact answer of one of the researcher's DP answers.
+
+    It runs on the exact tier as any ``rk.query(sql)`` does (released if every cell
+    passes, else held for a data owner); a finding tells the reviewer which DP answer it
+    came from and what that cost, so they can weigh the two side by side. Only the
+    researcher's own released DP answer with the same SQL can be named: anything else
+    is "not a DP answer of yours", so other people's ids cannot be probed.
+    """
+    request = core.running_request(session_id)
+    facts = own_dp_answer(core, request.user_id, answer_id)
+    if facts is None or facts.get("sql") != sql:
+        raise InputError(
+            f"output {answer_id} is not a DP answer of yours with this SQL: rk.exact takes "
+            "the table rk.query(sql, epsilon=...) returned"
+        )
+    delta = f", δ={facts['delta']:g}" if facts.get("delta") else ""
+    finding = Finding(
+        "exact-of-dp",
+        Verdict.RELEASE,
+        f"the exact answer of DP answer #{answer_id} (ε={facts['epsilon']:g}{delta} on "
+        f"{facts.get('dataset') or dataset_of(sql)}), which the researcher already holds: "
+        "compare the two before releasing this one",
+    )
+    return await core.run_query(session_id, sql, extra=(finding,))
+
+
+def own_dp_answer(core: DatasiteCore, user_id: int, output_id: int) -> dict[str, Any] | None:
+    """The DP payload of ``output_id`` if it is a released DP answer of ``user_id``'s."""
+    try:
+        output = core.store.get_output(output_id)
+    except NotFound:
+        return None
+    released = output.state == OutputState.RELEASED.value and output.origin == "query"
+    if not released or core.store.get_request(output.request_id).user_id != user_id:
+        return None
+    payload = json.loads(output.body)["content"].get("data", {}).get(DP_MIME)
+    return payload if isinstance(payload, dict) else None
 
 
 def dataset_of(sql: str) -> str:
@@ -110,8 +156,12 @@ def cost_line(charge: Charge) -> str:
 
 
 def dp_output_item(sql: str, answer: DPAnswer, charge: Charge) -> OutputItem:
-    """The released table: noisy values with their error bars, and its cost (text, HTML, JSON)."""
-    shown: pd.DataFrame = answer.error_bars()
+    """The released table: noisy values with their error bars, and its cost (text, HTML, JSON).
+
+    ``error_bars`` in the JSON is the table as shown ("57.3 ± 4.1 at 95%" per aggregate
+    cell), so the kernel's DataFrame and the rendered output say the same thing.
+    """
+    shown = error_bar_table(answer)
     notes = [cost_line(charge), *answer.notes]
     split = json.loads(answer.table.to_json(orient="split", index=False))
     errors = json.loads(answer.error.to_json(orient="split", index=False))
@@ -122,17 +172,58 @@ def dp_output_item(sql: str, answer: DPAnswer, charge: Charge) -> OutputItem:
         QUERY_MIME: {"sql": sql, "columns": split["columns"], "data": split["data"]},
         DP_MIME: {
             "sql": sql,
+            "dataset": charge.dataset,
             "epsilon": charge.epsilon,
             "delta": charge.delta,
             "epsilon_left": charge.epsilon_left,
+            "delta_left": charge.delta_left,
             "confidence": answer.confidence,
             "columns": split["columns"],
             "data": split["data"],
             "error": errors["data"],
-            "notes": list(answer.notes),
+            "error_bars": shown.to_numpy().tolist(),
+            "keys": list(answer.keys),
+            "notes": notes,
         },
     }
     return OutputItem("display_data", {"data": data, "metadata": {}, "transient": {}})
+
+
+def error_bar_table(answer: DPAnswer) -> pd.DataFrame:
+    """The noisy table with each aggregate cell as "57.3 ± 4.1 at 95%" (keys as they are)."""
+    shown = answer.table.copy()
+    level = f"{answer.confidence * 100:g}%"
+    for column in answer.aggregate_columns:
+        pairs = zip(answer.table[column], answer.error[column], strict=True)
+        shown[column] = [error_bar(value, error, level) for value, error in pairs]
+    return shown
+
+
+def error_bar(value: Any, error: Any, level: str) -> str:
+    """One cell for a person: the error to 2 significant digits (whole numbers kept whole)
+    and the value to the same decimal place, never in exponent notation ("57.3 ± 4.1 at
+    95%", "1234 ± 123 at 95%", "0.457 ± 0.012 at 95%")."""
+    if pd.isna(value) or not math.isfinite(float(value)):
+        return "no estimate (too few rows)"
+    value = float(value)
+    if pd.isna(error):
+        return f"{_plain(value, 4)} (no error bar for this statistic)"
+    if math.isinf(float(error)):
+        return f"{_plain(value, 4)} ± unbounded at {level}"
+    error = float(error)
+    if error <= 0:
+        return f"{_plain(value, 4)} ± 0 at {level}"
+    places = max(0, 1 - math.floor(math.log10(error)))
+    return f"{value:.{places}f} ± {round(error, places):.{places}f} at {level}"
+
+
+def _plain(value: float, digits: int) -> str:
+    """``value`` to about ``digits`` significant digits, without an exponent."""
+    if value == 0:
+        return "0"
+    places = max(0, digits - 1 - math.floor(math.log10(abs(value))))
+    shown = f"{value:.{places}f}"
+    return shown.rstrip("0").rstrip(".") if "." in shown else shown
 
 
 def _escape(text: str) -> str:

@@ -19,7 +19,9 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
+from remote_kernel.datasite.dp_tier import DP_MIME, dataset_of
 from remote_kernel.datasite.store import BudgetLine, KernelSession, Output, Push, Request
+from remote_kernel.protocol.errors import RemoteKernelError
 from remote_kernel.protocol.models import OutputState, Role
 
 
@@ -58,11 +60,13 @@ def output_view(
     role: Role,
     votes: Votes | None = None,
     variants: Mapping[int, Sequence[Output]] | None = None,
+    dp: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
     """An output as ``role`` may see it. Researchers get content only once released.
 
     Reviewers and admins also get ``required_reviews`` and ``votes`` when ``votes``
-    is given, and ``variants`` (from ``variants[output.id]``) when that is; researchers
+    is given, ``variants`` (from ``variants[output.id]``) when that is, and ``dp`` (the
+    output's researcher's DP spending and answers, :func:`dp_view`); researchers
     never do (a first vote of two changes nothing they see). A released variant is
     shown to its researcher as the original it replaces (its id); callers pass
     researchers only what :func:`researcher_outputs` keeps.
@@ -101,6 +105,8 @@ def output_view(
             view["variants"] = [
                 variant_view(v) for v in variants.get(output.id, ()) if v.state in _OFFERED
             ]
+        if dp is not None:
+            view["dp"] = dict(dp)
     return view
 
 
@@ -149,7 +155,9 @@ def request_view(
     outputs: list[Output] | None = None,
     pushes: list[Push] | None = None,
     votes: Votes | None = None,
+    dp: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
+    """A request as ``role`` may see it; ``dp`` (reviewers) goes on each of its outputs."""
     view: dict[str, Any] = {
         "id": request.id,
         "session_id": request.session_id,
@@ -167,7 +175,7 @@ def request_view(
         # Reviewers see variants under their original's "variants", not as outputs.
         variants = variants_by_original(outputs)
         view["outputs"] = [
-            output_view(o, role, votes, variants) for o in outputs if o.parent_id is None
+            output_view(o, role, votes, variants, dp) for o in outputs if o.parent_id is None
         ]
     if pushes is not None:
         # What was sent, never the bytes: reviewers see names, types, sizes and hashes.
@@ -200,4 +208,54 @@ def budget_view(line: BudgetLine) -> dict[str, Any]:
         "delta_left": line.delta_left,
         "charges": line.charges,
         "updated_at": _time(line.updated_at),
+    }
+
+
+#: How many of a researcher's DP answers a reviewer is shown (newest first).
+DP_ANSWERS_SHOWN = 50
+
+
+def dp_view(lines: Sequence[BudgetLine], answers: Sequence[Output]) -> dict[str, Any]:
+    """A researcher's DP spending and the DP answers they hold, as a reviewer sees it.
+
+    Why a reviewer gets it: an exact table can be differenced against noisy answers the
+    researcher already holds, and what they spent says how hard they have been asking.
+    ``lines`` are :meth:`Store.budgets` of that researcher, ``answers`` their released
+    DP outputs (:meth:`Store.released_datasite_outputs` with :data:`DP_MIME`).
+    """
+    spending = [
+        {
+            "dataset": line.dataset,
+            "epsilon_total": line.epsilon_total,
+            "epsilon_spent": line.epsilon_spent,
+            "epsilon_left": line.epsilon_left,
+            "charges": line.charges,
+        }
+        for line in lines
+    ]
+    shown = [fact for fact in map(dp_answer_facts, answers) if fact is not None]
+    return {"spending": spending, "answers": shown[:DP_ANSWERS_SHOWN]}
+
+
+def dp_answer_facts(output: Output) -> dict[str, Any] | None:
+    """``{output_id, request_id, dataset, sql, epsilon, created}`` of a DP answer (None if
+    ``output`` is not one: the store's LIKE only narrows)."""
+    try:
+        payload = json.loads(output.body)["content"]["data"][DP_MIME]
+        sql, epsilon = str(payload["sql"]), float(payload["epsilon"])
+    except (KeyError, TypeError, ValueError):
+        return None
+    dataset = payload.get("dataset")
+    if not isinstance(dataset, str):  # answers released before the payload named it
+        try:
+            dataset = dataset_of(sql)
+        except RemoteKernelError:  # an old body; its SQL was checked when it ran
+            dataset = ""
+    return {
+        "output_id": output.id,
+        "request_id": output.request_id,
+        "dataset": dataset,
+        "sql": sql,
+        "epsilon": epsilon,
+        "created": _time(output.created_at),
     }

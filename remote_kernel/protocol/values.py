@@ -7,7 +7,9 @@ it without running anything the researcher sent (invariant 3):
 * ``json``: numbers, strings, booleans, None, and lists/dicts of those;
 * ``dataframe`` / ``series``: Arrow IPC stream (exact dtypes, index, categories);
 * ``ndarray``: JSON lists with dtype and shape (numeric and boolean arrays);
-* ``pickle``: anything else (a fitted model), made with cloudpickle. The server
+* ``model``: a fitted scikit-learn estimator as data (class from an allow-list,
+  parameters, fitted arrays; :mod:`remote_kernel.protocol.model_values`), never a pickle;
+* ``pickle``: anything else, made with cloudpickle. The server
   never loads it; the filter holds it for a person, and the researcher's
   kernel loads it only when asked to (``load(trust=True)``).
 
@@ -40,13 +42,14 @@ import warnings
 from typing import Any
 
 from remote_kernel.protocol.errors import InputError
+from remote_kernel.protocol.model_values import ModelDecodeError, read_description, read_model
 
 #: The mime type of a cell's last value, next to its text/plain and text/html.
 VALUE_MIME = "application/vnd.remote-kernel.value+json"
 #: Values larger than this (encoded) are not attached; the printed form still is.
 VALUE_LIMIT_ENV = "REMOTE_KERNEL_VALUE_LIMIT"
 DEFAULT_VALUE_LIMIT = 4 * 1024 * 1024
-KINDS = ("json", "dataframe", "series", "ndarray", "pickle")
+KINDS = ("json", "dataframe", "series", "ndarray", "pickle", "model")
 #: Most cells (rows x columns) of a table or array value the datasite decodes.
 MAX_VALUE_CELLS = 2_000_000
 #: Most characters a decoded value may render to for the leak scan (about 3 s of scanning).
@@ -185,6 +188,8 @@ def value_texts(payload: Any) -> list[tuple[str, str]]:
             return _table_texts(table)
         if kind == "ndarray":
             return [("value", _array_text(read_ndarray(payload)))]
+        if kind == "model":
+            return model_texts(payload)
     except ValueDecodeError:
         raise
     except Exception as exc:
@@ -471,6 +476,8 @@ def describe(payload: Any) -> str:
         shape = payload.get("shape")
         shape = " x ".join(str(n) for n in shape) if isinstance(shape, list) else "?"
         return f"a {label} ({shape[:200]}) the researcher receives as an object"
+    if kind == "model":
+        return describe_model_payload(payload)
     if kind == "pickle":
         size = len(str(payload.get("pickle", ""))) * 3 // 4
         return (
@@ -481,3 +488,36 @@ def describe(payload: Any) -> str:
 
 
 # --- the datasite kernel's side ------------------------------------------------------------------
+
+
+# --- models (the data of :mod:`remote_kernel.protocol.model_values`) ------------------------------
+def model_texts(payload: dict[str, Any]) -> list[tuple[str, str]]:
+    """Every parameter, label and fitted number of a model payload, for the leak scan.
+
+    A description of an unsupported class carries no values (its class and attribute
+    names only); a supported one must pass :func:`read_model` or it is refused.
+    """
+    try:
+        if payload.get("supported") is False:
+            path, names = read_description(payload)
+            return [("model attributes", " ".join([path, *names]))]
+        return read_model(payload).texts()
+    except ModelDecodeError as exc:
+        raise ValueDecodeError(f"a malformed model: {exc}") from None
+
+
+def describe_model_payload(payload: dict[str, Any]) -> str:
+    """One line for reviewers about a model value."""
+    label = str(payload.get("class", "?"))[:200]
+    if payload.get("supported") is not True:
+        return f"a fitted {label}, described by its class only (not carried as data)"
+    try:
+        spec = read_model(payload)
+    except ModelDecodeError as exc:
+        return f"a malformed {label} model payload: {exc}"
+    leaves = spec.leaf_sizes()
+    shape = f", {len(leaves)} leaves" if leaves else ""
+    return (
+        f"a fitted {label} ({spec.n_features} features{shape}) the researcher receives as a "
+        "working model, rebuilt from these numbers (no pickle)"
+    )

@@ -50,6 +50,36 @@ from remote_kernel.researcher.api import DEFAULT_TIMEOUT, DatasiteApi, sync_clie
 FINISHED = {status.value for status in RequestStatus if status.finished}
 #: Tables the datasite computed itself (sound tier); mirrors filter.QUERY_MIME.
 QUERY_MIME = "application/vnd.remote-kernel.query+json"
+#: A DP answer's facts (cost, error bars); mirrors datasite.dp_tier.DP_MIME.
+DP_MIME = "application/vnd.remote-kernel.dp+json"
+
+
+def dp_attrs(payload: dict[str, Any], output_id: int | None, site: str | None) -> dict[str, Any]:
+    """``frame.attrs["dp"]`` of a DP answer: what it cost, what is left, and per aggregate
+    column its error bars ("57.3 ± 4.1 at 95%") and half-widths, from the released payload.
+
+    ``rk.exact(frame)`` reads ``sql`` and ``output_id`` from it.
+    """
+    columns = list(payload.get("columns") or [])
+    keys = set(payload.get("keys") or [])
+
+    def by_column(rows: Any) -> dict[str, list[Any]]:
+        rows = rows or []
+        return {c: [r[i] for r in rows] for i, c in enumerate(columns) if c not in keys}
+
+    facts = {k: payload.get(k) for k in ("sql", "dataset", "epsilon", "delta", "epsilon_left")}
+    return {
+        **facts,
+        "confidence": payload.get("confidence"),
+        "error": by_column(payload.get("error")),
+        "error_bars": by_column(payload.get("error_bars")),
+        "notes": list(payload.get("notes") or []),
+        "output_id": output_id,
+        "site": site,
+        "mock": False,
+    }
+
+
 STATUS_ORDER = {
     RequestStatus.QUEUED.value: 0,
     RequestStatus.RUNNING.value: 1,
@@ -178,7 +208,11 @@ class RemoteRequest:
             raise NoValue(f"the value at {self.site} is pending review ({last.summary})")
         if queries:
             table = queries[-1].data[QUERY_MIME]
-            return pd.DataFrame(table["data"], columns=table["columns"])
+            frame = pd.DataFrame(table["data"], columns=table["columns"])
+            dp = queries[-1].data.get(DP_MIME)
+            if isinstance(dp, dict):
+                frame.attrs["dp"] = dp_attrs(dp, queries[-1].id, self.site)
+            return frame
         if not self.finished:
             raise NoValue(f"the cell is still {self.status} at {self.site}")
         if self.status != RequestStatus.COMPLETED.value:

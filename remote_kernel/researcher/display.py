@@ -13,7 +13,7 @@ import re
 from typing import Any
 
 from remote_kernel.protocol.values import VALUE_MIME
-from remote_kernel.researcher.client import RemoteOutput, RemoteRequest
+from remote_kernel.researcher.client import DP_MIME, RemoteOutput, RemoteRequest
 
 ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
 Bundle = dict[str, Any]
@@ -92,8 +92,21 @@ def _note(text: str, color: str) -> Bundle:
     return {"text/plain": text, "text/html": _BOX.format(color=color, body=html.escape(text))}
 
 
+def dp_label(output: RemoteOutput) -> str:
+    """``differential privacy: ε=0.1 spent on heart, ε=0.2 left`` for a DP answer, else ''."""
+    facts = output.data.get(DP_MIME)
+    if not isinstance(facts, dict):
+        return ""
+    try:
+        spent, left = float(facts["epsilon"]), float(facts["epsilon_left"])
+    except (KeyError, TypeError, ValueError):
+        return ""
+    dataset = f" on {facts['dataset']}" if facts.get("dataset") else ""
+    return f"differential privacy: ε={spent:g} spent{dataset}, ε={left:g} left"
+
+
 def _released(site: str, output: RemoteOutput) -> Bundle:
-    label = f"{site} · {released_by(output)}"
+    label = " · ".join(p for p in (site, released_by(output), dp_label(output)) if p)
     header = _BOX.format(color="#2e7d32", body=html.escape(label))
     content = output.content or {}
     if output.msg_type == "stream":

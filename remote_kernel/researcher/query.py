@@ -9,6 +9,13 @@ prints is an ordinary output, checked like any other).
 
 In the researcher's own kernel the same calls run on the mock data, with the
 same validation, so a query that would be rejected fails here first.
+
+With ``epsilon=`` the datasite answers with differential privacy instead (no
+reviewer; the cost is charged to the researcher's budget), and the table returned
+carries its provenance in ``.attrs["dp"]`` (SQL, ε spent and left, error bars).
+``rk.exact(answer)`` then asks for the exact answer of that DP answer: the exact
+tier as above, held for a data owner unless every cell passes, with the DP answer
+it came from shown to the reviewer ("noisy now, exact later").
 """
 
 from __future__ import annotations
@@ -21,10 +28,10 @@ import httpx
 import pandas as pd
 
 from remote_kernel.protocol.errors import BudgetExhausted, QueryRejected, RemoteKernelError
-from remote_kernel.protocol.kernel_env import API_SOCKET_ENV, API_TOKEN_ENV
+from remote_kernel.protocol.kernel_env import API_SOCKET_ENV, API_TOKEN_ENV, SITE_ENV
 from remote_kernel.querylang import crosstab_sql, open_connection, run_on_tables
 from remote_kernel.querylang.engine import refusing_errors
-from remote_kernel.researcher.client import sites
+from remote_kernel.researcher.client import dp_attrs, sites
 from remote_kernel.researcher.data import at_datasite
 
 
@@ -54,11 +61,45 @@ def query(
     Here, on the mock, the same call gives the exact mock answer and says so.
     """
     if at_datasite():
-        return _ask_datasite(sql, epsilon, delta)
+        body = {"sql": sql} if epsilon is None else {"sql": sql, "epsilon": epsilon, "delta": delta}
+        return _ask_datasite(body)
     tables = _mock_tables(site)
     if epsilon is None:
         return run_on_tables(sql, tables)
-    return _mock_dp(sql, tables, epsilon)
+    result = _mock_dp(sql, tables, epsilon)
+    mock = {"sql": sql, "epsilon": epsilon, "delta": delta, "output_id": None, "mock": True}
+    result.attrs["dp"] = {**mock, "site": site}
+    return result
+
+
+def exact(answer: pd.DataFrame, site: str | None = None) -> pd.DataFrame:
+    """The exact answer of a DP answer (the table ``rk.query(sql, epsilon=...)`` returned).
+
+    In a remote cell the datasite runs the same SQL on its exact tier: released at
+    once if every cell passes its policy, otherwise held for a data owner, who sees
+    which DP answer it came from and what that cost. Here, on the mock, it gives the
+    mock's exact answer and says so. Either way it costs no privacy budget.
+    """
+    facts = answer.attrs.get("dp") if isinstance(answer, pd.DataFrame) else None
+    if not isinstance(facts, dict) or not isinstance(facts.get("sql"), str):
+        raise QueryRejected(
+            "rk.exact takes a DP answer: the table rk.query(sql, epsilon=...) returned "
+            "(its .attrs['dp'] names the query)"
+        )
+    if at_datasite():
+        if facts.get("output_id") is None:
+            raise QueryRejected(
+                "this table was not answered by this datasite (a mock answer?): call "
+                "rk.exact on the table rk.query(sql, epsilon=...) returned in a remote cell"
+            )
+        return _ask_datasite({"sql": facts["sql"], "exact_of": facts["output_id"]})
+    result = run_on_tables(facts["sql"], _mock_tables(site or facts.get("site")))
+    print(
+        "(mock data: the exact answer. At the datasite, rk.exact asks for the exact answer "
+        "of the DP answer: released if every cell passes the policy, otherwise held for a "
+        f"data owner, who sees the DP answer (ε={facts.get('epsilon')}) it came from)"
+    )
+    return result
 
 
 def crosstab(
@@ -92,9 +133,10 @@ def _mock_dp(sql: str, tables: dict[str, pd.DataFrame], epsilon: float) -> pd.Da
     return result
 
 
-def _ask_datasite(sql: str, epsilon: float | None, delta: float) -> pd.DataFrame:
+def _ask_datasite(body: dict[str, Any]) -> pd.DataFrame:
+    """POST a query to this kernel's datasite; the table it answers (with ``attrs["dp"]``
+    for a DP answer), or the refusal raised as BudgetExhausted / QueryRejected."""
     transport = httpx.HTTPTransport(uds=os.environ[API_SOCKET_ENV])
-    body = {"sql": sql} if epsilon is None else {"sql": sql, "epsilon": epsilon, "delta": delta}
     with httpx.Client(transport=transport, base_url="http://datasite", timeout=600) as http:
         response = http.post(
             "/kernel/query",
@@ -106,7 +148,11 @@ def _ask_datasite(sql: str, epsilon: float | None, delta: float) -> pd.DataFrame
         message = answer.get("error", {}).get("message", f"HTTP {response.status_code}")
         raise BudgetExhausted(message) if response.status_code == 403 else QueryRejected(message)
     split = answer["result"]
-    return DatasiteTable(split["data"], columns=split["columns"])
+    table = DatasiteTable(split["data"], columns=split["columns"])
+    if isinstance(answer.get("dp"), dict):
+        payload = {**answer["dp"], **split}
+        table.attrs["dp"] = dp_attrs(payload, answer.get("output_id"), os.environ.get(SITE_ENV))
+    return table
 
 
 def _mock_tables(site: str | None) -> dict[str, pd.DataFrame]:

@@ -15,6 +15,14 @@ import os
 from dataclasses import dataclass
 from typing import Any
 
+from remote_kernel.protocol.model_values import (
+    ModelDecodeError,
+    build_model,
+    describe_model,
+    is_estimator,
+    read_model,
+    supported_list,
+)
 from remote_kernel.protocol.values import (
     DEFAULT_VALUE_LIMIT,
     VALUE_LIMIT_ENV,
@@ -45,6 +53,8 @@ def _encode(obj: Any, allow_pickle: bool) -> dict[str, Any] | None:
     import pandas as pd
 
     base = {"type": type_name(obj)}
+    if is_estimator(obj):
+        return _encode_model(obj, base)
     if isinstance(obj, np.generic) and obj.dtype.kind in "biuf":
         obj = obj.item()
     if json_safe(obj):
@@ -92,6 +102,27 @@ def _encode(obj: Any, allow_pickle: bool) -> dict[str, Any] | None:
     return {**base, "kind": "pickle", "pickle": base64.b64encode(pickled).decode()}
 
 
+def _encode_model(model: Any, base: dict[str, Any]) -> dict[str, Any] | None:
+    """A fitted estimator as data (never a pickle); None while it is not fitted.
+
+    A class outside the allow-list, or one whose fitted state the allow-list's shapes
+    do not cover (a multi-output tree), travels as a description only: its class and
+    the names of its fitted attributes, which the datasite blocks with a reason.
+    """
+    if getattr(model, "n_features_in_", None) is None:
+        return None
+    payload = describe_model(model)
+    if payload.get("supported"):
+        try:
+            read_model(json.loads(json.dumps(payload)))
+        except (ModelDecodeError, TypeError, ValueError):
+            payload = {**describe_model(model), "supported": False}
+            keep = ("kind", "class", "supported")
+            names = sorted(k for k in vars(model) if k.endswith("_"))[:100]
+            payload = {k: payload[k] for k in keep} | {"attributes": names}
+    return {**base, **payload}
+
+
 def _display_only(obj: Any) -> bool:
     """Figures, axes and display objects: their picture is the output, not an object."""
     module = type(obj).__module__ or ""
@@ -137,12 +168,24 @@ def decode_value(payload: Any, site: str = "") -> Any:
         return PickledValue(str(payload.get("type", "object")), data, site)
     if kind == "ndarray":
         return read_ndarray(payload)
+    if kind == "model":
+        return decode_model(payload)
     frame = read_table(payload)
     if kind == "series":
         series = frame[payload.get("column", frame.columns[0])]
         series.name = payload.get("name")
         return series
     return frame
+
+
+def decode_model(payload: dict[str, Any]) -> Any:
+    """A working estimator rebuilt from a released model payload (no pickle is loaded)."""
+    if payload.get("supported") is not True:
+        raise ModelDecodeError(
+            f"a fitted {str(payload.get('class', '?'))[:200]} cannot be carried as data; "
+            f"the supported models are: {supported_list()}"
+        )
+    return build_model(read_model(payload))
 
 
 def attach_values(shell: Any) -> None:
@@ -166,6 +209,27 @@ def attach_values(shell: Any) -> None:
         return data, metadata
 
     hook.compute_format_data = compute_format_data
+    _attach_models_to_display(shell)
+
+
+def _attach_models_to_display(shell: Any) -> None:
+    """``display(model)`` carries the model as data too, so the datasite checks it like a
+    cell's value (a k-NN shown with ``display`` is blocked the same way)."""
+    formatter = shell.display_formatter
+    original = formatter.format
+
+    def format(obj: Any, *args: Any, **kwargs: Any) -> tuple[dict[str, Any], dict[str, Any]]:
+        data, metadata = original(obj, *args, **kwargs)
+        if data and is_estimator(obj):
+            try:
+                payload = encode_value(obj)
+            except Exception:
+                payload = None
+            if payload is not None:
+                data = {**data, VALUE_MIME: payload}
+        return data, metadata
+
+    formatter.format = format
 
 
 def receive_pushes(paths: dict[str, str], namespace: dict[str, Any]) -> list[str]:

@@ -168,6 +168,17 @@ class BaseHandler(AuthMixin, JsonErrorsMixin):
             return None
         return self.datasite.votes_of(outputs)
 
+    def dp(self, researcher_id: int) -> dict[str, Any] | None:
+        """The DP section of a reviewer's or admin's view of that researcher's outputs
+        (once per researcher per call); None for researchers, whose views do not have it."""
+        assert self.user is not None
+        if self.user.role_enum is Role.RESEARCHER:
+            return None
+        cache: dict[int, dict[str, Any]] = self.__dict__.setdefault("_dp_cache", {})
+        if researcher_id not in cache:
+            cache[researcher_id] = self.datasite.dp_of(researcher_id)
+        return cache[researcher_id]
+
     def variants(self, outputs: list[Output]) -> dict[int, list[Output]] | None:
         """The suppressed variants offered on these outputs (one query), for a reviewer's or
         admin's view; None for researchers, who never learn of a variant before release."""
@@ -379,6 +390,7 @@ class RequestsHandler(BaseHandler):
                 outputs.get(request.id),
                 store.pushes_of(request.id) if with_outputs else None,
                 votes,
+                self.dp(request.user_id) if with_outputs else None,
             )
             for request in requests
         ]
@@ -399,6 +411,7 @@ class RequestHandler(BaseHandler):
                 outputs,
                 store.pushes_of(request.id),
                 self.votes(outputs),
+                self.dp(request.user_id),
             )
         )
 
@@ -408,7 +421,10 @@ class OutputHandler(BaseHandler):
         assert self.user is not None
         output = self.datasite.visible_output(self.user, parse_id(output_id, "output"))
         role, outputs = self.user.role_enum, [output]
-        self.write_json(output_view(output, role, self.votes(outputs), self.variants(outputs)))
+        view = output_view(output, role, self.votes(outputs), self.variants(outputs))
+        if role is not Role.RESEARCHER:
+            view["dp"] = self.dp(self.datasite.store.get_request(output.request_id).user_id)
+        self.write_json(view)
 
 
 class ReviewQueueHandler(BaseHandler):
@@ -420,7 +436,7 @@ class ReviewQueueHandler(BaseHandler):
         variants = self.variants(outputs)
         for output in outputs:
             request = store.get_request(output.request_id)
-            view = output_view(output, user.role_enum, votes, variants)
+            view = output_view(output, user.role_enum, votes, variants, self.dp(request.user_id))
             view["request"] = request_view(
                 request,
                 user.role_enum,
@@ -456,7 +472,8 @@ class ReviewHandler(BaseHandler):
             user, parse_id(output_id, "output"), decision == "approve", comment
         )
         outputs = [output]
-        view = output_view(output, user.role_enum, self.votes(outputs), self.variants(outputs))
+        dp = self.dp(self.datasite.store.get_request(output.request_id).user_id)
+        view = output_view(output, user.role_enum, self.votes(outputs), self.variants(outputs), dp)
         self.write_json(view)
 
 

@@ -24,6 +24,7 @@ from tornado import web
 from tornado.httpserver import HTTPServer
 from tornado.netutil import bind_unix_socket
 
+from remote_kernel.datasite.dp_models import fit_dp_model
 from remote_kernel.datasite.dp_tier import run_dp_query
 from remote_kernel.datasite.http.handlers import JsonErrorsMixin, load_json
 from remote_kernel.protocol.errors import AuthenticationError, InputError, PermissionDenied
@@ -59,7 +60,12 @@ class KernelApi:
         Then the directory becomes enterable (not listable) and the socket connectable
         by anyone who knows its random path; every call still needs a kernel token.
         """
-        app = web.Application([(r"/kernel/query", QueryHandler, {"api": self})])
+        app = web.Application(
+            [
+                (r"/kernel/query", QueryHandler, {"api": self}),
+                (r"/kernel/fit_dp", FitDPHandler, {"api": self}),
+            ]
+        )
         self._server = HTTPServer(app, max_body_size=self.datasite.config.limits.max_code_bytes * 2)
         mode = 0o666 if other_users else 0o600
         self._server.add_socket(bind_unix_socket(str(self.socket_path), mode=mode))
@@ -115,6 +121,25 @@ class QueryHandler(JsonErrorsMixin):
                 result = await core.run_query(session_id, sql)
             else:
                 result = await run_dp_query(core, session_id, sql, float(epsilon), float(delta))
+        except (InputError, PermissionDenied) as exc:
+            core.record_refusal(session_id, str(exc))
+            raise
+        self.set_header("Content-Type", "application/json")
+        self.finish(json.dumps(result))
+
+
+class FitDPHandler(QueryHandler):
+    """``rk.fit_dp``: the datasite fits a DP model itself (``datasite/dp_models.py``)."""
+
+    async def post(self) -> None:
+        header = self.request.headers.get("Authorization", "")
+        session_id = self.api.session_for(header.removeprefix("Bearer ").strip())
+        body = load_json(self.request.body or b"null", "request body")
+        if not isinstance(body, dict):
+            raise InputError("request body must be a JSON object")
+        core = self.api.datasite
+        try:
+            result = await fit_dp_model(core, session_id, body)
         except (InputError, PermissionDenied) as exc:
             core.record_refusal(session_id, str(exc))
             raise

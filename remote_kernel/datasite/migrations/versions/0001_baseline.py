@@ -14,6 +14,8 @@ must stay what it was when the models change.
 
 from __future__ import annotations
 
+from typing import Any
+
 import sqlalchemy as sa
 from alembic import op
 
@@ -145,11 +147,21 @@ def upgrade() -> None:
         present = {c["name"] for c in inspector.get_columns(table.name)}
         for column in table.columns:
             if column.name not in present:
-                op.add_column(table.name, column.copy())
+                _add_column(conn, column)
         indexes = {i["name"] for i in inspector.get_indexes(table.name)}
         for index in table.indexes:
             if index.name not in indexes:
                 index.create(conn)
+
+
+def _add_column(conn: sa.Connection, column: sa.Column[Any]) -> None:
+    """``ALTER TABLE … ADD COLUMN`` with its REFERENCES, as the code before migrations
+    did (Alembic's SQLite ``add_column`` leaves foreign keys out)."""
+    sql_type = column.type.compile(dialect=conn.dialect)
+    ddl = f"ALTER TABLE {column.table.name} ADD COLUMN {column.name} {sql_type}"
+    for key in column.foreign_keys:
+        ddl += f" REFERENCES {key.column.table.name}({key.column.name})"
+    conn.exec_driver_sql(ddl)
 
 
 def downgrade() -> None:
