@@ -18,13 +18,15 @@ from typing import Any
 
 import pandas as pd
 import polars as pl
+from opendp.mod import OpenDPException
 
 from remote_kernel.checks.dp.answer import DPAnswer
 from remote_kernel.checks.dp.bounds import Bounder, Interval
+from remote_kernel.checks.dp.join import is_join, rewrite_join
 from remote_kernel.checks.dp.keys import KeysNotPublic, public_keys
 from remote_kernel.checks.dp.measure import Spec, compiled, spec_for
 from remote_kernel.checks.dp.metadata import DPMetadata
-from remote_kernel.checks.dp.rows import key_name, output_names, row_sql, run_rows
+from remote_kernel.checks.dp.rows import key_name, output_names, plain, row_sql, run_rows
 from remote_kernel.checks.dp.shape import DPQuery, check_dp_query
 from remote_kernel.checks.dp.tables import assemble
 from remote_kernel.protocol.errors import InputError, QueryRejected
@@ -76,7 +78,14 @@ class DPPlan:
         privacy map against exactly (epsilon, delta); budgets across queries are the
         datasite's ledger's (a ``Context`` cannot survive a restart).
         """
-        noisy = invoke(self.measurement, self.rows)
+        try:
+            noisy = invoke(self.measurement, self.rows)
+        except Exception:  # it ran on the private rows: its text could quote them
+            raise QueryRejected(
+                "the DP release failed while running on the private data; nothing was "
+                "released. The datasite does not pass the error on, because it could quote "
+                "private values."
+            ) from None
         epsilon, delta = self.spent
         return assemble(self, noisy, epsilon, delta)
 
@@ -110,30 +119,77 @@ def dp_query(
 def plan_dp_query(
     sql: str,
     tables: Mapping[str, pd.DataFrame],
-    metadata: DPMetadata,
+    metadata: DPMetadata | Mapping[str, DPMetadata],
     epsilon: float,
     delta: float = 0.0,
     confidence: float = 0.95,
 ) -> DPPlan:
-    """Check the query and build its measurement; nothing is released and no noise drawn."""
+    """Check the query and build its measurement; nothing is released and no noise drawn.
+
+    ``metadata`` is the queried dataset's, or a mapping of each dataset's (needed for a
+    join, :mod:`.join`). Every failure is a :class:`QueryRejected` or :class:`InputError`
+    whose text is made from the query, the schema and the metadata: OpenDP's own messages
+    come from building the measurement over zero rows, and anything unexpected gets a
+    fixed message, so no error can carry a private value.
+    """
     _check_loss(epsilon, delta, confidence)
+    try:
+        return _plan(sql, tables, metadata, (epsilon, delta, confidence))
+    except (InputError, QueryRejected):
+        raise
+    except OpenDPException as exc:
+        raise QueryRejected(
+            f"OpenDP cannot calibrate this query: {_opendp_reason(exc)}. Try a larger epsilon, "
+            f"tighter expressions or fewer aggregates."
+        ) from None
+    except Exception:
+        raise QueryRejected(FIXED_FAILURE) from None
+
+
+#: Said when something unexpected fails: its text could quote private values.
+FIXED_FAILURE = (
+    "the DP engine failed on this query; the datasite does not pass the error on, because it "
+    "could quote private values. Run the query on the mock to check it."
+)
+
+
+def _opendp_reason(exc: OpenDPException) -> str:
+    """OpenDP's message of a failure to build a measurement (over zero rows: no data)."""
+    text = str(getattr(exc, "message", "") or exc).strip()
+    return text.splitlines()[-1][:300] if text else type(exc).__name__
+
+
+def _plan(
+    sql: str,
+    tables: Mapping[str, pd.DataFrame],
+    metadata: DPMetadata | Mapping[str, DPMetadata],
+    loss: tuple[float, float, float],
+) -> DPPlan:
+    epsilon, delta, _ = loss
+    names: list[str] | None = None
+    notes: tuple[str, ...] = ()
+    if is_join(sql):
+        joined = rewrite_join(sql, tables, metadata)
+        sql, tables, metadata = joined.sql, {joined.dataset: joined.frame}, joined.metadata
+        names, notes = joined.names, (joined.note,)
     columns = {name: [str(c) for c in frame.columns] for name, frame in tables.items()}
     query = check_dp_query(sql, columns)
-    frame = tables[query.dataset]
+    frame = plain(tables[query.dataset])
+    metadata = _metadata_of(metadata, query.dataset)
     _check_select_items(query)
     bounds = _aggregate_bounds(query, metadata, frame)
     centres = {a.position: sum(bounds[a.position]) / 2 for a in query.aggregates if a.kind == "avg"}
-    names = output_names(query, frame)
-    keys, notes = _keys(query, metadata, frame, delta)
+    names = names or output_names(query, frame)
+    keys, key_notes = _keys(query, metadata, frame, delta)
     stage = row_sql(query, metadata, centres)
     rows = run_rows(stage, query.dataset, frame, private=True)
     by = [key_name(i) for i in range(len(query.skeleton.keys))]
     spec = spec_for(
         row_sql=stage, rows=rows, aggregates=query.aggregates, bounds=bounds, by=by,
-        keys=keys, metadata=metadata, loss=(epsilon, delta, confidence),
+        keys=keys, metadata=metadata, loss=loss,
     )  # fmt: skip
     made = compiled(spec, rows, keys)
-    notes += tuple(_bounds_notes(query, bounds))
+    notes += key_notes + tuple(_bounds_notes(query, bounds))
     plan = DPPlan(
         query, metadata, spec, rows, made.measurement, made.summary, made.half_summary,
         bounds, names, notes,
@@ -144,12 +200,39 @@ def plan_dp_query(
     return plan
 
 
+def _metadata_of(metadata: DPMetadata | Mapping[str, DPMetadata], dataset: str) -> DPMetadata:
+    if isinstance(metadata, DPMetadata):
+        return metadata
+    found = next((m for name, m in metadata.items() if name.lower() == dataset.lower()), None)
+    if found is None:
+        raise QueryRejected(f"{dataset!r} has no DP metadata, so DP queries on it are refused.")
+    return found
+
+
+#: Largest epsilon one query may spend: beyond it the noise is negligible (a count's
+#: Laplace scale is below 0.1), so the answer is in effect exact -- ask the exact tier.
+MAX_EPSILON = 10.0
+#: Largest delta one query may spend: delta is the chance the guarantee fails outright
+#: (with thresholded keys, that one person's key is shown), so it must be tiny.
+MAX_DELTA = 1e-5
+
+
 def _check_loss(epsilon: float, delta: float, confidence: float) -> None:
-    if not isinstance(epsilon, (int, float)) or not math.isfinite(epsilon) or epsilon <= 0:
-        raise InputError(f"epsilon must be a positive number, got {epsilon!r}.")
-    if not isinstance(delta, (int, float)) or not 0.0 <= delta < 1.0:
-        raise InputError(f"delta must be 0 or a small positive number below 1, got {delta!r}.")
-    if not 0.5 <= confidence < 1.0:
+    number = (int, float)
+    if (
+        isinstance(epsilon, bool)
+        or not isinstance(epsilon, number)
+        or not math.isfinite(epsilon)
+        or not 0 < epsilon <= MAX_EPSILON
+    ):
+        raise InputError(
+            f"epsilon must be a positive number of at most {MAX_EPSILON:g}, got {epsilon!r}."
+        )
+    if isinstance(delta, bool) or not isinstance(delta, number) or not 0.0 <= delta <= MAX_DELTA:
+        raise InputError(
+            f"delta must be 0 or a small positive number up to {MAX_DELTA:g}, got {delta!r}."
+        )
+    if not isinstance(confidence, number) or not 0.5 <= confidence < 1.0:
         raise InputError(f"confidence must be between 0.5 and 1, got {confidence!r}.")
 
 

@@ -25,7 +25,7 @@ import polars as pl
 
 from remote_kernel.checks.dp.bounds import is_boolean
 from remote_kernel.checks.dp.metadata import DPMetadata
-from remote_kernel.checks.dp.rows import expression_sql, from_clause, key_name, run_rows
+from remote_kernel.checks.dp.rows import expression_sql, from_clause, key_name, plain, run_rows
 from remote_kernel.checks.dp.shape import DPQuery
 from remote_kernel.querylang.parse import walk_nodes
 
@@ -70,13 +70,15 @@ def _key_values(query: DPQuery, metadata: DPMetadata, frame: pd.DataFrame, index
     if size > MAX_GRID_ROWS:
         raise KeysNotPublic(f"the key {key.text} spans {size} combinations of declared values")
     grid = pd.DataFrame(list(itertools.product(*grids.values())), columns=list(grids))
-    grid = grid.astype({c: frame[c].dtype for c in grids}) if len(grid) else grid
+    grid = grid.astype({c: plain(frame)[c].dtype for c in grids}) if len(grid) else grid
     # The key is a checked parse-tree expression printed by DuckDB, not the researcher's text.
     sql = (
         f"SELECT DISTINCT {expression_sql(key.expression)} AS {key_name(index)} "  # noqa: S608
         f"FROM {from_clause(query)}"
     )
-    values = run_rows(sql, query.dataset, grid, private=False)[key_name(index)].drop_nulls()
+    # The grid is public, but its column types are the private frame's: say nothing more
+    # than a bind error, as for the private rows.
+    values = run_rows(sql, query.dataset, grid, private=True)[key_name(index)].drop_nulls()
     return values.sort()
 
 
@@ -96,7 +98,7 @@ def _grid(column: str, metadata: DPMetadata, frame: pd.DataFrame, key: str) -> l
     categories = metadata.categories_of(column)
     if categories is not None:
         return list(categories)
-    dtype = frame[column].dtype
+    dtype = plain(frame)[column].dtype
     if pd.api.types.is_bool_dtype(dtype):
         return [False, True]
     bounds = metadata.bounds_of(column)

@@ -9,11 +9,16 @@ declared category set are counted in no group.
 
 The YAML-like form :func:`parse_metadata` reads::
 
-    privacy_unit: row                 # or {id: patient_id, max_contributions: 3}
+    privacy_unit: row                 # or {id: patient_id, max_contributions: 3, name: patient}
     max_rows: 100000                  # upper bound on the number of rows
     max_groups: 50                    # upper bound on the groups of a non-public key
     bounds: {age: [20, 80], chol: [100, 600]}
     public_categories: {sex: [0, 1], cp: [1, 2, 3, 4]}
+
+Two datasets of one site can be joined by the DP tier only when both declare an
+``id`` privacy unit with the same ``name`` (default: the id column's name), which
+says that their id columns identify the same people, and the query joins ON those
+id columns (see :mod:`.join`).
 """
 
 from __future__ import annotations
@@ -44,6 +49,8 @@ class PrivacyUnit:
 
     id_column: str | None = None
     max_contributions: int = 1
+    #: Which people the ids identify: two datasets join only on units of the same name.
+    name: str | None = None
 
     @property
     def is_row(self) -> bool:
@@ -143,16 +150,19 @@ def _parse_categories(raw: Any, where: str) -> dict[str, tuple[Any, ...]]:
 def _parse_unit(raw: Any, where: str) -> PrivacyUnit:
     if raw == "row":
         return PrivacyUnit()
-    if not isinstance(raw, Mapping) or set(map(str, raw)) - {"id", "max_contributions"}:
+    if not isinstance(raw, Mapping) or set(map(str, raw)) - {"id", "max_contributions", "name"}:
         raise DPMetadataError(
             f"{where}: write 'row' (each row is one person) or "
-            f"{{id: <column>, max_contributions: <n>}}; got {raw!r}."
+            f"{{id: <column>, max_contributions: <n>[, name: <unit>]}}; got {raw!r}."
         )
     column = raw.get("id")
     if not isinstance(column, str) or not column:
         raise DPMetadataError(f"{where}.id: name the column that identifies a person.")
     contributions = _positive_int(raw.get("max_contributions"), f"{where}.max_contributions")
-    return PrivacyUnit(column, contributions)
+    name = raw.get("name", column)
+    if not isinstance(name, str) or not name.strip():
+        raise DPMetadataError(f"{where}.name: name the unit (e.g. patient), got {name!r}.")
+    return PrivacyUnit(column, contributions, name.strip().lower())
 
 
 def _positive_int(value: Any, where: str) -> int:

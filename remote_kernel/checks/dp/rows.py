@@ -12,6 +12,7 @@ to ``max_contributions`` here, chosen by the rows' own values only.
 from __future__ import annotations
 
 import copy
+import weakref
 from collections.abc import Mapping
 from typing import Any
 
@@ -108,9 +109,34 @@ def row_sql(query: DPQuery, metadata: DPMetadata, centres: Mapping[int, float]) 
     )
 
 
+_plain_frames: dict[int, tuple[weakref.ref[pd.DataFrame], pd.DataFrame]] = {}
+
+
+def plain(frame: pd.DataFrame) -> pd.DataFrame:
+    """The frame with categorical columns as plain values (converted once per frame).
+
+    DuckDB registers a pandas categorical as an ENUM type whose values are the
+    category set -- taken from the private data -- and prints that type in binder
+    errors ("No function matches 'sum(ENUM('P00017', ...))'"), which are relayed.
+    As plain values the type is VARCHAR (or the categories' own type): schema only.
+    """
+    categorical = [c for c in frame.columns if isinstance(frame[c].dtype, pd.CategoricalDtype)]
+    if not categorical:
+        return frame
+    cached = _plain_frames.get(id(frame))
+    if cached is not None and cached[0]() is frame:
+        return cached[1]
+    converted = frame.astype({c: frame[c].cat.categories.dtype for c in categorical})
+    _plain_frames[id(frame)] = (weakref.ref(frame), converted)
+    for key, (ref, _) in list(_plain_frames.items()):
+        if ref() is None:
+            del _plain_frames[key]
+    return converted
+
+
 def run_rows(sql: str, dataset: str, frame: pd.DataFrame, *, private: bool) -> pl.DataFrame:
     """Run generated SQL on one table; errors never quote private values."""
-    con = open_connection({dataset: frame})
+    con = open_connection({dataset: plain(frame)})
     try:
         with refusing_errors(private=private):
             table = con.sql(sql).to_arrow_table()
@@ -121,7 +147,7 @@ def run_rows(sql: str, dataset: str, frame: pd.DataFrame, *, private: bool) -> p
 
 def output_names(query: DPQuery, frame: pd.DataFrame) -> list[str]:
     """The column names DuckDB gives the query's result, from a run on zero rows (schema only)."""
-    empty = frame.iloc[:0]
+    empty = plain(frame).iloc[:0]
     con = open_connection({query.dataset: empty})
     try:
         with refusing_errors(private=True):  # zero rows: only bind errors can happen
