@@ -40,12 +40,13 @@ _EXPORTS = {
     "last": "remote_kernel.researcher.fanout",
     "run_everywhere": "remote_kernel.researcher.fanout",
     "crosstab": "remote_kernel.researcher.query",
+    "exact": "remote_kernel.researcher.query",
     "fit_dp": "remote_kernel.researcher.dp_models",
     "query": "remote_kernel.researcher.query",
     "PickledValue": "remote_kernel.researcher.values",
 }
 #: Modules offered as attributes (``rk.acro.show(...)``).
-_MODULES = {"acro": "remote_kernel.researcher.acro"}
+_MODULES = {"acro": "remote_kernel.researcher.acro", "secure": "remote_kernel.researcher.secure"}
 
 
 def __getattr__(name: str) -> Any:
@@ -85,12 +86,14 @@ __all__ = [
     "crosstab",
     "data",
     "disconnect",
+    "exact",
     "fit_dp",
     "last",
     "load_ipython_extension",
     "query",
     "requests",
     "run_everywhere",
+    "secure",
     "sites",
 ]
 
