@@ -21,6 +21,7 @@ from typing import Any
 
 import yaml
 
+from remote_kernel.datasite.mpc.settings import MpcSettings, MpcSettingsError, parse_mpc
 from remote_kernel.protocol import names
 from remote_kernel.protocol.errors import InputError, UnknownDataset
 
@@ -109,6 +110,8 @@ class DatasetEntry:
     columns: list[ColumnSchema]
     description: str = ""
     source: str = ""  # where the admin imported it from, for the admin's records
+    #: Opted into joint computations with peer sites (``rk.secure``); off by default.
+    mpc: bool = False
 
     def to_public_json(self) -> dict[str, Any]:
         """What a researcher may know about a dataset: its name and shape of its columns."""
@@ -131,6 +134,8 @@ class DatasiteConfig:
     kernels: KernelSettings = field(default_factory=KernelSettings)
     auth: AuthSettings = field(default_factory=AuthSettings)
     datasets: dict[str, DatasetEntry] = field(default_factory=dict)
+    #: MPC peers and this site's own MPC party (see :mod:`remote_kernel.datasite.mpc`).
+    mpc: MpcSettings = field(default_factory=MpcSettings)
 
     # --- paths ---------------------------------------------------------------------------
     @property
@@ -160,7 +165,7 @@ class DatasiteConfig:
 
     # --- persistence ---------------------------------------------------------------------
     def to_yaml_dict(self) -> dict[str, Any]:
-        return {
+        out: dict[str, Any] = {
             "name": self.name,
             "store": self.db_url,
             "output_filter": self.output_filter,
@@ -174,10 +179,15 @@ class DatasiteConfig:
                     "description": d.description,
                     "source": d.source,
                     "columns": [asdict(c) for c in d.columns],
+                    **({"mpc": True} if d.mpc else {}),
                 }
                 for name, d in sorted(self.datasets.items())
             },
         }
+        mpc = self.mpc.to_yaml()
+        if mpc is not None:
+            out["mpc"] = mpc
+        return out
 
     def save(self) -> None:
         """Write atomically so that a crash never leaves half a config behind."""
@@ -204,6 +214,7 @@ class DatasiteConfig:
                     description=d.get("description", ""),
                     source=d.get("source", ""),
                     columns=[ColumnSchema(**c) for c in d.get("columns", [])],
+                    mpc=d.get("mpc", False) is True,
                 )
                 for name, d in (raw.get("datasets") or {}).items()
             }
@@ -222,6 +233,7 @@ class DatasiteConfig:
                 kernels=kernels,
                 auth=AuthSettings(**(raw.get("auth") or {})),
                 datasets=datasets,
+                mpc=_mpc_settings(raw.get("mpc"), path),
             )
         except (KeyError, TypeError) as exc:
             raise ConfigError(f"{path} is not a valid datasite config: {exc}") from exc
@@ -268,3 +280,10 @@ def _store_url(raw: Any, path: Path) -> str | None:
             f"directory), not {shown}"
         )
     return str(raw)
+
+
+def _mpc_settings(raw: Any, path: Path) -> MpcSettings:
+    try:
+        return parse_mpc(raw)
+    except MpcSettingsError as exc:
+        raise ConfigError(f"{path}: {exc}") from None

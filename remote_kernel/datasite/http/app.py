@@ -53,6 +53,7 @@ def routes(
         (r"/api/outputs/" + ID.format("output_id") + "/review", h.ReviewHandler, kw),
         (r"/api/reviews", h.ReviewQueueHandler, kw),
         (r"/api/budgets", h.BudgetsHandler, kw),
+        (r"/api/secure/query", h.SecureQueryHandler, kw),
     ]
 
 

@@ -19,6 +19,8 @@ from tornado import web, websocket
 
 from remote_kernel._version import __version__
 from remote_kernel.datasite.config import DatasiteConfig
+from remote_kernel.datasite.mpc.errors import JointComputationFailed
+from remote_kernel.datasite.mpc.run import secure_query
 from remote_kernel.datasite.store import Output, User
 from remote_kernel.datasite.views import (
     Votes,
@@ -456,6 +458,23 @@ class BudgetsHandler(BaseHandler):
         own = self.user.role_enum is Role.RESEARCHER
         lines = self.datasite.store.budgets(self.user.name if own else None)
         self.write_json([budget_view(line) for line in lines])
+
+
+class SecureQueryHandler(BaseHandler):
+    """This site's part of a pooled query computed with its MPC peers (``rk.secure.query``).
+
+    Verified here on its own; the site answers only with the pooled table, once every
+    party's policy passed it (:mod:`remote_kernel.datasite.mpc`)."""
+
+    async def post(self) -> None:
+        user = self.require(Role.RESEARCHER)
+        try:
+            self.write_json(await secure_query(self.datasite, user, self.json_body()))
+        except JointComputationFailed as exc:
+            # A peer's failure, not this server's: a 503 that says what happened (and no
+            # traceback in the log; the audit entry has the outcome).
+            log.warning("joint computation failed: %s", exc)
+            finish_error(self, 503, str(exc), {})
 
 
 class ReviewHandler(BaseHandler):
