@@ -381,6 +381,8 @@ def test_a_dp_model_is_released_and_charged_and_refused_when_short(
     model = decode_value(mine.json()["content"]["data"][VALUE_MIME])
     assert type(model).__module__.startswith("diffprivlib")
     assert set(model.predict(private[["age", "chol"]].dropna())) <= {0, 1}
+    same = request.value()  # the cell's value, for the researcher: the released model
+    np.testing.assert_array_equal(same.coef_, model.coef_)
     store = site.store()
     (line,) = store.budgets("alice")
     assert line.epsilon_spent == pytest.approx(0.5) and line.charges == 1
@@ -427,3 +429,25 @@ def test_forged_model_payloads_from_a_real_kernel_are_refused(
         assert view["state"] == "blocked", view["findings"]
     rows = private[FEATURES].dropna().to_numpy(dtype=float)
     assert rows_found(received_by_researcher(site, request.id), rows) == 0
+
+
+# --- SACRO-ML, an optional extra -------------------------------------------------------------
+def test_the_attack_command_says_clearly_when_sacroml_is_absent(tmp_path: Any) -> None:
+    import importlib.util
+
+    if importlib.util.find_spec("sacroml") is not None:
+        pytest.skip("sacroml is installed here; this test is about its absence")
+    command = [sys.executable, "-m", "remote_kernel.cli", "review", "attack", "1"]
+    done = subprocess.run(
+        [*command, "--datasite", str(tmp_path), "--target", "sex"], capture_output=True, text=True
+    )
+    assert done.returncode == 2
+    assert "SACRO-ML is not installed" in done.stderr and "skipped" in done.stderr
+    assert "torch==2.13.0" in done.stderr and "models-attacks" in done.stderr
+    assert list(tmp_path.iterdir()) == []  # nothing was written
+    bad = subprocess.run(
+        [*command, "--datasite", str(tmp_path), "--target", "sex", "--attacks", "nope"],
+        capture_output=True,
+        text=True,
+    )
+    assert bad.returncode == 2 and "unknown attack" in bad.stderr

@@ -14,6 +14,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+from remote_kernel.cli.attack import add_attack_parser
 from remote_kernel.cli.common import CliError, Subparsers
 from remote_kernel.protocol.errors import RemoteKernelError
 
@@ -50,6 +51,8 @@ def add_parser(top: Subparsers) -> None:
     reviewer_args(p)
     p.add_argument("--comment", required=True)
     p.set_defaults(func=cmd_review_decide, approve=False)
+
+    add_attack_parser(cmds)
 
 
 def reviewer_args(p: argparse.ArgumentParser) -> None:

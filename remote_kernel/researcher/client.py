@@ -80,6 +80,10 @@ def dp_attrs(payload: dict[str, Any], output_id: int | None, site: str | None) -
     }
 
 
+def _is_model(payload: Any) -> bool:
+    return isinstance(payload, dict) and payload.get("kind") == "model"
+
+
 STATUS_ORDER = {
     RequestStatus.QUEUED.value: 0,
     RequestStatus.RUNNING.value: 1,
@@ -180,9 +184,11 @@ class RemoteRequest:
     def value(self) -> Any:
         """The cell's last value as a Python object, once released.
 
-        The value of the last expression (a DataFrame comes back as a DataFrame,
-        a fitted model as a :class:`~remote_kernel.protocol.values.PickledValue`); for a cell
-        whose last value is a datasite table (``rk.query``), that released table.
+        The value of the last expression (a DataFrame comes back as a DataFrame, a
+        fitted scikit-learn model as a working model rebuilt from data, other objects
+        as a :class:`~remote_kernel.protocol.values.PickledValue`); for a cell whose last
+        value is a datasite table (``rk.query``), that released table; else a released
+        model the cell displayed (``rk.fit_dp``).
         Raises :class:`NoValue` saying what stands in the way.
         """
         from remote_kernel.protocol.values import VALUE_MIME
@@ -213,6 +219,10 @@ class RemoteRequest:
             if isinstance(dp, dict):
                 frame.attrs["dp"] = dp_attrs(dp, queries[-1].id, self.site)
             return frame
+        models = [o for o in outputs if o.released and o.msg_type == "display_data"]
+        models = [o for o in models if _is_model(o.data.get(VALUE_MIME))]
+        if models:  # a model the datasite fitted (rk.fit_dp) or a reviewer released
+            return decode_value(models[-1].data[VALUE_MIME], self.site)
         if not self.finished:
             raise NoValue(f"the cell is still {self.status} at {self.site}")
         if self.status != RequestStatus.COMPLETED.value:
