@@ -82,9 +82,50 @@ class KernelSettings:
     sandbox_dir: str | None = None
     #: Size of the private, empty /tmp (and /var/tmp, /dev/shm) a sandboxed kernel gets.
     private_tmp_mb: int = 256
+    #: ``local``: kernels on this machine (jupyter_client); ``gateway``: through a Jupyter
+    #: (Enterprise) Gateway at ``gateway_url`` (``datasite/gateway.py``, docs/operators.md).
+    provider: str = "local"
+    gateway_url: str = ""
+    #: The gateway's auth token is read from this environment variable (not the file).
+    gateway_token_env: str = "REMOTE_KERNEL_GATEWAY_TOKEN"  # noqa: S105 (a variable's name)
+    gateway_kernel_name: str = "python3"
+    #: ``KERNEL_USERNAME`` of gateway kernels (their process proxy runs them as this user).
+    gateway_username: str = "remote-kernel"
+    #: Where kernels on other machines reach the kernel API (TCP + TLS), e.g. ``0.0.0.0:8790``,
+    #: the address they are told (``https://datasite.internal:8790``), and its TLS files.
+    api_listen: str = ""
+    api_url: str = ""
+    api_certfile: str = ""
+    api_keyfile: str = ""
+
+    def gateway_token(self) -> str:
+        return os.environ.get(self.gateway_token_env, "")
+
+    def check(self, path: Path) -> None:
+        """Refuse settings that cannot work, naming the key (config errors are caught early)."""
+        if self.sandbox not in SANDBOX_MODES:
+            raise ConfigError(
+                f"{path}: kernels.sandbox must be one of {', '.join(SANDBOX_MODES)}, "
+                f"not {self.sandbox!r}"
+            )
+        if self.provider not in KERNEL_PROVIDERS:
+            raise ConfigError(
+                f"{path}: kernels.provider must be one of {', '.join(KERNEL_PROVIDERS)}, "
+                f"not {self.provider!r}"
+            )
+        if self.provider == "gateway":
+            missing = [k for k in GATEWAY_KEYS if not getattr(self, k)]
+            if missing:
+                raise ConfigError(
+                    f"{path}: kernels.provider 'gateway' needs "
+                    + ", ".join(f"kernels.{k}" for k in missing)
+                )
 
 
 SANDBOX_MODES = ("auto", "namespace", "none")
+KERNEL_PROVIDERS = ("local", "gateway")
+#: What a gateway provider cannot do without (its kernels reach the datasite over TLS).
+GATEWAY_KEYS = ("gateway_url", "api_listen", "api_url", "api_certfile", "api_keyfile")
 
 
 @dataclass
@@ -219,11 +260,7 @@ class DatasiteConfig:
                 for name, d in (raw.get("datasets") or {}).items()
             }
             kernels = KernelSettings(**(raw.get("kernels") or {}))
-            if kernels.sandbox not in SANDBOX_MODES:
-                raise ConfigError(
-                    f"{path}: kernels.sandbox must be one of {', '.join(SANDBOX_MODES)}, "
-                    f"not {kernels.sandbox!r}"
-                )
+            kernels.check(path)
             return cls(
                 name=check_name("datasite", raw["name"]),
                 directory=directory,
@@ -257,6 +294,14 @@ class DatasiteConfig:
         config.save()
         return config
 
+
+def _mpc_settings(raw: Any, path: Path) -> MpcSettings:
+    try:
+        return parse_mpc(raw)
+    except MpcSettingsError as exc:
+        raise ConfigError(f"{path}: {exc}") from None
+
+
 STORE_BACKENDS = ("sqlite", "postgresql")
 
 
@@ -280,10 +325,3 @@ def _store_url(raw: Any, path: Path) -> str | None:
             f"directory), not {shown}"
         )
     return str(raw)
-
-
-def _mpc_settings(raw: Any, path: Path) -> MpcSettings:
-    try:
-        return parse_mpc(raw)
-    except MpcSettingsError as exc:
-        raise ConfigError(f"{path}: {exc}") from None

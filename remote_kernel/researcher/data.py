@@ -7,6 +7,7 @@ connected datasite); in a kernel the datasite started (which has
 
 from __future__ import annotations
 
+import io
 import json
 import os
 from pathlib import Path
@@ -17,6 +18,7 @@ from remote_kernel.protocol.errors import RemoteKernelError, UnknownDataset
 from remote_kernel.protocol.kernel_env import DATASET_FDS_ENV, DATASETS_ENV
 from remote_kernel.protocol.names import NAME_PATTERN
 from remote_kernel.researcher.client import sites
+from remote_kernel.researcher.kernel_api import kernel_api_client, remote_kernel_api
 
 #: The columns of the mock each dataset name last returned here, so that a fan-out
 #: can warn when a site's table differs from what the cell was tried on.
@@ -24,8 +26,8 @@ mock_schemas: dict[str, list[dict[str, str]]] = {}
 
 
 def at_datasite() -> bool:
-    """True inside a researcher kernel started by a datasite."""
-    return bool(os.environ.get(DATASETS_ENV))
+    """True inside a researcher kernel started by a datasite (here or through a gateway)."""
+    return bool(os.environ.get(DATASETS_ENV)) or remote_kernel_api()
 
 
 def data(name: str, site: str | None = None) -> pd.DataFrame:
@@ -36,6 +38,8 @@ def data(name: str, site: str | None = None) -> pd.DataFrame:
 
 
 def _private(name: str) -> pd.DataFrame:
+    if remote_kernel_api():
+        return _fetched(name)
     handed = os.environ.get(DATASET_FDS_ENV)
     if handed:
         # A sandboxed kernel cannot open the datasite directory: its launcher opened
@@ -57,6 +61,18 @@ def _private(name: str) -> pd.DataFrame:
             f"this datasite has no dataset {name!r} (available: {', '.join(available) or 'none'})"
         )
     return pd.read_parquet(path)
+
+
+def _fetched(name: str) -> pd.DataFrame:
+    """A kernel on another machine (a gateway's) gets its table from the kernel API."""
+    if not NAME_PATTERN.match(name):
+        raise UnknownDataset(f"this datasite has no dataset {name!r}")
+    with kernel_api_client() as http:
+        response = http.get(f"/kernel/datasets/{name}")
+    if response.status_code == 404:
+        raise UnknownDataset(response.json()["error"]["message"])
+    response.raise_for_status()
+    return pd.read_parquet(io.BytesIO(response.content))
 
 
 def _mock(name: str, site: str | None) -> pd.DataFrame:

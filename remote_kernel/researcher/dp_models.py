@@ -9,17 +9,14 @@ the same call fits the same estimator on the mock data, without a budget, and sa
 
 from __future__ import annotations
 
-import os
 import warnings
 from collections.abc import Sequence
 from typing import Any
 
-import httpx
-
 from remote_kernel.protocol.errors import BudgetExhausted, QueryRejected
-from remote_kernel.protocol.kernel_env import API_SOCKET_ENV, API_TOKEN_ENV
 from remote_kernel.protocol.model_values import build_model, describe_model, read_model
 from remote_kernel.researcher.data import at_datasite, data
+from remote_kernel.researcher.kernel_api import kernel_api_client
 
 
 def fit_dp(
@@ -52,13 +49,8 @@ def _ask_datasite(model: Any, dataset: str, features: list[str], target: str) ->
         "features": features,
         "target": target,
     }
-    transport = httpx.HTTPTransport(uds=os.environ[API_SOCKET_ENV])
-    with httpx.Client(transport=transport, base_url="http://datasite", timeout=600) as http:
-        response = http.post(
-            "/kernel/fit_dp",
-            json=body,
-            headers={"Authorization": f"Bearer {os.environ[API_TOKEN_ENV]}"},
-        )
+    with kernel_api_client() as http:
+        response = http.post("/kernel/fit_dp", json=body)
     answer: dict[str, Any] = response.json()
     if response.status_code != 200:
         message = answer.get("error", {}).get("message", f"HTTP {response.status_code}")

@@ -24,15 +24,15 @@ import os
 from collections.abc import Sequence
 from typing import Any
 
-import httpx
 import pandas as pd
 
 from remote_kernel.protocol.errors import BudgetExhausted, QueryRejected, RemoteKernelError
-from remote_kernel.protocol.kernel_env import API_SOCKET_ENV, API_TOKEN_ENV, SITE_ENV
+from remote_kernel.protocol.kernel_env import SITE_ENV
 from remote_kernel.querylang import crosstab_sql, open_connection, run_on_tables
 from remote_kernel.querylang.engine import refusing_errors
 from remote_kernel.researcher.client import dp_attrs, sites
 from remote_kernel.researcher.data import at_datasite
+from remote_kernel.researcher.kernel_api import kernel_api_client
 
 
 class DatasiteTable(pd.DataFrame):
@@ -136,13 +136,8 @@ def _mock_dp(sql: str, tables: dict[str, pd.DataFrame], epsilon: float) -> pd.Da
 def _ask_datasite(body: dict[str, Any]) -> pd.DataFrame:
     """POST a query to this kernel's datasite; the table it answers (with ``attrs["dp"]``
     for a DP answer), or the refusal raised as BudgetExhausted / QueryRejected."""
-    transport = httpx.HTTPTransport(uds=os.environ[API_SOCKET_ENV])
-    with httpx.Client(transport=transport, base_url="http://datasite", timeout=600) as http:
-        response = http.post(
-            "/kernel/query",
-            json=body,
-            headers={"Authorization": f"Bearer {os.environ[API_TOKEN_ENV]}"},
-        )
+    with kernel_api_client() as http:
+        response = http.post("/kernel/query", json=body)
     answer: dict[str, Any] = response.json()
     if response.status_code != 200:
         message = answer.get("error", {}).get("message", f"HTTP {response.status_code}")

@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
-import ssl
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -19,9 +18,11 @@ from remote_kernel.checks.policy import load_policy
 from remote_kernel.datasite.config import DatasiteConfig
 from remote_kernel.datasite.core import DatasiteCore
 from remote_kernel.datasite.datasets import load_private_tables
+from remote_kernel.datasite.gateway import GatewayKernelProvider
 from remote_kernel.datasite.http import handlers as h
 from remote_kernel.datasite.http.kernel_api import KernelApi
 from remote_kernel.datasite.http.throttle import AuthThrottle
+from remote_kernel.datasite.http.tls import tls_context
 from remote_kernel.datasite.kernels import LocalKernelProvider
 from remote_kernel.datasite.store import Store
 
@@ -68,6 +69,21 @@ def make_app(datasite: DatasiteCore) -> web.Application:
     )
 
 
+def kernel_provider(config: DatasiteConfig) -> LocalKernelProvider | GatewayKernelProvider:
+    """``kernels.provider``: kernels on this machine, or through a Jupyter gateway."""
+    if config.kernels.provider == "gateway":
+        return GatewayKernelProvider(config.kernels)
+    return LocalKernelProvider(
+        config.directory / "runtime",
+        config.kernels.startup_timeout_seconds,
+        settings=config.kernels,
+        datasets={
+            name: config.directory / entry.private for name, entry in config.datasets.items()
+        },
+        site=config.name,
+    )
+
+
 def body_limit(config: DatasiteConfig) -> int:
     """Room for JSON-escaped code and base64 pushes up to their limits, so they get JSON errors."""
     limits = config.limits
@@ -83,15 +99,7 @@ def build_datasite(config: DatasiteConfig, allow_insecure: bool = False) -> Data
     if config.output_filter == RuleBasedFilter.name:
         scanner = PrivateIndex.build(tables, policy.datasets)
     output_filter = make_filter(config.output_filter, policy, scanner, allow_insecure)
-    provider = LocalKernelProvider(
-        config.directory / "runtime",
-        config.kernels.startup_timeout_seconds,
-        settings=config.kernels,
-        datasets={
-            name: config.directory / entry.private for name, entry in config.datasets.items()
-        },
-        site=config.name,
-    )
+    provider = kernel_provider(config)
     return DatasiteCore(
         config,
         Store(config.database_url),
@@ -101,17 +109,6 @@ def build_datasite(config: DatasiteConfig, allow_insecure: bool = False) -> Data
         tables,
         kernel_api=KernelApi,
     )
-
-
-def tls_context(certfile: str, keyfile: str) -> ssl.SSLContext:
-    """A server TLS context from PEM files; errors name the file that is wrong."""
-    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    context.minimum_version = ssl.TLSVersion.TLSv1_2
-    try:
-        context.load_cert_chain(certfile, keyfile)
-    except (OSError, ssl.SSLError) as exc:
-        raise OSError(f"cannot load TLS certificate {certfile} / key {keyfile}: {exc}") from None
-    return context
 
 
 async def run_server(

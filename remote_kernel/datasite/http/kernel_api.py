@@ -10,6 +10,7 @@ for its session at start-up.
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import json
 import os
@@ -27,8 +28,19 @@ from tornado.netutil import bind_unix_socket
 from remote_kernel.datasite.dp_models import fit_dp_model
 from remote_kernel.datasite.dp_tier import run_dp_query, run_exact_of
 from remote_kernel.datasite.http.handlers import JsonErrorsMixin, load_json
-from remote_kernel.protocol.errors import AuthenticationError, InputError, PermissionDenied
-from remote_kernel.protocol.kernel_env import API_SOCKET_ENV, API_TOKEN_ENV
+from remote_kernel.datasite.http.tls import tls_context
+from remote_kernel.protocol.errors import (
+    AuthenticationError,
+    InputError,
+    PermissionDenied,
+    UnknownDataset,
+)
+from remote_kernel.protocol.kernel_env import (
+    API_CA_ENV,
+    API_SOCKET_ENV,
+    API_TOKEN_ENV,
+    API_URL_ENV,
+)
 
 if TYPE_CHECKING:
     from remote_kernel.datasite.core import DatasiteCore
@@ -53,6 +65,10 @@ class KernelApi:
         os.chmod(self._directory, 0o700)
         self.socket_path = self._directory / "kernel-api.sock"
         self._server: HTTPServer | None = None
+        #: The TLS listener for kernels elsewhere, the URL they are told, and its certificate.
+        self._tcp_server: HTTPServer | None = None
+        self.url = ""
+        self.ca = ""
 
     def start(self, other_users: bool = False) -> None:
         """Listen; ``other_users``: kernels run as uids of their own and must reach the socket.
@@ -64,17 +80,34 @@ class KernelApi:
             [
                 (r"/kernel/query", QueryHandler, {"api": self}),
                 (r"/kernel/fit_dp", FitDPHandler, {"api": self}),
+                (r"/kernel/datasets/([^/]+)", DatasetHandler, {"api": self}),
             ]
         )
-        self._server = HTTPServer(app, max_body_size=self.datasite.config.limits.max_code_bytes * 2)
+        limit = self.datasite.config.limits.max_code_bytes * 2
+        self._server = HTTPServer(app, max_body_size=limit)
         mode = 0o666 if other_users else 0o600
         self._server.add_socket(bind_unix_socket(str(self.socket_path), mode=mode))
         if other_users:
             os.chmod(self._directory, 0o711)  # noqa: S103 (enter, not list)
+        self._listen_tcp(app, limit)
+
+    def _listen_tcp(self, app: web.Application, limit: int) -> None:
+        """For kernels on other machines (``kernels.provider: gateway``): TLS only, on
+        ``kernels.api_listen``; the same tokens, the same handlers, plus their tables."""
+        settings = self.datasite.config.kernels
+        if not settings.api_listen:
+            return
+        host, _, port = settings.api_listen.rpartition(":")
+        tls = tls_context(settings.api_certfile, settings.api_keyfile)
+        self._tcp_server = HTTPServer(app, ssl_options=tls, max_body_size=limit)
+        self._tcp_server.listen(int(port), host or "0.0.0.0")  # noqa: S104 (configured)
+        self.url = settings.api_url.rstrip("/")
+        self.ca = Path(settings.api_certfile).read_text()
 
     def stop(self) -> None:
-        if self._server is not None:
-            self._server.stop()
+        for server in (self._server, self._tcp_server):
+            if server is not None:
+                server.stop()
         shutil.rmtree(self._directory, ignore_errors=True)
 
     def kernel_env(self, session_id: str) -> dict[str, str]:
@@ -82,7 +115,10 @@ class KernelApi:
         self.revoke(session_id)
         token = secrets.token_urlsafe(32)
         self._tokens[token] = session_id
-        return {API_SOCKET_ENV: str(self.socket_path), API_TOKEN_ENV: token}
+        env = {API_SOCKET_ENV: str(self.socket_path), API_TOKEN_ENV: token}
+        if self.url:
+            env.update({API_URL_ENV: self.url, API_CA_ENV: self.ca})
+        return env
 
     def revoke(self, session_id: str) -> None:
         for token, owner in list(self._tokens.items()):
@@ -150,6 +186,25 @@ class FitDPHandler(QueryHandler):
             raise
         self.set_header("Content-Type", "application/json")
         self.finish(json.dumps(result))
+
+
+class DatasetHandler(QueryHandler):
+    """A private table for a kernel on another machine (``rk.data`` there): Parquet bytes.
+
+    Only to a live kernel token (the kernel of a session this datasite started), and
+    only over the TLS listener or the socket -- never on the researcher-facing port.
+    """
+
+    async def get(self, name: str) -> None:
+        header = self.request.headers.get("Authorization", "")
+        self.api.session_for(header.removeprefix("Bearer ").strip())
+        entry = self.api.datasite.config.datasets.get(name)
+        if entry is None:
+            available = ", ".join(sorted(self.api.datasite.config.datasets)) or "none"
+            raise UnknownDataset(f"this datasite has no dataset {name!r} (available: {available})")
+        path = self.api.datasite.config.directory / entry.private
+        self.set_header("Content-Type", "application/vnd.apache.parquet")
+        self.finish(await asyncio.to_thread(path.read_bytes))
 
 
 def _number(value: object) -> bool:
