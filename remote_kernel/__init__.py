@@ -46,7 +46,7 @@ _EXPORTS = {
     "PickledValue": "remote_kernel.researcher.values",
 }
 #: Modules offered as attributes (``rk.acro.show(...)``).
-_MODULES = {"acro": "remote_kernel.researcher.acro"}
+_MODULES = {"acro": "remote_kernel.researcher.acro", "secure": "remote_kernel.researcher.secure"}
 
 
 def __getattr__(name: str) -> Any:
@@ -93,6 +93,7 @@ __all__ = [
     "query",
     "requests",
     "run_everywhere",
+    "secure",
     "sites",
 ]
 

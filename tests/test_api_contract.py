@@ -304,6 +304,12 @@ def fill(world: World, path: str, method: str) -> str:
 BODIES = {
     ("/api/sessions/{session_id}/requests", "post"): {"code": "x = 1"},
     ("/api/outputs/{output_id}/review", "post"): {"decision": "deny", "comment": "contract"},
+    ("/api/secure/query", "post"): {
+        "computation_id": "0" * 32,
+        "sql": "SELECT COUNT(*) AS n FROM heart",
+        "dataset": "heart",
+        "parties": ["cleveland", "hungary", "ttp"],
+    },
 }
 
 
@@ -318,6 +324,8 @@ def expected_status(path: str, method: str, caller: str) -> set[int]:
         return {403, 404}
     if caller == "carol" and "{" in path and "{name}" not in path:
         return {404}  # alice's ids
+    if path == "/api/secure/query":
+        return {403}  # this datasite names no MPC peers; tests/test_mpc.py has the 200s
     return success
 
 

@@ -1,0 +1,330 @@
+"""Pooled answers across datasites by MPC (``rk.secure.query``), end to end.
+
+Real datasite servers on loopback ports, each with its own private heart data, its
+own MPC key and certificate and its peers named in datasite.yaml; a real researcher
+client; real MPyC parties (one subprocess per site) over mutual TLS.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import secrets
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pandas as pd
+import pytest
+
+import remote_kernel as rk
+from remote_kernel.datasite.config import DatasiteConfig
+from remote_kernel.datasite.mpc.certs import make_certificate
+from remote_kernel.datasite.mpc.settings import MpcSettings, Peer
+from remote_kernel.datasite.store import Store
+from remote_kernel.protocol.models import Role
+from remote_kernel.researcher import api
+from tests.conftest import RunningDatasite, free_port, make_datasite
+
+pytestmark = pytest.mark.slow  # about a minute on 2 cores: several MPC runs and a timeout
+
+#: A site that is down makes the others give up after this many seconds.
+MPC_TIMEOUT = 8.0
+SQL = "SELECT sex, COUNT(*) AS n, SUM(chol) AS total, AVG(chol) AS mean FROM heart GROUP BY sex"
+
+
+def helper_site(tmp: Path, name: str) -> RunningDatasite:
+    """A datasite that holds no data and only helps compute (a trusted third party)."""
+    config = DatasiteConfig.create(tmp / name, name)
+    config.auth.max_failed_logins = 100000
+    config.save()
+    store = Store(config.database_url)
+    tokens = {"alice": store.create_user("alice", Role.RESEARCHER)[1]}
+    store.close()
+    return RunningDatasite(config.directory, name, free_port(), tokens)
+
+
+def federate(
+    tmp: Path, sites: dict[str, RunningDatasite], helpers: tuple[str, ...] = ()
+) -> dict[str, RunningDatasite]:
+    """Make the sites name each other as MPC peers, opt their heart data in, start them."""
+    certs = {name: make_certificate(name, tmp / "certs" / name) for name in sites}
+    ports = {name: free_port() for name in sites}
+    for name, site in sites.items():
+        config = DatasiteConfig.load(site.directory)
+        key, cert = certs[name]
+        peers = tuple(
+            Peer(other, "127.0.0.1", ports[other], str(certs[other][1]), other in helpers)
+            for other in sites
+            if other != name
+        )
+        config.mpc = MpcSettings("127.0.0.1", ports[name], str(cert), str(key), MPC_TIMEOUT, peers)
+        if "heart" in config.datasets:
+            config.datasets["heart"] = replace(config.datasets["heart"], mpc=True)
+        config.save()
+    with ThreadPoolExecutor(len(sites)) as pool:
+        list(pool.map(lambda s: s.start(), sites.values()))
+    return sites
+
+
+@pytest.fixture(scope="module")
+def three(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, RunningDatasite]]:
+    tmp = tmp_path_factory.mktemp("mpc3")
+    sites = {name: make_datasite(tmp, name) for name in ("cleveland", "hungary", "switzerland")}
+    for site in sites.values():  # a second dataset that is NOT opted in
+        config = DatasiteConfig.load(site.directory)
+        config.datasets["heart_raw"] = replace(config.datasets["heart"], name="heart_raw")
+        config.save()
+    # carol's thresholds at one site are far stricter: her pooled cells fail there.
+    (sites["hungary"].directory / "policy.yaml").write_text(
+        "preset: acro\noverrides:\n  researchers:\n    carol: {min_cell_count: 100000}\n"
+    )
+    federate(tmp, sites)
+    yield sites
+    for site in sites.values():
+        site.stop()
+
+
+@pytest.fixture
+def recorded(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """Every answer to ``POST /api/secure/query`` the researcher's client receives, as text
+    (the other calls bring the public schema and mocks)."""
+    texts: list[str] = []
+    original = api.DatasiteApi._answer
+
+    def record(
+        self: api.DatasiteApi, response: httpx.Response, method: str, path: str, raw: bool
+    ) -> Any:
+        if path == "/api/secure/query":
+            texts.append(response.text)
+        return original(self, response, method, path, raw)
+
+    monkeypatch.setattr(api.DatasiteApi, "_answer", record)
+    return texts
+
+
+def connect(sites: dict[str, RunningDatasite], user: str = "alice") -> None:
+    for name in list(rk.sites()):
+        rk.disconnect(name)
+    for name, site in sites.items():
+        rk.connect(site.url, token=site.tokens[user], name=name)
+
+
+def private(site: RunningDatasite) -> pd.DataFrame:
+    return pd.read_parquet(site.directory / "datasets" / "heart" / "private.parquet")
+
+
+def truth(frames: list[pd.DataFrame]) -> pd.DataFrame:
+    pooled = pd.concat(frames, ignore_index=True)
+    return pooled.groupby("sex").agg(
+        n=("sex", "size"), total=("chol", "sum"), mean=("chol", "mean")
+    )
+
+
+def per_site_numbers(frames: list[pd.DataFrame]) -> set[str]:
+    """Each site's own counts and sums by sex, spelled as they could appear in text."""
+    spelled = set()
+    for frame in frames:
+        own = frame.groupby("sex").agg(n=("sex", "size"), total=("chol", "sum"))
+        for value in own.to_numpy().ravel():
+            spelled |= {str(int(value)), f"{float(value)}", f"{float(value):g}"}
+    return spelled
+
+
+def numbers_in(text: str) -> set[str]:
+    """Every number in a JSON text (values, and numbers inside strings such as messages),
+    not digits inside hex ids and digests."""
+    try:
+        document: Any = json.loads(text)
+    except ValueError:
+        document = text
+    found: set[str] = set()
+    stack = [document]
+    while stack:
+        value = stack.pop()
+        if isinstance(value, dict):
+            stack += list(value.values())
+        elif isinstance(value, list):
+            stack += value
+        elif isinstance(value, bool) or value is None:
+            continue
+        elif isinstance(value, int | float):
+            found |= {str(value), f"{float(value)}", f"{float(value):g}"}
+        elif isinstance(value, str) and not re.fullmatch(r"[0-9a-f]{16,}", value):
+            found |= set(re.findall(r"(?<![\w.])-?\d+(?:\.\d+)?(?![\w.])", value))
+    return found
+
+
+def audit(site: RunningDatasite, action_prefix: str = "mpc.") -> list[Any]:
+    store = site.store()
+    try:
+        return [e for e in store.audit_entries() if e.action.startswith(action_prefix)]
+    finally:
+        store.close()
+
+
+# --- pooled answers -------------------------------------------------------------------------------
+def test_pooled_count_sum_avg_equal_the_sum_of_the_sites_and_reveal_no_site(
+    three: dict[str, RunningDatasite], recorded: list[str]
+) -> None:
+    connect(three)
+    result = rk.secure.query(SQL)
+    frames = [private(site) for site in three.values()]
+    expected = truth(frames)
+    assert list(result.columns) == ["sex", "n", "total", "mean"]
+    assert result["sex"].tolist() == sorted(expected.index.tolist())
+    for _, row in result.iterrows():
+        want = expected.loc[row["sex"]]
+        assert row["n"] == want["n"]
+        assert row["total"] == pytest.approx(want["total"], abs=1e-6)
+        assert row["mean"] == pytest.approx(want["mean"], abs=1e-6)
+    assert result.attrs["parties"] == list(three)
+    # Nothing the researcher received holds a site's own count or sum (unless pooled equal).
+    shown = result[["sex", "n", "total"]].to_numpy().ravel()  # keys are public: 0 and 1
+    pooled = {str(v) for v in shown} | {f"{float(v):g}" for v in shown} | {"0.0", "1.0"}
+    assert len(recorded) == 3
+    seen = set().union(*(numbers_in(text) for text in recorded))
+    leaked = (per_site_numbers(frames) - pooled) & seen
+    assert len(per_site_numbers(frames) - pooled) > 6 and not leaked
+    # Every site audited the computation: the same id, the parties, what was opened.
+    cid = result.attrs["computation_id"]
+    for site in three.values():
+        (entry,) = [e for e in audit(site) if e.target == cid]
+        assert entry.action == "mpc.released"
+        detail = entry.detail
+        assert detail["parties"] == list(three) and "pooled table" in detail["opened"]
+        assert not numbers_in(json.dumps(entry.detail)) & (per_site_numbers(frames) - pooled)
+
+
+def test_the_mock_path_pools_the_mocks_and_says_what_will_happen(
+    three: dict[str, RunningDatasite], capsys: pytest.CaptureFixture[str]
+) -> None:
+    connect(three)
+    result = rk.secure.query(SQL, mock=True)
+    mocks = [rk.sites()[name].mock("heart") for name in three]
+    assert result.set_index("sex")["n"].to_dict() == truth(mocks)["n"].to_dict()
+    said = capsys.readouterr().out
+    assert "mock data" in said and "only the pooled table is opened" in said
+
+
+def test_a_pooled_cell_under_one_sites_threshold_releases_nothing_anywhere(
+    three: dict[str, RunningDatasite], recorded: list[str]
+) -> None:
+    connect(three, user="carol")
+    with pytest.raises(rk.secure.SecureQueryFailed) as caught:
+        rk.secure.query(SQL)
+    assert set(caught.value.by_site) == set(three)  # every site withheld it, not only hungary
+    assert all("withheld" in message for message in caught.value.by_site.values())
+    assert "small-cells" in str(caught.value)
+    frames = [private(site) for site in three.values()]
+    seen = set().union(*(numbers_in(text) for text in recorded))
+    assert not (per_site_numbers(frames) - {"0", "1", "2"}) & seen
+    for site in three.values():
+        assert audit(site)[-1].action == "mpc.failed"
+        assert audit(site)[-1].detail["opened"] == "one pass/fail bit per rule"
+
+
+def test_a_dataset_not_opted_in_is_refused_with_a_clear_message(
+    three: dict[str, RunningDatasite],
+) -> None:
+    connect(three)
+    with pytest.raises(rk.secure.SecureQueryFailed) as caught:
+        rk.secure.query(SQL.replace("FROM heart", "FROM heart_raw"))
+    assert caught.value.status == 403
+    for message in caught.value.by_site.values():
+        assert "not opted into joint computations" in message and "mpc: true" in message
+
+
+def _post_all(sites: dict[str, RunningDatasite], bodies: dict[str, dict[str, Any]]) -> dict:
+    def post(name: str) -> httpx.Response:
+        site = sites[name]
+        return httpx.post(
+            site.url + "/api/secure/query",
+            json=bodies[name],
+            headers=site.headers("alice"),
+            timeout=60,
+        )
+
+    with ThreadPoolExecutor(len(sites)) as pool:
+        return dict(zip(sites, pool.map(post, sites), strict=True))
+
+
+def _body(parties: list[str]) -> dict[str, Any]:
+    """What rk.secure.query sends to every site, made by hand to change it at one."""
+    return {
+        "computation_id": secrets.token_hex(16),
+        "sql": SQL,
+        "dataset": "heart",
+        "parties": parties,
+        "helpers": [],
+        "domain": [[0, 1]],
+    }
+
+
+def test_a_request_that_differs_at_one_site_is_refused_at_every_site(
+    three: dict[str, RunningDatasite],
+) -> None:
+    body = _body(list(three))
+    tampered = {**body, "sql": SQL.replace("SUM(chol)", "SUM(trestbps)")}
+    answers = _post_all(three, {n: tampered if n == "hungary" else body for n in three})
+    for response in answers.values():
+        assert response.status_code == 503
+        assert "not asked the same computation" in response.json()["error"]["message"]
+    # A site that is not among the parties refuses at once, before any MPC.
+    outsider = {**body, "parties": ["cleveland", "hungary", "elsewhere"]}
+    response = _post_all({"switzerland": three["switzerland"]}, {"switzerland": outsider})
+    assert response["switzerland"].status_code == 400
+    assert "not among the parties" in response["switzerland"].json()["error"]["message"]
+
+
+def test_a_site_that_is_down_fails_the_computation_clearly_everywhere(
+    three: dict[str, RunningDatasite],
+) -> None:
+    # Down before the request: the researcher's kernel says so, and no site starts anything.
+    connect(three)
+    before = {name: len(audit(site)) for name, site in three.items()}
+    three["switzerland"].stop()
+    try:
+        with pytest.raises(rk.DatasiteUnreachable, match="cannot reach the datasite"):
+            rk.secure.query(SQL)
+        assert {name: len(audit(three[name])) for name in ("cleveland", "hungary")} == {
+            name: before[name] for name in ("cleveland", "hungary")
+        }
+    finally:
+        three["switzerland"].start()
+    # A party that never joins (its site did not get, or refused, the request): the others
+    # give up within their timeout, say which party is missing, release nothing, audit it.
+    body = _body(list(three))
+    joined = {name: three[name] for name in ("cleveland", "hungary")}
+    answers = _post_all(joined, {name: body for name in joined})
+    for name, response in answers.items():
+        assert response.status_code == 503
+        message = response.json()["error"]["message"]
+        assert "switzerland" in message and "nothing was released" in message
+        entry = audit(three[name])[-1]
+        assert entry.target == body["computation_id"] and entry.action == "mpc.failed"
+        assert entry.detail["opened"] == "nothing"
+
+
+# --- two sites and a helper -----------------------------------------------------------------------
+def test_two_sites_and_a_helper_pool_exactly(tmp_path: Path) -> None:
+    sites = {name: make_datasite(tmp_path, name) for name in ("cleveland", "va-long-beach")}
+    sites["ttp"] = helper_site(tmp_path, "ttp")
+    federate(tmp_path, sites, helpers=("ttp",))
+    try:
+        connect(sites)
+        result = rk.secure.query("SELECT cp, COUNT(*) AS n FROM heart GROUP BY cp")
+        frames = [private(sites[name]) for name in ("cleveland", "va-long-beach")]
+        expected = pd.concat(frames).groupby("cp").size()
+        assert result.set_index("cp")["n"].to_dict() == {
+            int(k): int(v) for k, v in expected.items()
+        }
+        assert result.attrs["helpers"] == ["ttp"]
+        (entry,) = audit(sites["ttp"])
+        assert entry.action == "mpc.released" and entry.detail["helpers"] == ["ttp"]
+    finally:
+        for site in sites.values():
+            site.stop()
