@@ -328,3 +328,54 @@ def test_two_sites_and_a_helper_pool_exactly(tmp_path: Path) -> None:
     finally:
         for site in sites.values():
             site.stop()
+
+
+# --- the parties themselves -----------------------------------------------------------------------
+def test_a_peer_with_the_wrong_certificate_is_refused_and_nothing_is_opened(tmp_path: Path) -> None:
+    """Three real party processes; b pins a certificate for c that c does not hold (a
+    stranger's, under c's name): the TLS handshake fails, and no party gets a result."""
+    import subprocess
+    import sys
+
+    from remote_kernel.datasite.mpc.plan import build_plan
+    from remote_kernel.querylang import check_query
+
+    names = ["a", "b", "c"]
+    certs = {n: make_certificate(n, tmp_path / n) for n in names}
+    stranger = make_certificate("c", tmp_path / "stranger")
+    ports = [free_port() for _ in names]
+    plan = build_plan(check_query("SELECT COUNT(*) AS n FROM heart", ["heart"]), 1)
+    processes = []
+    for pid, name in enumerate(names):
+        pinned = [str(certs[n][1]) for n in names]
+        if name == "b":
+            pinned[2] = str(stranger[1])
+        job = {
+            "pid": pid,
+            "names": names,
+            "helpers": [],
+            "listen_host": "127.0.0.1",
+            "addresses": [["127.0.0.1", port] for port in ports],
+            "certificate": str(certs[name][1]),
+            "key": str(certs[name][0]),
+            "peer_certificates": pinned,
+            "digest": "same",
+            "thresholds": {
+                "min_cell_count": 1,
+                "dominance_n": 2,
+                "dominance_k": 0.9,
+                "p_ratio": 0.1,
+            },
+            "layout": plan.layout,
+            "plan": plan.to_json(),
+            "vector": [50.0] * len(plan.layout),
+            "timeout": 4,
+            "result": str(tmp_path / f"{name}.json"),
+        }
+        (tmp_path / f"{name}-job.json").write_text(json.dumps(job))
+        command = [sys.executable, "-m", "remote_kernel.datasite.mpc.party"]
+        processes.append(subprocess.Popen([*command, str(tmp_path / f"{name}-job.json")]))
+    assert [p.wait(timeout=30) for p in processes] == [1, 1, 1]
+    results = {name: json.loads((tmp_path / f"{name}.json").read_text()) for name in names}
+    assert "c presented a certificate we do not trust" in results["b"]["error"]
+    assert all(set(result) == {"error"} for result in results.values())
