@@ -183,3 +183,39 @@ def test_an_unreachable_gateway_fails_the_cell_with_a_clear_message(tmp_path: Pa
     finally:
         client.close()
         site.stop()
+
+
+def test_interrupt_restart_and_close_reach_the_gateway_kernel(
+    site: RunningDatasite, gateway: str
+) -> None:
+    before = {k["id"] for k in gateway_kernels(gateway)}  # the other tests' sessions
+
+    def carols() -> set[str]:
+        return {k["id"] for k in gateway_kernels(gateway)} - before
+
+    client = Datasite(site.url, site.tokens["carol"])
+    try:
+        request = client.run("import time\nfor _ in range(600):\n    time.sleep(0.1)")
+        deadline = time.monotonic() + 60
+        while request.status != "running" and time.monotonic() < deadline:
+            time.sleep(0.05)
+        time.sleep(0.5)
+        client.interrupt()
+        request.wait(30, until="finished")
+        assert request.status == "error", request  # KeyboardInterrupt, through the gateway
+        client.run("z = 1").wait(60, until="finished")
+        client.restart()
+        check = client.run("print('z' in dir())")
+        check.wait(60, until="finished")
+        shown = httpx.get(
+            f"{site.url}/api/outputs/{check.outputs[0].id}", headers=site.headers("bob")
+        ).json()
+        assert shown["content"]["text"] == "False\n"  # the restart reached the kernel
+        assert len(carols()) == 1
+    finally:
+        client.close(end_session=True)
+
+    deadline = time.monotonic() + 30
+    while carols() and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert carols() == set()  # ending the session shut its gateway kernel down
