@@ -451,3 +451,32 @@ def test_the_attack_command_says_clearly_when_sacroml_is_absent(tmp_path: Any) -
         text=True,
     )
     assert bad.returncode == 2 and "unknown attack" in bad.stderr
+
+
+def test_a_dp_fit_request_is_checked_before_anything_runs() -> None:
+    """What the kernel sends to rk.fit_dp is researcher-made: every part is checked."""
+    from diffprivlib.models import LogisticRegression as DPLogistic
+    from sklearn.linear_model import LogisticRegression
+
+    from remote_kernel.datasite.dp_models import _estimator
+    from remote_kernel.protocol.errors import InputError
+
+    good = describe_model(DPLogistic(epsilon=0.5, data_norm=700), fitted=False)
+    cls, params = _estimator(roundtrip(good))
+    assert cls.dp and params["epsilon"] == 0.5 and params["data_norm"] == 700
+    refused = {
+        "not DP": describe_model(LogisticRegression(), fitted=False),
+        "no bounds": describe_model(DPLogistic(epsilon=0.5), fitted=False),
+        "object param": {**good, "params": {**good["params"], "C": {"py/object": "os.system"}}},
+        "unknown param": {**good, "params": {**good["params"], "accountant": 1}},
+        "endless": {**good, "params": {**good["params"], "max_iter": 10**9}},
+        "epsilon": {**good, "params": {**good["params"], "epsilon": 50}},
+    }
+    accepted = []
+    for what, payload in refused.items():
+        try:
+            _estimator(roundtrip(payload))
+        except InputError:
+            continue
+        accepted.append(what)
+    assert accepted == []

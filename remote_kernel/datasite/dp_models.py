@@ -31,6 +31,7 @@ from remote_kernel.protocol.model_values import (
     MODEL_KIND,
     ModelClass,
     ModelDecodeError,
+    check_params,
     describe_model,
     make_estimator,
 )
@@ -43,6 +44,8 @@ if TYPE_CHECKING:
 
 #: The most features one DP model may take here.
 MAX_DP_FEATURES = 100
+#: The most solver iterations a DP model may ask the datasite for.
+MAX_ITER = 1000
 
 
 async def fit_dp_model(core: DatasiteCore, session_id: str, body: dict[str, Any]) -> dict[str, Any]:
@@ -82,15 +85,19 @@ def _estimator(raw: Any) -> tuple[ModelClass, dict[str, Any]]:
             f"the datasite fits differentially private models only ({dp}); "
             f"{str(raw.get('class'))[:200]!r} is not one"
         )
-    params = raw.get("params")
-    if not isinstance(params, dict) or set(params) - set(cls.params):
-        raise InputError(f"parameters of {cls.path} must be among {', '.join(cls.params)}")
+    try:
+        params = check_params(cls, raw.get("params"))
+    except ModelDecodeError as exc:
+        raise InputError(f"{exc} (parameters: {', '.join(cls.params)})") from None
     missing = [name for name in cls.bounds if params.get(name) is None]
     if missing:
         raise InputError(
             f"give {', '.join(missing)} explicitly: without them diffprivlib reads the bounds "
             "from the private data, which is not differentially private"
         )
+    max_iter = params.get("max_iter", 100)
+    if type(max_iter) is not int or not 1 <= max_iter <= MAX_ITER:
+        raise InputError(f"max_iter must be a whole number from 1 to {MAX_ITER}")
     epsilon = params.get("epsilon")
     if not isinstance(epsilon, int | float) or isinstance(epsilon, bool) or not 0 < epsilon <= 10:
         raise InputError("epsilon must be a number in (0, 10]")

@@ -194,6 +194,11 @@ def _count(value: Any) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
 
 
+def check_params(cls: ModelClass, raw: Any) -> dict[str, Any]:
+    """``raw`` as parameters of ``cls``: its own names only, plain numbers, strings and lists."""
+    return _params(cls, raw)
+
+
 def _params(cls: ModelClass, raw: Any) -> dict[str, Any]:
     if not isinstance(raw, dict):
         raise ModelDecodeError("params must be an object")
