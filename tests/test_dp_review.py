@@ -189,13 +189,15 @@ def test_exact_refuses_anything_but_ones_own_dp_answer(site: RunningDatasite) ->
         "someone else's answer": f'{{"sql": "{FILTERED}", "exact_of": {franks[0]}}}',
         "no such output": f'{{"sql": "{FILTERED}", "exact_of": 999999}}',
         "a plain table": "rk.exact(pd.DataFrame({'n': [1]}))",
+        # A malformed body (rk.exact never sends one) is refused before anything runs.
+        "an id that is not a number": f'{{"sql": "{FILTERED}", "exact_of": "{franks[0]}"}}',
     }
     for what, arg in cases.items():
         code = arg if arg.startswith("rk.") else ask.format(arg)
         code = "import pandas as pd\n" + code
         request, _ = run_and_view(site, gina, code)
         assert request.status == "error" and "QueryRejected" in request.message, what
-        if what != "a plain table":  # said by the datasite, the same words either way
+        if what in ("someone else's answer", "no such output"):  # the same words either way
             (note,) = [o for o in request.outputs if "rk.query refused" in o.text]
             assert "is not a DP answer of yours" in note.text, what
     gina.close()
@@ -252,6 +254,10 @@ def test_the_mock_says_what_exact_will_do(
         assert dict(zip(exact["sex"], exact["n"], strict=True)) == dict(truth.items())
         with pytest.raises(rk.QueryRejected, match=r"rk\.exact takes a DP answer"):
             rk.exact(mock)
+        # A shape only the DP tier answers has no exact answer: refused here first.
+        median = rk.query("SELECT MEDIAN(age) AS m FROM heart", epsilon=0.1)
+        with pytest.raises(rk.QueryRejected):
+            rk.exact(median)
     finally:
         rk.disconnect("dp-review-mock")
 
