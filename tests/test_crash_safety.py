@@ -4,8 +4,10 @@ A driver thread plays a researcher and a reviewer over HTTP (submissions, status
 polls, approvals and denials) and writes down everything the server acknowledged.
 The server is killed with SIGKILL at a random moment (its kernels are left behind
 as orphans, as in a real crash), the store is checked while it is down, and it is
-started again. After every restart the test checks, against the real SQLite file
-and through the researcher's own view:
+started again. It runs twice: with the default SQLite store and with a PostgreSQL
+store (the server's connections die with it; the database server stays up). After
+every restart the test checks, against the real database and through the
+researcher's own view:
 
 - every acknowledged submission is there, with its code;
 - every acknowledged decision is there (the output's state and who decided);
@@ -20,7 +22,6 @@ and through the researcher's own view:
 from __future__ import annotations
 
 import random
-import sqlite3
 import threading
 import time
 from collections import Counter
@@ -30,7 +31,9 @@ from typing import Any
 
 import httpx
 import pytest
+import sqlalchemy as sa
 
+from remote_kernel.datasite.config import DatasiteConfig
 from remote_kernel.datasite.core import RESTART_MESSAGE
 from remote_kernel.datasite.store import Store
 
@@ -108,17 +111,18 @@ def drive(site: RunningDatasite, session: str, ledger: Ledger, stop: threading.E
                 time.sleep(0.02)  # the server is being killed or restarted
 
 
-def rows(db: Path, sql: str) -> list[sqlite3.Row]:
-    con = sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=10)
-    con.row_factory = sqlite3.Row
+def rows(db: str, sql: str) -> list[Any]:
+    """Rows of ``sql`` read from the store's database directly (not through the store)."""
+    engine = sa.create_engine(db)
     try:
-        return list(con.execute(sql))
+        with engine.connect() as con:
+            return [row._mapping for row in con.execute(sa.text(sql))]
     finally:
-        con.close()
+        engine.dispose()
 
 
 def check_store_while_down(site: RunningDatasite, ledger: Ledger) -> None:
-    db = site.directory / "datasite.db"
+    db = DatasiteConfig.load(site.directory).database_url
     requests = {r["id"]: r for r in rows(db, "SELECT id, code, status FROM requests")}
     outputs = {r["id"]: r for r in rows(db, "SELECT * FROM outputs")}
     with ledger.lock:
@@ -135,7 +139,11 @@ def check_store_while_down(site: RunningDatasite, ledger: Ledger) -> None:
         assert outputs[output_id]["state"] == "released", f"released output {output_id} lost"
         assert outputs[output_id]["sha256"] == sha
 
-    audit = rows(db, "SELECT action, target, detail FROM audit WHERE action LIKE 'output.%'")
+    audit = rows(
+        db,
+        "SELECT action, target, CAST(detail AS TEXT) AS detail FROM audit "
+        "WHERE action LIKE 'output.%'",
+    )
     released_in_log = Counter(
         int(a["target"].split(":")[1]) for a in audit if a["action"] == "output.released"
     )
@@ -157,7 +165,7 @@ def check_store_while_down(site: RunningDatasite, ledger: Ledger) -> None:
     }
     for output_id, detail in hashes.items():
         assert outputs[output_id]["sha256"] in detail
-    store = Store(f"sqlite:///{db}")
+    store = Store(db)
     try:
         assert store.verify_audit() == []
     finally:
@@ -168,7 +176,7 @@ def check_after_restart(site: RunningDatasite, ledger: Ledger) -> None:
     """Nothing queued or running survives a restart; the researcher is told why."""
     with ledger.lock:
         unfinished = [r for r, s in ledger.last_status.items() if s not in FINISHED]
-    db = site.directory / "datasite.db"
+    db = DatasiteConfig.load(site.directory).database_url
     stuck = rows(db, "SELECT id FROM requests WHERE status IN ('queued', 'running')")
     # requests submitted by the driver after this restart may legitimately be queued
     assert not [r["id"] for r in stuck if r["id"] in unfinished], stuck
@@ -185,8 +193,10 @@ def check_after_restart(site: RunningDatasite, ledger: Ledger) -> None:
 
 
 @pytest.mark.timeout(TIME_BUDGET + 120)
-def test_sigkill_at_random_moments_loses_nothing_acknowledged(tmp_path: Path) -> None:
-    site = make_datasite(tmp_path)
+def test_sigkill_at_random_moments_loses_nothing_acknowledged(
+    tmp_path: Path, store_url: str
+) -> None:
+    site = make_datasite(tmp_path, store=store_url if store_url.startswith("postgres") else None)
     site.start()
     session = httpx.post(
         site.url + "/api/sessions", headers=site.headers("alice"), timeout=10

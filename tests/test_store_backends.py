@@ -22,7 +22,7 @@ from alembic.script import ScriptDirectory
 from remote_kernel.datasite import migrations
 from remote_kernel.datasite.config import ConfigError, DatasiteConfig
 from remote_kernel.datasite.store import Base, NewPush, Store, hash_token, new_token
-from remote_kernel.protocol.errors import BudgetExhausted
+from remote_kernel.protocol.errors import BudgetExhausted, InputError
 from remote_kernel.protocol.models import FilterDecision, OutputItem, RequestStatus, Role, Verdict
 from remote_kernel.researcher.client import Datasite
 
@@ -52,6 +52,16 @@ def test_schema_is_at_head_and_matches_the_models(store_url: str) -> None:
         assert migrations.upgrade(store.engine) == (migrations.HEAD, migrations.HEAD)
     finally:
         store.close()
+
+
+def test_a_schema_newer_than_the_code_is_refused(store_url: str) -> None:
+    Store(store_url).close()
+    engine = sa.create_engine(store_url)
+    with engine.begin() as conn:
+        conn.execute(sa.text("UPDATE alembic_version SET version_num = '9999'"))
+    engine.dispose()
+    with pytest.raises(ConfigError, match="revision 9999, which this remote_kernel does not"):
+        Store(store_url)
 
 
 def test_concurrent_writers_never_fork_the_audit_chain(store_url: str) -> None:
@@ -89,6 +99,31 @@ def test_concurrent_writers_never_fork_the_audit_chain(store_url: str) -> None:
         assert actions.count("request.submit") == actions.count("test.write") == 80
         assert actions.count("budget.charge") == 10  # 1.0 / 0.1: exactly ten fitted
         assert store.budgets("alice")[0].epsilon_left == 0.0
+    finally:
+        store.close()
+
+
+def test_text_one_backend_would_refuse_is_refused_on_both(store_url: str) -> None:
+    """PostgreSQL rejects NUL characters and over-long names that SQLite would keep: the
+    store refuses them first, on both, with a clear error and nothing stored."""
+    store = Store(store_url)
+    try:
+        alice, _ = store.create_user("alice", Role.RESEARCHER)
+        store.create_session("s1", alice)
+        before = store.counts()
+        refusals = [
+            (lambda: store.create_request("s1", alice, "print(1)\x00"), "NUL"),
+            (lambda: store.create_user("x" * 65, Role.RESEARCHER), "longer than 64"),
+            (lambda: store.create_request("s1", alice, "1", (NewPush("m" * 129, "", b""),)),
+             "longer than 128"),
+        ]  # fmt: skip
+        for attempt, message in refusals:
+            with pytest.raises(InputError, match=message):
+                attempt()
+        assert store.counts() == before
+        request = store.create_request("s1", alice, "raise ValueError")
+        failed = store.set_request_status(request.id, RequestStatus.ERROR, "ValueError: \x00")
+        assert failed.message == "ValueError: \ufffd"
     finally:
         store.close()
 
@@ -231,6 +266,10 @@ def test_init_with_a_postgresql_store(tmp_path: Path, postgres_cluster: Postgres
     checked = migrate(directory, "--check")
     assert checked.returncode == 0 and "up to date" in checked.stdout
     assert "not-shown" not in checked.stdout and "***" in checked.stdout
+    script = migrate(directory, "--sql")  # PostgreSQL's dialect, without connecting
+    assert script.returncode == 0, script.stderr
+    assert "CREATE TABLE audit" in script.stdout and "BIGINT" in script.stdout
+    assert "INSERT INTO alembic_version (version_num) VALUES ('0001')" in script.stdout
 
 
 # --- a served datasite on PostgreSQL -----------------------------------------------------------

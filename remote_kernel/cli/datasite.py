@@ -61,6 +61,12 @@ def add_parser(top: Subparsers) -> None:
     p.add_argument(
         "--check", action="store_true", help="change nothing; exit 1 if an upgrade is due"
     )
+    p.add_argument(
+        "--sql",
+        action="store_true",
+        help="change nothing; print the SQL that makes the schema in an empty database "
+        "(for a DBA to review or run)",
+    )
     p.set_defaults(func=cmd_migrate)
 
 
@@ -474,6 +480,11 @@ def _export_audit(store: Store) -> None:
 def cmd_migrate(args: argparse.Namespace) -> int:
     """Upgrade (or with --check only inspect) the store's schema; say from what to what."""
     config = DatasiteConfig.load(args.directory)
+    if args.sql:
+        from alembic import command
+
+        command.upgrade(migrations.alembic_config(url=config.database_url), "head", sql=True)
+        return 0
     store = Store(config.database_url, upgrade=False)
     where = store.engine.url.render_as_string(hide_password=True)
     try:

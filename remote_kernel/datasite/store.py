@@ -290,6 +290,20 @@ def _checked_units(amount: float, name: str, unit: Decimal, charge: bool) -> int
     return units
 
 
+def _checked_text(value: str, what: str, max_chars: int | None = None) -> str:
+    """``value`` if both backends can store it as it is, else InputError (nothing stored).
+
+    PostgreSQL refuses NUL characters in text and enforces VARCHAR lengths, where SQLite
+    takes both silently: refusing them here on both keeps the backends alike and the
+    error clear (Python source cannot contain NUL anyway).
+    """
+    if "\x00" in value:
+        raise InputError(f"{what} must not contain NUL (\\x00) characters")
+    if max_chars is not None and len(value) > max_chars:
+        raise InputError(f"{what} is longer than {max_chars} characters")
+    return value
+
+
 @dataclass(frozen=True)
 class Charge:
     """A committed charge, and what is left of the budget after it."""
@@ -566,6 +580,7 @@ class Store:
         expires_in: timedelta | None = None,
     ) -> tuple[User, str]:
         """Create a user and return it with its token; only the token's hash is kept."""
+        _checked_text(name, "a user name", 64)
         token = new_token()
         if expires_in is not None and expires_in <= timedelta(0):
             raise ValueError("a token's lifetime must be positive")
@@ -652,6 +667,10 @@ class Store:
         self, session_id: str, user: User, code: str, pushes: tuple[NewPush, ...] = ()
     ) -> Request:
         """Store a request and its pushed objects together (one transaction, one audit entry)."""
+        _checked_text(code, "the code")
+        for push in pushes:
+            _checked_text(push.name, "a push's name", 128)
+            _checked_text(push.type_name, "a push's type", 256)
         with self._write() as conn:
             row = conn.execute(
                 _INSERT_REQUEST, {"session_id": session_id, "user_id": user.id, "code": code}
@@ -692,8 +711,8 @@ class Store:
         self, request_id: int, status: RequestStatus, message: str = ""
     ) -> Request:
         changes: dict[str, Any] = {"status": status.value}
-        if message:
-            changes["message"] = message
+        if message:  # the datasite's words, maybe quoting a kernel's: no NUL on PostgreSQL
+            changes["message"] = message.replace("\x00", "\ufffd")
         if status is RequestStatus.RUNNING:
             changes["started_at"] = utcnow()
         elif status.finished:
@@ -887,6 +906,7 @@ class Store:
         and "conflicted" as soon as the votes disagree. Nobody reviews an output
         of their own request, nor votes twice on one output.
         """
+        _checked_text(comment, "a review comment")
         with self._write() as conn:
             output, earlier = self._checked_vote(conn, output_id, reviewer)
             decision = "approve" if approve else "deny"

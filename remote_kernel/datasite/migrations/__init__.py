@@ -29,6 +29,8 @@ from typing import Any
 from sqlalchemy import Connection, Engine, inspect, text
 from sqlalchemy.exc import DBAPIError
 
+from remote_kernel.datasite.config import ConfigError
+
 #: The newest revision in ``versions/`` (a test checks that Alembic agrees).
 HEAD = "0001"
 #: The advisory lock key schema changes hold on PostgreSQL (any constant; ours).
@@ -84,9 +86,24 @@ def upgrade(engine: Engine, target: str = "head") -> tuple[str | None, str | Non
     with engine.begin() as conn:
         lock_schema(conn)
         before = current_revision(conn)
-        command.upgrade(alembic_config(conn), target)
+        config = alembic_config(conn)
+        _check_known(config, before)
+        command.upgrade(config, target)
         after = current_revision(conn)
     return before, after
+
+
+def _check_known(config: Any, revision: str | None) -> None:
+    """Refuse a schema newer than this code (a newer release migrated it): its tables
+    may mean things this code does not know, so it must not write to them."""
+    from alembic.script import ScriptDirectory
+
+    known = {script.revision for script in ScriptDirectory.from_config(config).walk_revisions()}
+    if revision is not None and revision not in known:
+        raise ConfigError(
+            f"the store's schema is at revision {revision}, which this remote_kernel does not "
+            f"know (its newest is {HEAD}): a newer release upgraded it; upgrade remote_kernel"
+        )
 
 
 def ensure_current(engine: Engine) -> None:

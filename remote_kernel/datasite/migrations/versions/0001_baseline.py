@@ -138,6 +138,12 @@ sa.Table(
 
 def upgrade() -> None:
     conn = op.get_bind()
+    if op.get_context().as_sql:  # offline (`--sql`): the script for an empty database
+        for table in meta.sorted_tables:
+            op.execute(sa.schema.CreateTable(table))
+            for index in sorted(table.indexes, key=lambda index: str(index.name)):
+                op.execute(sa.schema.CreateIndex(index))
+        return
     inspector = sa.inspect(conn)
     for table in meta.sorted_tables:
         if not inspector.has_table(table.name):
