@@ -134,6 +134,22 @@ def test_a_cell_runs_on_a_gateway_kernel_on_the_private_data(
         client.close()
 
 
+def test_pushed_objects_reach_a_gateway_kernel_through_the_kernel_api(
+    site: RunningDatasite,
+) -> None:
+    client = Datasite(site.url, site.tokens["alice"])
+    try:
+        request = client.run("print(sorted(limits.items()))", push={"limits": {"age": 40}})
+        request.wait(120, until="finished")
+        assert request.status == "completed", request.message
+        shown = httpx.get(
+            f"{site.url}/api/outputs/{request.outputs[0].id}", headers=site.headers("bob")
+        ).json()
+        assert shown["content"]["text"] == "[('age', 40)]\n"
+    finally:
+        client.close()
+
+
 def test_the_kernel_api_over_tcp_wants_tls_and_a_kernel_token(site: RunningDatasite) -> None:
     settings = DatasiteConfig.load(site.directory).kernels
     cert = settings.api_certfile
@@ -142,6 +158,7 @@ def test_the_kernel_api_over_tcp_wants_tls_and_a_kernel_token(site: RunningDatas
         bad = {"Authorization": "Bearer not-a-kernel-token"}
         assert http.get("/kernel/datasets/heart", headers=bad).status_code == 401
         assert http.post("/kernel/query", headers=bad, json={"sql": "SELECT 1"}).status_code == 401
+        assert http.get("/kernel/pushes/1/limits", headers=bad).status_code == 401
     plain = settings.api_url.replace("https://", "http://")
     with pytest.raises(httpx.TransportError):
         httpx.get(f"{plain}/kernel/datasets/heart", timeout=5)

@@ -476,6 +476,16 @@ class DatasiteCore:
             return True
         runtime.with_pushes.discard(request.id)
         pushes = self.store.pushes_of(request.id)
+        if not getattr(kernel, "shares_files", True):  # a gateway's: via the kernel API
+            names = [p.name for p in pushes]
+            snippet = (
+                "import remote_kernel.researcher.values as _rk_values\n"
+                f"_rk_values.fetch_pushes({request.id}, {json.dumps(names)}, "
+                "get_ipython().user_ns)\ndel _rk_values\n"
+            )
+            return await self._pushes_loaded(
+                request, pushes, await kernel.execute(snippet, on_output)
+            )
         workdir = runtime.workdir or self.config.scratch_dir / runtime.session_id
         folder = workdir / f".rk-push-{request.id}"
         folder.mkdir(parents=True, exist_ok=True, mode=0o700)
@@ -503,6 +513,10 @@ class DatasiteCore:
                 (workdir / path_text).unlink(missing_ok=True)
             with contextlib.suppress(OSError):
                 folder.rmdir()
+        return await self._pushes_loaded(request, pushes, result)
+
+    async def _pushes_loaded(self, request: Request, pushes: list[Any], result: Any) -> bool:
+        """True if the kernel loaded the pushes; else the request ends with why."""
         if result.status == "ok":
             return True
         errors = [o for o in self.store.outputs_of(request.id) if o.msg_type == "error"]

@@ -247,6 +247,7 @@ class GatewayKernelProvider:
         await manager.start_kernel(kernel_env)
         kernel = LocalKernel(manager, self.settings.startup_timeout_seconds, cwd,  # type: ignore[arg-type]
                              settings=self.settings)  # fmt: skip
+        kernel.shares_files = False  # pushes travel through the kernel API
         try:
             await kernel._connect()
         except Exception:

@@ -122,6 +122,10 @@ class KernelProvider(Protocol):
 class LocalKernel:
     """A real ipykernel on this machine, driven by jupyter_client's async API."""
 
+    #: Whether the kernel sees the datasite's files (pushes are handed over in its workdir);
+    #: a gateway's kernels do not (:mod:`remote_kernel.datasite.gateway`).
+    shares_files = True
+
     def __init__(
         self,
         manager: AsyncKernelManager,

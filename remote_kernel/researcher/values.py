@@ -247,6 +247,25 @@ def receive_pushes(paths: dict[str, str], namespace: dict[str, Any]) -> list[str
     return loaded
 
 
+def fetch_pushes(request_id: int, names: list[str], namespace: dict[str, Any]) -> list[str]:
+    """Load pushed objects in a kernel on another machine (a gateway's): it shares no
+    files with the datasite, so it asks the kernel API for each one's bytes."""
+    import cloudpickle
+
+    from remote_kernel.researcher.kernel_api import kernel_api_client
+
+    loaded = []
+    with kernel_api_client() as http:
+        for name in names:
+            if not name.isidentifier():
+                raise NameError(f"cannot push to {name!r}: not a Python name")
+            response = http.get(f"/kernel/pushes/{request_id}/{name}")
+            response.raise_for_status()
+            namespace[name] = cloudpickle.loads(response.content)
+            loaded.append(name)
+    return loaded
+
+
 def pickle_for_push(obj: Any) -> bytes:
     """The bytes of a local object for ``--push`` (researcher side)."""
     import cloudpickle

@@ -32,6 +32,7 @@ from remote_kernel.datasite.http.tls import tls_context
 from remote_kernel.protocol.errors import (
     AuthenticationError,
     InputError,
+    NotFound,
     PermissionDenied,
     UnknownDataset,
 )
@@ -81,6 +82,7 @@ class KernelApi:
                 (r"/kernel/query", QueryHandler, {"api": self}),
                 (r"/kernel/fit_dp", FitDPHandler, {"api": self}),
                 (r"/kernel/datasets/([^/]+)", DatasetHandler, {"api": self}),
+                (r"/kernel/pushes/([0-9]+)/([^/]+)", PushHandler, {"api": self}),
             ]
         )
         limit = self.datasite.config.limits.max_code_bytes * 2
@@ -205,6 +207,27 @@ class DatasetHandler(QueryHandler):
         path = self.api.datasite.config.directory / entry.private
         self.set_header("Content-Type", "application/vnd.apache.parquet")
         self.finish(await asyncio.to_thread(path.read_bytes))
+
+
+class PushHandler(QueryHandler):
+    """The bytes of an object pushed with a request of this kernel's own session.
+
+    For kernels that share no files with the datasite; the bytes are the researcher's
+    own, unpickled only in their kernel (invariant 3), never here.
+    """
+
+    async def get(self, request_id: str, name: str) -> None:
+        header = self.request.headers.get("Authorization", "")
+        session_id = self.api.session_for(header.removeprefix("Bearer ").strip())
+        store = self.api.datasite.store
+        if store.get_request(int(request_id)).session_id != session_id:
+            raise NotFound(f"no request {request_id} in this kernel's session")
+        for push in store.pushes_of(int(request_id)):
+            if push.name == name:
+                self.set_header("Content-Type", "application/octet-stream")
+                self.finish(push.data)
+                return
+        raise NotFound(f"request {request_id} pushed no object {name!r}")
 
 
 def _number(value: object) -> bool:
