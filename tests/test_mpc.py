@@ -315,14 +315,18 @@ def test_two_sites_and_a_helper_pool_exactly(tmp_path: Path) -> None:
     sites["ttp"] = helper_site(tmp_path, "ttp")
     federate(tmp_path, sites, helpers=("ttp",))
     try:
-        connect(sites)
+        for name in list(rk.sites()):
+            rk.disconnect(name)
+        for name, site in sites.items():  # the researcher's own names for the sites
+            rk.connect(site.url, token=site.tokens["alice"], name=f"my-{name}")
         result = rk.secure.query("SELECT cp, COUNT(*) AS n FROM heart GROUP BY cp")
         frames = [private(sites[name]) for name in ("cleveland", "va-long-beach")]
         expected = pd.concat(frames).groupby("cp").size()
         assert result.set_index("cp")["n"].to_dict() == {
             int(k): int(v) for k, v in expected.items()
         }
-        assert result.attrs["helpers"] == ["ttp"]
+        assert result.attrs["helpers"] == ["ttp"]  # the sites' own names
+        assert sorted(result.attrs["parties"]) == ["cleveland", "ttp", "va-long-beach"]
         (entry,) = audit(sites["ttp"])
         assert entry.action == "mpc.released" and entry.detail["helpers"] == ["ttp"]
     finally:
@@ -379,3 +383,11 @@ def test_a_peer_with_the_wrong_certificate_is_refused_and_nothing_is_opened(tmp_
     results = {name: json.loads((tmp_path / f"{name}.json").read_text()) for name in names}
     assert "c presented a certificate we do not trust" in results["b"]["error"]
     assert all(set(result) == {"error"} for result in results.values())
+
+
+def test_in_a_remote_cell_rk_secure_refuses(monkeypatch: pytest.MonkeyPatch) -> None:
+    from remote_kernel.protocol.kernel_env import DATASETS_ENV
+
+    monkeypatch.setenv(DATASETS_ENV, "{}")
+    with pytest.raises(rk.RemoteKernelError, match="runs in your own kernel"):
+        rk.secure.query(SQL)

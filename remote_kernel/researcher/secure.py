@@ -102,11 +102,16 @@ def _plan(sql: str, chosen: dict[str, Datasite], helpers: Sequence[str] | None) 
         "computation_id": secrets.token_hex(16),
         "sql": sql,
         "dataset": parsed.dataset,
-        "parties": [chosen[n].remote_name for n in chosen],
-        "helpers": [chosen[n].remote_name for n in helpers],
+        "parties": [_party_name(chosen[n]) for n in chosen],
+        "helpers": [_party_name(chosen[n]) for n in helpers],
         "domain": domain,
     }
     return {"body": body, "mocks": mocks, "dataset": parsed.dataset, "helpers": helpers}
+
+
+def _party_name(site: Datasite) -> str:
+    """The site's own name (what its peers call it), whatever this connection is called."""
+    return str(site.api.call(site.http, "GET", "/api/me")["datasite"])
 
 
 def _public_values(mocks: dict[str, pd.DataFrame], column: str) -> list[Any]:
