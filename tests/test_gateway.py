@@ -236,3 +236,32 @@ def test_interrupt_restart_and_close_reach_the_gateway_kernel(
     while carols() and time.monotonic() < deadline:
         time.sleep(0.2)
     assert carols() == set()  # ending the session shut its gateway kernel down
+
+
+def test_the_kubernetes_manifests_agree_with_the_datasite_config(tmp_path: Path) -> None:
+    """deploy/kubernetes: the ConfigMap's datasite.yaml is a valid gateway config, and the
+    kernels' NetworkPolicy lets them reach its kernel API port and nothing but DNS/EG."""
+    import yaml
+
+    deploy = Path(__file__).resolve().parent.parent / "deploy" / "kubernetes"
+    documents = list(yaml.safe_load_all((deploy / "datasite.yaml").read_text()))
+    config_map = next(d for d in documents if d["kind"] == "ConfigMap")
+    raw = yaml.safe_load(config_map["data"]["datasite.yaml"])
+    from remote_kernel.datasite.config import KernelSettings
+
+    kernels = KernelSettings(**raw["kernels"])
+    kernels.check(tmp_path / "datasite.yaml")  # raises on a missing or unknown key
+    api_port = int(kernels.api_listen.rpartition(":")[2])
+    service = next(
+        d for d in documents if d["kind"] == "Service" and d["metadata"]["name"] in
+        kernels.api_url
+    )  # fmt: skip
+    assert service["spec"]["ports"][0]["port"] == api_port
+
+    policies = list(yaml.safe_load_all((deploy / "networkpolicy.yaml").read_text()))
+    kernel_policy = next(p for p in policies if p["spec"]["podSelector"]["matchLabels"].get(
+        "component") == "kernel")  # fmt: skip
+    assert set(kernel_policy["spec"]["policyTypes"]) == {"Ingress", "Egress"}
+    allowed = {(port["protocol"], port["port"]) for rule in kernel_policy["spec"]["egress"]
+               for port in rule["ports"]}  # fmt: skip
+    assert allowed == {("TCP", api_port), ("UDP", 53), ("TCP", 53), ("TCP", 8877)}
