@@ -62,6 +62,7 @@ def roundtrip(payload: dict[str, Any]) -> dict[str, Any]:
 # --- the safe encoding -----------------------------------------------------------------------
 def _models() -> list[Any]:
     from diffprivlib import models as dp
+    from sklearn.ensemble import RandomForestClassifier, RandomForestRegressor
     from sklearn.linear_model import Lasso, LinearRegression, LogisticRegression, Ridge
     from sklearn.naive_bayes import GaussianNB
     from sklearn.tree import DecisionTreeClassifier, DecisionTreeRegressor
@@ -75,13 +76,15 @@ def _models() -> list[Any]:
         (GaussianNB(), "cp"),
         (DecisionTreeClassifier(min_samples_leaf=5, random_state=0), "cp"),
         (DecisionTreeRegressor(max_depth=4, random_state=0), "trestbps"),
+        (RandomForestClassifier(n_estimators=15, min_samples_leaf=5, random_state=0), "cp"),
+        (RandomForestRegressor(n_estimators=5, max_depth=3, random_state=0), "trestbps"),
         (dp.LogisticRegression(epsilon=1.0, data_norm=700), "sex"),
         (dp.LinearRegression(epsilon=1.0, bounds_X=(0, 600), bounds_y=(80, 200)), "trestbps"),
         (dp.GaussianNB(epsilon=1.0, bounds=([20, 100, 60], [80, 600, 210])), "sex"),
     ]
 
 
-@pytest.mark.parametrize("index", range(11))
+@pytest.mark.parametrize("index", range(13))
 def test_every_supported_model_travels_as_data_and_predicts_the_same(
     index: int, heart: pd.DataFrame
 ) -> None:
@@ -97,6 +100,10 @@ def test_every_supported_model_travels_as_data_and_predicts_the_same(
         np.testing.assert_allclose(got, expected)
     else:
         assert (got == expected).all()
+    if hasattr(model, "predict_proba"):
+        np.testing.assert_allclose(
+            rebuilt.predict_proba(heart[FEATURES]), model.predict_proba(heart[FEATURES])
+        )
 
 
 def test_unsupported_models_are_described_not_carried(heart: pd.DataFrame) -> None:
@@ -157,6 +164,24 @@ def test_small_leaves_are_held_with_their_sizes(heart: pd.DataFrame) -> None:
     assert findings_of(deep, lower) == []
 
 
+def test_a_forest_with_small_leaves_is_held_with_every_tree_counted(heart: pd.DataFrame) -> None:
+    from sklearn.ensemble import RandomForestClassifier
+
+    forest = fitted(RandomForestClassifier(n_estimators=10, random_state=0), heart)
+    (finding,) = findings_of(forest)
+    assert finding.check == "model-small-leaves" and finding.verdict is Verdict.REVIEW
+    small = [
+        int(n)
+        for tree in forest.estimators_
+        for n in tree.tree_.n_node_samples[tree.tree_.children_left < 0]
+        if n < 10
+    ]
+    shown = re.findall(r"(\d+) x(\d+)", finding.message)
+    assert {int(s): int(c) for s, c in shown} == {n: small.count(n) for n in set(small)}
+    safe = RandomForestClassifier(n_estimators=10, min_samples_leaf=10, random_state=0)
+    assert findings_of(fitted(safe, heart)) == []
+
+
 def test_naive_bayes_with_a_small_class_is_held(heart: pd.DataFrame) -> None:
     from sklearn.naive_bayes import GaussianNB
 
@@ -203,7 +228,9 @@ def test_an_honest_model_is_held_for_review_not_blocked(heart: pd.DataFrame) -> 
     assert verdict is Verdict.REVIEW and "kernel-output" in checks
 
 
-@pytest.mark.parametrize("forgery", ["wrong-class", "long-coef", "extra-array", "huge", "pickle"])
+@pytest.mark.parametrize(
+    "forgery", ["wrong-class", "long-coef", "extra-array", "huge", "pickle", "tree-cycle"]
+)
 def test_forged_model_payloads_are_blocked(forgery: str, heart: pd.DataFrame) -> None:
     payload = logistic_payload(heart)
     rows = heart[FEATURES].to_numpy(dtype=float)
@@ -227,8 +254,14 @@ def test_forged_model_payloads_are_blocked(forgery: str, heart: pd.DataFrame) ->
             "shape": [1, 250_000],
             "data": [[0] * 250_000],
         }
-    else:
+    elif forgery == "pickle":
         payload["params"]["C"] = {"py/object": "os.system"}
+    else:  # a tree whose "nodes" loop instead of branching
+        from sklearn.tree import DecisionTreeClassifier
+
+        tree = fitted(DecisionTreeClassifier(max_depth=2, random_state=0), heart)
+        payload = roundtrip(describe_model(tree))
+        payload["arrays"]["children_left"]["data"][1] = 1
     verdict, checks = verdict_and_checks(value_item(payload), heart)
     assert verdict is Verdict.BLOCK and "value-undecodable" in checks
     with pytest.raises(ModelDecodeError):

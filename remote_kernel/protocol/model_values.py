@@ -23,6 +23,13 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from remote_kernel.protocol.errors import InputError
+from remote_kernel.protocol.model_trees import (
+    MISSING,
+    TREE_ARRAYS,
+    build_tree,
+    tree_arrays_of,
+    tree_problem,
+)
 
 MODEL_KIND = "model"
 #: Most numbers all the fitted arrays of one model may hold together.
@@ -34,10 +41,6 @@ MAX_FEATURES = 2_000
 MAX_ATTRIBUTES = 100
 
 _LINEAR = ("coef_", "intercept_")
-_TREE = ("children_left", "children_right", "feature", "threshold", "value", "n_node_samples")
-_MISSING = "missing_go_to_left"
-#: sklearn's node record calls the children left_child / right_child.
-_NODE_FIELD = {"children_left": "left_child", "children_right": "right_child"}
 
 
 @dataclass(frozen=True)
@@ -45,7 +48,7 @@ class ModelClass:
     """One allow-listed class: what it may carry and how the rules treat it."""
 
     path: str
-    family: str  # "linear", "naive-bayes" or "tree"
+    family: str  # "linear", "naive-bayes", "tree" or "forest"
     params: tuple[str, ...]
     arrays: tuple[str, ...]
     classifier: bool = False
@@ -56,6 +59,11 @@ class ModelClass:
 
 
 _LINEAR_PARAMS = ("fit_intercept", "tol", "max_iter")
+_TREE_PARAMS = ("criterion", "max_depth", "min_samples_leaf", "min_samples_split",
+                "max_leaf_nodes", "ccp_alpha")  # fmt: skip
+_FOREST_PARAMS = ("n_estimators", "bootstrap", "max_features", *_TREE_PARAMS)
+#: Most trees a forest may have.
+MAX_TREES = 500
 ALLOWED: dict[str, ModelClass] = {
     c.path: c
     for c in (
@@ -73,12 +81,12 @@ ALLOWED: dict[str, ModelClass] = {
         ModelClass("sklearn.naive_bayes.GaussianNB", "naive-bayes", ("var_smoothing",),
                    ("classes_", "class_count_", "class_prior_", "theta_", "var_", "epsilon_"),
                    classifier=True),
-        ModelClass("sklearn.tree.DecisionTreeClassifier", "tree",
-                   ("criterion", "max_depth", "min_samples_leaf", "min_samples_split",
-                    "max_leaf_nodes", "ccp_alpha"), ("classes_", *_TREE), classifier=True),
-        ModelClass("sklearn.tree.DecisionTreeRegressor", "tree",
-                   ("criterion", "max_depth", "min_samples_leaf", "min_samples_split",
-                    "max_leaf_nodes", "ccp_alpha"), _TREE),
+        ModelClass("sklearn.tree.DecisionTreeClassifier", "tree", _TREE_PARAMS,
+                   ("classes_", *TREE_ARRAYS), classifier=True),
+        ModelClass("sklearn.tree.DecisionTreeRegressor", "tree", _TREE_PARAMS, TREE_ARRAYS),
+        ModelClass("sklearn.ensemble.RandomForestClassifier", "forest", _FOREST_PARAMS,
+                   ("classes_",), classifier=True),
+        ModelClass("sklearn.ensemble.RandomForestRegressor", "forest", _FOREST_PARAMS, ()),
         ModelClass("diffprivlib.models.LogisticRegression", "linear",
                    ("epsilon", "data_norm", "C", *_LINEAR_PARAMS), ("classes_", *_LINEAR),
                    classifier=True, dp=True, bounds=("data_norm",)),
@@ -91,6 +99,8 @@ ALLOWED: dict[str, ModelClass] = {
                    classifier=True, dp=True, bounds=("bounds",)),
     )
 }  # fmt: skip
+#: A forest's trees are described like this (their node arrays only).
+TREE = ModelClass("tree", "tree", (), TREE_ARRAYS)
 #: Arrays that may hold labels (strings) instead of numbers.
 _LABEL_ARRAYS = frozenset({"classes_"})
 
@@ -112,13 +122,20 @@ class ModelSpec:
     n_features: int
     feature_names: tuple[str, ...] | None
     arrays: dict[str, Any] = field(default_factory=dict)  # name -> numpy array
+    #: A forest's trees, each as its node arrays (``TREE_ARRAYS``).
+    trees: tuple[dict[str, Any], ...] = ()
+
+    def tree_arrays(self) -> list[dict[str, Any]]:
+        """The node arrays of every tree (one for a tree, none for other models)."""
+        return [self.arrays] if self.cls.family == "tree" else list(self.trees)
 
     def leaf_sizes(self) -> list[int]:
-        """Training rows in each leaf of a tree (empty for other models)."""
-        if self.cls.family != "tree":
-            return []
-        left, sizes = self.arrays["children_left"], self.arrays["n_node_samples"]
-        return [int(n) for n, child in zip(sizes.tolist(), left.tolist(), strict=True) if child < 0]
+        """Training rows in each leaf of every tree (empty for models without trees)."""
+        sizes = []
+        for tree in self.tree_arrays():
+            left, counts = tree["children_left"].tolist(), tree["n_node_samples"].tolist()
+            sizes += [int(n) for n, child in zip(counts, left, strict=True) if child < 0]
+        return sizes
 
     def texts(self) -> list[tuple[str, str]]:
         """Every number and label the payload carries, as text for the leak scan."""
@@ -126,13 +143,22 @@ class ModelSpec:
         if self.feature_names:
             lines.append(" ".join(self.feature_names))
         texts = [("model parameters", "\n".join(lines))]
-        for name, array in sorted(self.arrays.items()):
-            rows = array.reshape(array.shape[0], -1) if array.ndim > 1 else array.reshape(1, -1)
-            if array.ndim == 1 and name not in _LABEL_ARRAYS:
-                rows = array.reshape(-1, 1) if name in _TREE else rows
-            text = "\n".join(" ".join(str(v) for v in row) for row in rows.tolist())
-            texts.append((f"model {name}", text))
+        texts += _array_texts("model", self.arrays)
+        for i, tree in enumerate(self.trees):
+            texts += _array_texts(f"model tree {i}", tree)
         return texts
+
+
+def _array_texts(where: str, arrays: dict[str, Any]) -> list[tuple[str, str]]:
+    """Arrays as lines of numbers: a matrix by rows, a tree's node arrays one node a line."""
+    texts = []
+    for name, array in sorted(arrays.items()):
+        rows = array.reshape(array.shape[0], -1) if array.ndim > 1 else array.reshape(1, -1)
+        if array.ndim == 1 and name in TREE_ARRAYS:
+            rows = array.reshape(-1, 1)
+        text = "\n".join(" ".join(str(v) for v in row) for row in rows.tolist())
+        texts.append((f"{where} {name}", text))
+    return texts
 
 
 # --- reading a payload (the datasite and the researcher both do this) --------------------------
@@ -152,8 +178,9 @@ def read_model(payload: Any) -> ModelSpec:
             f"{str(path)[:200]!r} is not a model this datasite describes as data "
             f"(supported: {supported_list()})"
         )
-    extra = set(payload) - {"kind", "type", "class", "supported", "params", "n_features",
-                            "feature_names", "arrays"}  # fmt: skip
+    keys = {"kind", "type", "class", "supported", "params", "n_features", "feature_names",
+            "arrays"} | ({"trees"} if cls.family == "forest" else set())  # fmt: skip
+    extra = set(payload) - keys
     if extra:
         raise ModelDecodeError(f"unexpected key(s) in a model payload: {_names(extra)}")
     params = _params(cls, payload.get("params"))
@@ -167,10 +194,18 @@ def read_model(payload: Any) -> ModelSpec:
         or not all(isinstance(n, str) and len(n) <= 200 for n in names)
     ):
         raise ModelDecodeError("feature_names must be one short string per feature, or null")
-    arrays = _arrays(cls, payload.get("arrays"))
-    spec = ModelSpec(cls, params, n_features, tuple(names) if names else None, arrays)
+    total = [0]
+    arrays = _arrays(cls.path, cls.arrays, payload.get("arrays"), total, cls.family == "tree")
+    trees = _forest(cls, payload.get("trees"), total) if cls.family == "forest" else ()
+    spec = ModelSpec(cls, params, n_features, tuple(names) if names else None, arrays, trees)
     _check_shapes(spec)
     return spec
+
+
+def _forest(cls: ModelClass, raw: Any, total: list[int]) -> tuple[dict[str, Any], ...]:
+    if not isinstance(raw, list) or not 1 <= len(raw) <= MAX_TREES:
+        raise ModelDecodeError(f"a forest's trees must be a list of 1 to {MAX_TREES} trees")
+    return tuple(_arrays(f"{cls.path} tree", TREE_ARRAYS, tree, total, True) for tree in raw)
 
 
 def read_description(payload: Any) -> tuple[str, tuple[str, ...]]:
@@ -223,57 +258,69 @@ def _param_value(value: Any, depth: int = 0) -> bool:
     return False
 
 
-def _arrays(cls: ModelClass, raw: Any) -> dict[str, Any]:
-    import numpy as np
-
+def _arrays(
+    what: str, names: tuple[str, ...], raw: Any, total: list[int], tree: bool
+) -> dict[str, Any]:
+    """Exactly the arrays ``names`` (a tree may add ``missing_go_to_left``), each checked;
+    ``total`` counts the numbers of the whole model against :data:`MAX_MODEL_CELLS`."""
     if not isinstance(raw, dict):
         raise ModelDecodeError("arrays must be an object")
-    allowed = set(cls.arrays) | ({_MISSING} if cls.family == "tree" else set())
-    unknown = set(raw) - allowed
-    missing = set(cls.arrays) - set(raw)
+    unknown = set(raw) - set(names) - ({MISSING} if tree else set())
+    missing = set(names) - set(raw)
     if unknown or missing:
-        what = f"unexpected {_names(unknown)}" if unknown else f"missing {_names(missing)}"
-        raise ModelDecodeError(f"{cls.path} arrays: {what}")
-    total = 0
-    arrays = {}
-    for name, entry in raw.items():
-        if not isinstance(entry, dict) or set(entry) != {"dtype", "shape", "data"}:
-            raise ModelDecodeError(f"array {name} must be {{dtype, shape, data}}")
-        shape = entry["shape"]
-        if (
-            not isinstance(shape, list)
-            or len(shape) > 3
-            or not all(_count(n) and n >= 0 for n in shape)
-        ):
-            raise ModelDecodeError(f"array {name} has a bad shape")
-        total += math.prod(shape)
-        if total > MAX_MODEL_CELLS:
-            raise ModelDecodeError(
-                f"the model's arrays hold over {MAX_MODEL_CELLS} numbers, more than any "
-                "supported model needs"
-            )
-        dtype = str(entry["dtype"])
-        if name in _LABEL_ARRAYS and dtype == "str":
-            data = entry["data"]
-            if not isinstance(data, list) or not all(
-                isinstance(v, str) and len(v) <= 200 for v in data
-            ):
-                raise ModelDecodeError(f"array {name} must be a list of short strings")
-            array = np.array(data, dtype=object)
-        else:
-            kind = np.dtype(dtype).kind if dtype in _NUMERIC_DTYPES else ""
-            if kind not in "biuf" or not kind:
-                raise ModelDecodeError(f"array {name} has dtype {dtype[:20]!r}, not a number type")
-            try:
-                array = np.asarray(entry["data"], dtype=np.dtype(dtype))
-            except (TypeError, ValueError):
-                raise ModelDecodeError(f"array {name} does not hold numbers") from None
-            if kind == "f" and not bool(np.isfinite(array).all()):
-                raise ModelDecodeError(f"array {name} holds NaN or infinity")
-        if list(array.shape) != shape:
-            raise ModelDecodeError(f"array {name} does not have its declared shape")
-        arrays[name] = array
-    return arrays
+        problem = f"unexpected {_names(unknown)}" if unknown else f"missing {_names(missing)}"
+        raise ModelDecodeError(f"{what} arrays: {problem}")
+    return {name: _array(name, entry, total) for name, entry in raw.items()}
+
+
+def _array(name: str, entry: Any, total: list[int]) -> Any:
+    """One array entry, its size counted before anything is allocated for it."""
+    if not isinstance(entry, dict) or set(entry) != {"dtype", "shape", "data"}:
+        raise ModelDecodeError(f"array {name} must be {{dtype, shape, data}}")
+    shape = entry["shape"]
+    if (
+        not isinstance(shape, list)
+        or len(shape) > 3
+        or not all(_count(n) and n >= 0 for n in shape)
+    ):
+        raise ModelDecodeError(f"array {name} has a bad shape")
+    total[0] += math.prod(shape)
+    if total[0] > MAX_MODEL_CELLS:
+        raise ModelDecodeError(
+            f"the model's arrays hold over {MAX_MODEL_CELLS} numbers, more than any "
+            "supported model needs"
+        )
+    dtype = str(entry["dtype"])
+    if name in _LABEL_ARRAYS and dtype == "str":
+        array = _labels(name, entry["data"])
+    else:
+        array = _numbers(name, dtype, entry["data"])
+    if list(array.shape) != shape:
+        raise ModelDecodeError(f"array {name} does not have its declared shape")
+    return array
+
+
+def _labels(name: str, data: Any) -> Any:
+    import numpy as np
+
+    if not isinstance(data, list) or not all(isinstance(v, str) and len(v) <= 200 for v in data):
+        raise ModelDecodeError(f"array {name} must be a list of short strings")
+    return np.array(data, dtype=object)
+
+
+def _numbers(name: str, dtype: str, data: Any) -> Any:
+    import numpy as np
+
+    kind = np.dtype(dtype).kind if dtype in _NUMERIC_DTYPES else ""
+    if not kind or kind not in "biuf":
+        raise ModelDecodeError(f"array {name} has dtype {dtype[:20]!r}, not a number type")
+    try:
+        array = np.asarray(data, dtype=np.dtype(dtype))
+    except (TypeError, ValueError):
+        raise ModelDecodeError(f"array {name} does not hold numbers") from None
+    if kind == "f" and not bool(np.isfinite(array).all()):
+        raise ModelDecodeError(f"array {name} holds NaN or infinity")
+    return array
 
 
 _NUMERIC_DTYPES = frozenset(
@@ -303,38 +350,10 @@ def _check_shapes(spec: ModelSpec) -> None:
                             ("epsilon_", ())):  # fmt: skip
             if a[name].shape != shape:
                 raise ModelDecodeError(f"{name} must have shape {shape}")
-    else:
-        _check_tree(spec, n_classes)
-
-
-def _check_tree(spec: ModelSpec, n_classes: int) -> None:
-    import numpy as np
-
-    a = spec.arrays
-    nodes = a["children_left"].shape[0] if a["children_left"].ndim == 1 else -1
-    if nodes < 1:
-        raise ModelDecodeError("a tree needs a 1-d children_left with at least one node")
-    for name in _TREE[:4] + ("n_node_samples",) + ((_MISSING,) if _MISSING in a else ()):
-        if a[name].shape != (nodes,):
-            raise ModelDecodeError(f"{name} must hold one entry per node ({nodes})")
-    outputs = max(n_classes, 1)
-    if a["value"].shape != (nodes, 1, outputs):
-        raise ModelDecodeError(f"value must be {nodes} x 1 x {outputs}")
-    left, right = a["children_left"], a["children_right"]
-    leaf = left < 0
-    if not np.array_equal(leaf, right < 0) or not np.all(leaf | ((left > 0) & (right > 0))):
-        raise ModelDecodeError("a node has one child only, or a child before the root")
-    if np.any(left >= nodes) or np.any(right >= nodes):
-        raise ModelDecodeError("a child index points outside the tree")
-    children = np.concatenate([left[~leaf], right[~leaf]])
-    if len(np.unique(children)) != len(children) or len(children) != nodes - 1:
-        raise ModelDecodeError("the nodes do not form one tree")
-    feature = a["feature"]
-    if np.any(feature[~leaf] < 0) or np.any(feature >= spec.n_features):
-        raise ModelDecodeError("a split names a feature the model does not have")
-    sizes = a["n_node_samples"]
-    if np.any(sizes < 1) or np.any(sizes[~leaf] != sizes[left[~leaf]] + sizes[right[~leaf]]):
-        raise ModelDecodeError("node sample counts do not add up from the leaves")
+    for tree in spec.tree_arrays():
+        problem = tree_problem(tree, spec.n_features, n_classes)
+        if problem:
+            raise ModelDecodeError(problem)
 
 
 # --- describing an estimator (in a kernel, or at the datasite for models it fitted) ------------
@@ -385,6 +404,8 @@ def describe_model(model: Any, fitted: bool = True) -> dict[str, Any]:
     payload["n_features"] = int(model.n_features_in_)
     payload["feature_names"] = [str(n) for n in names] if names is not None else None
     payload["arrays"] = _fitted_arrays(model, cls)
+    if cls.family == "forest":
+        payload["trees"] = [_fitted_arrays(tree, TREE) for tree in model.estimators_]
     return payload
 
 
@@ -404,12 +425,7 @@ def _fitted_arrays(model: Any, cls: ModelClass) -> dict[str, Any]:
     import numpy as np
 
     if cls.family == "tree":
-        state = model.tree_.__getstate__()
-        nodes = state["nodes"]
-        values = {name: nodes[_NODE_FIELD.get(name, name)] for name in _TREE if name != "value"}
-        values["value"] = np.asarray(state["values"])
-        if _MISSING in nodes.dtype.names:
-            values[_MISSING] = nodes[_MISSING]
+        values = tree_arrays_of(model)
         if cls.classifier:
             values["classes_"] = model.classes_
     else:
@@ -440,9 +456,11 @@ def _class_of(path: str) -> type | None:
             "diffprivlib.models.LinearRegression": dp.LinearRegression,
             "diffprivlib.models.GaussianNB": dp.GaussianNB,
         }.get(path)
-    from sklearn import linear_model, naive_bayes, tree
+    from sklearn import ensemble, linear_model, naive_bayes, tree
 
     return {
+        "sklearn.ensemble.RandomForestClassifier": ensemble.RandomForestClassifier,
+        "sklearn.ensemble.RandomForestRegressor": ensemble.RandomForestRegressor,
         "sklearn.linear_model.LogisticRegression": linear_model.LogisticRegression,
         "sklearn.linear_model.LinearRegression": linear_model.LinearRegression,
         "sklearn.linear_model.Ridge": linear_model.Ridge,
@@ -475,42 +493,29 @@ def build_model(spec: ModelSpec) -> Any:
     arrays = dict(spec.arrays)
     if "classes_" in arrays and arrays["classes_"].dtype == object:
         arrays["classes_"] = arrays["classes_"].astype(str)
+    classes = arrays.get("classes_")
     if spec.cls.family == "tree":
-        _build_tree(model, spec, arrays)
+        build_tree(model, spec.n_features, classes, arrays)
+        return model
+    if spec.cls.family == "forest":
+        _build_forest(model, spec, classes)
         return model
     for name, array in arrays.items():
         setattr(model, name, array.item() if array.ndim == 0 else array)
     return model
 
 
-def _build_tree(model: Any, spec: ModelSpec, arrays: dict[str, Any]) -> None:
-    import numpy as np
-    from sklearn.tree._tree import NODE_DTYPE, Tree
-
-    nodes = np.zeros(len(arrays["children_left"]), dtype=NODE_DTYPE)
-    for name in _TREE:
-        if name != "value":
-            nodes[_NODE_FIELD.get(name, name)] = arrays[name]
-    nodes["weighted_n_node_samples"] = arrays["n_node_samples"]
-    if _MISSING in (NODE_DTYPE.names or ()) and _MISSING in arrays:
-        nodes[_MISSING] = arrays[_MISSING]
-    classes = len(arrays["classes_"]) if spec.cls.classifier else 1
-    tree = Tree(spec.n_features, np.array([classes], dtype=np.intp), 1)
-    depth = _depth(arrays["children_left"], arrays["children_right"])
-    values = np.ascontiguousarray(arrays["value"], dtype=np.float64)
-    state = {"max_depth": depth, "node_count": len(nodes), "nodes": nodes, "values": values}
-    tree.__setstate__(state)
-    model.tree_ = tree
+def _build_forest(model: Any, spec: ModelSpec, classes: Any) -> None:
+    """A forest of trees built like single trees (sklearn's forests predict from these)."""
+    single = "Classifier" if spec.cls.classifier else "Regressor"
+    tree_cls = ALLOWED[f"sklearn.tree.DecisionTree{single}"]
+    model.estimators_ = []
+    for arrays in spec.trees:
+        tree = make_estimator(tree_cls, {})
+        tree.n_features_in_ = spec.n_features
+        build_tree(tree, spec.n_features, classes, arrays)
+        model.estimators_.append(tree)
+    model.estimator_ = make_estimator(tree_cls, {})
     model.n_outputs_ = 1
-    model.max_features_ = spec.n_features
-    if spec.cls.classifier:
-        model.classes_ = arrays["classes_"]
-        model.n_classes_ = classes
-
-
-def _depth(left: Any, right: Any) -> int:
-    depth, frontier = 0, [0]
-    while frontier:
-        frontier = [c for n in frontier for c in (int(left[n]), int(right[n])) if c >= 0]
-        depth += 1 if frontier else 0
-    return depth
+    if classes is not None:
+        model.classes_, model.n_classes_ = classes, len(classes)
