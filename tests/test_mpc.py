@@ -391,3 +391,40 @@ def test_in_a_remote_cell_rk_secure_refuses(monkeypatch: pytest.MonkeyPatch) -> 
     monkeypatch.setenv(DATASETS_ENV, "{}")
     with pytest.raises(rk.RemoteKernelError, match="runs in your own kernel"):
         rk.secure.query(SQL)
+
+
+def test_a_party_cannot_connect_under_another_partys_number() -> None:
+    """The listening side reads the client's party number from its first bytes and closes
+    the connection unless the client's certificate names that party."""
+    from remote_kernel.datasite.mpc.tls import numbered_exchanger
+
+    received: list[bytes] = []
+
+    class Base:
+        def __init__(self) -> None:
+            self.peer_pid: int | None = None
+            self.bytes = bytearray()
+            self.transport: Any = None
+
+        def data_received(self, data: bytes) -> None:
+            received.append(data)
+
+    class Transport:
+        closed = False
+
+        def __init__(self, name: str) -> None:
+            self.cert = {"subjectAltName": (("DNS", name),)}
+
+        def get_extra_info(self, key: str) -> Any:
+            return self.cert if key == "peercert" else None
+
+        def close(self) -> None:
+            self.closed = True
+
+    exchanger = numbered_exchanger(Base, ["a", "b", "c"])
+    honest, impostor = exchanger(), exchanger()
+    honest.transport, impostor.transport = Transport("b"), Transport("b")
+    honest.data_received((1).to_bytes(2, "little") + b"keys")
+    impostor.data_received((0).to_bytes(2, "little") + b"keys")
+    assert received == [(1).to_bytes(2, "little") + b"keys"]
+    assert not honest.transport.closed and impostor.transport.closed

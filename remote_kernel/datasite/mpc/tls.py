@@ -8,7 +8,8 @@ opens the same connections as MPyC's (party ``i`` listens for parties ``< i`` an
 connects to parties ``> i``, the client sending its number first) with TLS 1.2+
 both ways: a client trusts only the certificate the site's own ``datasite.yaml``
 names for that peer and checks the peer's name in it; a server accepts only
-clients holding one of the participants' certificates.
+clients holding one of the participants' certificates, and only under the party
+number whose name that certificate carries (:func:`numbered_exchanger`).
 """
 
 from __future__ import annotations
@@ -39,6 +40,33 @@ def client_context(certificate: str, key: str, peer_certificate: str) -> ssl.SSL
     return context
 
 
+def certificate_names(peercert: Any) -> set[str]:
+    """The DNS names of a verified peer certificate (``SSLSocket.getpeercert()``'s dict)."""
+    if not isinstance(peercert, dict):
+        return set()
+    return {value for kind, value in peercert.get("subjectAltName", ()) if kind == "DNS"}
+
+
+def numbered_exchanger(base: type, names: list[str]) -> type:
+    """MPyC's server-side protocol, refusing a client whose first message (its party
+    number) is not the number of the site its certificate names: a participant cannot
+    connect as another participant."""
+
+    class Numbered(base):  # type: ignore[misc, valid-type]
+        def data_received(self, data: bytes) -> None:
+            if self.peer_pid is None:
+                head = bytes(self.bytes) + bytes(data)
+                if len(head) >= 2:
+                    claimed = int.from_bytes(head[:2], "little")
+                    held = certificate_names(self.transport.get_extra_info("peercert"))
+                    if claimed >= len(names) or names[claimed] not in held:
+                        self.transport.close()
+                        return
+            super().data_received(data)
+
+    return Numbered
+
+
 async def start_runtime(
     runtime: Any,
     names: list[str],
@@ -62,8 +90,9 @@ async def start_runtime(
     if me:
         trusted = [p for i, p in enumerate(peer_certificates) if i < me]
         context = server_context(certificate, key, trusted)
+        exchanger = numbered_exchanger(asyncoro.MessageExchanger, names)
         server = await loop.create_server(
-            lambda: asyncoro.MessageExchanger(runtime),
+            lambda: exchanger(runtime),
             host=listen_host,
             port=runtime.parties[me].port,
             ssl=context,
