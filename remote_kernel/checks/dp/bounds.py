@@ -55,6 +55,8 @@ class Bounder:
         interval = self._interval(node)
         if interval is EMPTY:
             raise QueryRejected(f"{self._text(node)} is always NULL: there is nothing to add up.")
+        if not all(math.isfinite(end) for end in interval):
+            raise self._refuse(node, "its range overflows floating point")
         return interval
 
     def _text(self, node: Mapping[str, Any]) -> str:
