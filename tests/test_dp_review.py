@@ -22,8 +22,12 @@ import httpx
 import pandas as pd
 import pytest
 
+from remote_kernel.checks.filter import decision
+from remote_kernel.datasite.dp_tier import DP_MIME as SERVER_DP_MIME
 from remote_kernel.datasite.dp_tier import error_bar
-from remote_kernel.protocol.models import Role
+from remote_kernel.datasite.store import Store
+from remote_kernel.datasite.views import DP_ANSWERS_SHOWN, dp_view
+from remote_kernel.protocol.models import Finding, OutputItem, Role, Verdict
 from remote_kernel.researcher.client import DP_MIME, Datasite
 from remote_kernel.researcher.display import output_bundle
 
@@ -280,3 +284,65 @@ def test_error_bars_read_without_exponents(value: float, error: float, shown: st
 @pytest.fixture
 def private_heart_dp(site: RunningDatasite) -> pd.DataFrame:
     return pd.read_parquet(site.directory / "datasets" / "heart" / "private.parquet")
+
+
+def _dp_item(sql: str, epsilon: float, dataset: str | None = "heart") -> OutputItem:
+    payload: dict[str, Any] = {"sql": sql, "epsilon": epsilon, "columns": ["n"], "data": [[1]]}
+    if dataset is not None:
+        payload["dataset"] = dataset
+    data = {"text/plain": "n", SERVER_DP_MIME: payload}
+    return OutputItem("display_data", {"data": data, "metadata": {}, "transient": {}})
+
+
+def test_dp_view_on_each_store_backend(store_url: str) -> None:
+    """Only released datasite-made DP answers of that researcher, newest first, capped;
+    a kernel output carrying the DP mime type (researcher code can print anything) is not
+    one. Runs on SQLite and PostgreSQL (the LIKE is portable)."""
+    assert SERVER_DP_MIME == DP_MIME  # the researcher's client mirrors the datasite's name
+    store = Store(store_url)
+    alice, _ = store.create_user("alice", Role.RESEARCHER)
+    carol, _ = store.create_user("carol", Role.RESEARCHER)
+    store.set_budget("alice", "heart", 2.0)
+    store.charge_budget("alice", "heart", 0.5)
+    release = filter_decision(Verdict.RELEASE)
+    ids = {}
+    for who in (alice, carol):
+        store.create_session(f"s-{who.name}", who)
+        ids[who.name] = store.create_request(f"s-{who.name}", who, "rk.query(...)").id
+    answers = []
+    for i in range(DP_ANSWERS_SHOWN + 3):
+        sql = f"SELECT COUNT(*) AS n FROM heart WHERE age > {i}"
+        out = store.add_output(
+            ids["alice"], _dp_item(sql, 0.01, None if i == 0 else "heart"), origin="query"
+        )
+        answers.append(store.apply_filter_decision(out.id, release, "test").id)
+    forged = store.add_output(ids["alice"], _dp_item("SELECT 1", 9.0), origin="kernel")
+    store.apply_filter_decision(forged.id, release, "test")
+    held = store.add_output(ids["alice"], _dp_item("SELECT 2", 9.0), origin="query")
+    store.apply_filter_decision(held.id, filter_decision(Verdict.REVIEW), "test")
+    theirs = store.add_output(ids["carol"], _dp_item("SELECT 3", 9.0), origin="query")
+    store.apply_filter_decision(theirs.id, release, "test")
+
+    found = store.released_datasite_outputs(alice.id, SERVER_DP_MIME, DP_ANSWERS_SHOWN)
+    view = dp_view(store.budgets("alice"), found)
+    assert [a["output_id"] for a in view["answers"]] == answers[::-1][:DP_ANSWERS_SHOWN]
+    assert {a["epsilon"] for a in view["answers"]} == {0.01}
+    assert view["spending"] == [
+        {
+            "dataset": "heart",
+            "epsilon_total": 2.0,
+            "epsilon_spent": 0.5,
+            "epsilon_left": 1.5,
+            "charges": 1,
+        }
+    ]
+    # An answer whose payload predates "dataset" still names it (from its SQL).
+    oldest = store.released_datasite_outputs(alice.id, SERVER_DP_MIME, 100)[-1]
+    assert dp_view([], [oldest])["answers"][0]["dataset"] == "heart"
+    assert dp_view(store.budgets("carol"), []) == {"spending": [], "answers": []}
+    store.close()
+
+
+def filter_decision(verdict: Verdict) -> Any:
+    """What the output filter would hand the store, with one finding of ``verdict``."""
+    return decision([Finding("test", verdict, "set by the test")])
