@@ -433,6 +433,31 @@ def test_a_dp_model_is_released_and_charged_and_refused_when_short(
     store.close()
 
 
+def test_fit_dp_on_the_mock_fits_here_spends_nothing_and_says_so(
+    site: RunningDatasite, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from diffprivlib.models import LogisticRegression
+
+    import remote_kernel as rk
+
+    store = site.store()
+    before = [(line.epsilon_spent, line.charges) for line in store.budgets("alice")]
+    store.close()
+    rk.connect(site.url, token=site.tokens["alice"], name="models-mock")
+    try:
+        model = rk.fit_dp(
+            LogisticRegression(epsilon=0.5, data_norm=700), "heart", ["age", "chol"], "sex"
+        )
+        mock = rk.data("heart").dropna(subset=["age", "chol", "sex"])
+    finally:
+        rk.disconnect("models-mock")
+    assert set(model.predict(mock[["age", "chol"]])) <= {0, 1}
+    assert "mock data: fitted here, no budget spent" in capsys.readouterr().out
+    store = site.store()
+    assert [(line.epsilon_spent, line.charges) for line in store.budgets("alice")] == before
+    store.close()
+
+
 FORGED = """
 from IPython.display import publish_display_data
 from sklearn.linear_model import LogisticRegression
