@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import subprocess
 import sys
 import time
@@ -24,6 +23,7 @@ import pandas as pd
 import pytest
 
 from remote_kernel.datasite.config import ConfigError, DatasiteConfig
+from remote_kernel.datasite.gateway import GATEWAY_KERNEL_ENV
 from remote_kernel.researcher.client import Datasite
 
 from .conftest import RunningDatasite, free_port, make_datasite
@@ -41,11 +41,9 @@ def gateway_binary() -> str:
     return path
 
 
-@pytest.fixture(scope="module")
-def gateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """A running Enterprise Gateway whose only kernel spec is an ipykernel of this Python."""
+def start_gateway(home: Path, client_envs: str) -> tuple[subprocess.Popen[bytes], str]:
+    """An Enterprise Gateway whose only kernel spec is an ipykernel of this Python."""
     binary = gateway_binary()
-    home = tmp_path_factory.mktemp("eg")
     spec = home / "kernels" / "python3"
     spec.mkdir(parents=True)
     argv = [sys.executable, "-m", "ipykernel_launcher", "-f", "{connection_file}"]
@@ -57,9 +55,7 @@ def gateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         "JUPYTER_PATH": str(home),
         "JUPYTER_DATA_DIR": str(home),
         "JUPYTER_RUNTIME_DIR": str(home / "runtime"),
-        # What the datasite sends its kernels besides KERNEL_*: the gateway passes on these.
-        "EG_CLIENT_ENVS": "REMOTE_KERNEL_SITE,REMOTE_KERNEL_API_URL,REMOTE_KERNEL_API_TOKEN,"
-        "REMOTE_KERNEL_API_CA",
+        "EG_CLIENT_ENVS": client_envs,
     }
     log = open(home / "eg.log", "wb")
     process = subprocess.Popen(
@@ -74,15 +70,35 @@ def gateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     while time.monotonic() < deadline:
         try:
             if httpx.get(f"{url}/api/kernelspecs", headers=auth(), timeout=1).status_code == 200:
-                break
+                return process, url
         except httpx.TransportError:
             time.sleep(0.2)
-    else:
-        process.kill()
-        raise TimeoutError(f"the gateway did not start: {(home / 'eg.log').read_text()}")
+    process.kill()
+    raise TimeoutError(f"the gateway did not start: {(home / 'eg.log').read_text()}")
+
+
+@pytest.fixture(scope="module")
+def gateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    # What the datasite sends its kernels besides KERNEL_*: the gateway passes on these.
+    process, url = start_gateway(tmp_path_factory.mktemp("eg"), ",".join(GATEWAY_KERNEL_ENV))
     yield url
     process.terminate()
     process.wait(20)
+
+
+def gateway_site(tmp: Path, gateway_url: str) -> RunningDatasite:
+    """A datasite whose kernels are the gateway's, with its kernel API on TLS."""
+    site = make_datasite(tmp)
+    cert, key = make_certificate(tmp)
+    config = DatasiteConfig.load(site.directory)
+    api_port = free_port()
+    kernels = config.kernels
+    kernels.provider, kernels.gateway_url = "gateway", gateway_url
+    kernels.api_listen, kernels.api_url = f"127.0.0.1:{api_port}", f"https://127.0.0.1:{api_port}"
+    kernels.api_certfile, kernels.api_keyfile = str(cert), str(key)
+    config.save()
+    os.environ[kernels.gateway_token_env] = EG_TOKEN  # the server reads it from its environment
+    return site
 
 
 def auth() -> dict[str, str]:
@@ -95,17 +111,7 @@ def gateway_kernels(url: str) -> list[dict]:
 
 @pytest.fixture(scope="module")
 def site(tmp_path_factory: pytest.TempPathFactory, gateway: str) -> Iterator[RunningDatasite]:
-    tmp = tmp_path_factory.mktemp("gw-site")
-    site = make_datasite(tmp)
-    cert, key = make_certificate(tmp)
-    config = DatasiteConfig.load(site.directory)
-    api_port = free_port()
-    kernels = config.kernels
-    kernels.provider, kernels.gateway_url = "gateway", gateway
-    kernels.api_listen, kernels.api_url = f"127.0.0.1:{api_port}", f"https://127.0.0.1:{api_port}"
-    kernels.api_certfile, kernels.api_keyfile = str(cert), str(key)
-    config.save()
-    os.environ[kernels.gateway_token_env] = EG_TOKEN  # the server reads it from its environment
+    site = gateway_site(tmp_path_factory.mktemp("gw-site"), gateway)
     site.start()
     yield site
     site.stop()
@@ -179,17 +185,7 @@ def test_a_gateway_site_without_its_tls_listener_is_refused_at_load(tmp_path: Pa
 
 
 def test_an_unreachable_gateway_fails_the_cell_with_a_clear_message(tmp_path: Path) -> None:
-    if shutil.which("openssl") is None:
-        pytest.skip("the openssl command line is not installed")
-    site = make_datasite(tmp_path)
-    cert, key = make_certificate(tmp_path)
-    config = DatasiteConfig.load(site.directory)
-    port = free_port()
-    kernels = config.kernels
-    kernels.provider, kernels.gateway_url = "gateway", f"http://127.0.0.1:{free_port()}"
-    kernels.api_listen, kernels.api_url = f"127.0.0.1:{port}", f"https://127.0.0.1:{port}"
-    kernels.api_certfile, kernels.api_keyfile = str(cert), str(key)
-    config.save()
+    site = gateway_site(tmp_path, f"http://127.0.0.1:{free_port()}")
     site.start()
     client = Datasite(site.url, site.tokens["alice"])
     try:
@@ -236,6 +232,25 @@ def test_interrupt_restart_and_close_reach_the_gateway_kernel(
     while carols() and time.monotonic() < deadline:
         time.sleep(0.2)
     assert carols() == set()  # ending the session shut its gateway kernel down
+
+
+def test_a_gateway_that_drops_our_variables_is_named_with_the_fix(tmp_path: Path) -> None:
+    process, url = start_gateway(tmp_path / "eg", client_envs="")
+    site = gateway_site(tmp_path, url)
+    site.start()
+    client = Datasite(site.url, site.tokens["alice"])
+    try:
+        request = client.run("1 + 1")
+        request.wait(60, until="finished")
+        assert request.status == "failed"
+        assert "did not pass REMOTE_KERNEL_SITE, REMOTE_KERNEL_API_URL" in request.message
+        assert "EG_CLIENT_ENVS" in request.message
+        assert gateway_kernels(url) == []  # the kernel it could not use was shut down
+    finally:
+        client.close()
+        site.stop()
+        process.terminate()
+        process.wait(20)
 
 
 def test_the_kubernetes_manifests_agree_with_the_datasite_config(tmp_path: Path) -> None:

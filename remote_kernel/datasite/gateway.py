@@ -39,17 +39,20 @@ from remote_kernel.datasite.config import KernelSettings
 from remote_kernel.datasite.kernels import LocalKernel
 from remote_kernel.protocol.errors import Unavailable
 from remote_kernel.protocol.kernel_env import (
+    API_CA_ENV,
     API_SOCKET_ENV,
+    API_TOKEN_ENV,
     API_URL_ENV,
     DATASET_FDS_ENV,
     DATASETS_ENV,
+    SITE_ENV,
 )
+from remote_kernel.protocol.models import OutputItem
 
 log = logging.getLogger("remote_kernel.datasite.gateway")
 
 #: Variables a gateway kernel must receive (the gateway's ``client_envs`` must list them).
-GATEWAY_KERNEL_ENV = ("REMOTE_KERNEL_SITE", "REMOTE_KERNEL_API_URL", "REMOTE_KERNEL_API_TOKEN",
-                      "REMOTE_KERNEL_API_CA")  # fmt: skip
+GATEWAY_KERNEL_ENV = (SITE_ENV, API_URL_ENV, API_TOKEN_ENV, API_CA_ENV)
 
 
 class GatewayUnavailable(Unavailable, RuntimeError):
@@ -250,10 +253,30 @@ class GatewayKernelProvider:
         kernel.shares_files = False  # pushes travel through the kernel API
         try:
             await kernel._connect()
+            await self._check_environment(kernel)
         except Exception:
             await kernel.shutdown()
             raise
         return kernel
+
+    async def _check_environment(self, kernel: LocalKernel) -> None:
+        """Refuse a kernel the gateway did not give remote_kernel's variables (its
+        ``client_envs``): it could not find its datasite, and would say so confusingly."""
+        missing: list[str] = []
+
+        async def collect(item: OutputItem) -> None:
+            if item.msg_type == "stream":
+                missing.extend(str(item.content.get("text", "")).split())
+
+        code = (
+            f"import os\nprint(*[n for n in {list(GATEWAY_KERNEL_ENV)!r} if not os.environ.get(n)])"
+        )
+        await kernel.execute(code, collect)
+        if missing:
+            raise GatewayUnavailable(
+                f"the kernel gateway did not pass {', '.join(missing)} to the kernel: list "
+                f"{','.join(GATEWAY_KERNEL_ENV)} in its client_envs (EG_CLIENT_ENVS)"
+            )
 
     def close(self) -> None:
         return None
