@@ -91,6 +91,9 @@ class KernelSettings:
     gateway_kernel_name: str = "python3"
     #: ``KERNEL_USERNAME`` of gateway kernels (their process proxy runs them as this user).
     gateway_username: str = "remote-kernel"
+    #: Container image of gateway kernels on Kubernetes/Docker, sent as ``KERNEL_IMAGE``
+    #: (EG's container process proxies honour it): Python with remote_kernel installed.
+    gateway_kernel_image: str = ""
     #: Where kernels on other machines reach the kernel API (TCP + TLS), e.g. ``0.0.0.0:8790``,
     #: the address they are told (``https://datasite.internal:8790``), and its TLS files.
     api_listen: str = ""

@@ -246,6 +246,8 @@ class GatewayKernelProvider:
                 "kernels.api_url in datasite.yaml"
             )
         kernel_env["KERNEL_USERNAME"] = self.gateway.username
+        if self.settings.gateway_kernel_image:
+            kernel_env["KERNEL_IMAGE"] = self.settings.gateway_kernel_image
         manager = GatewayKernelManager(self.gateway)
         await manager.start_kernel(kernel_env)
         kernel = LocalKernel(manager, self.settings.startup_timeout_seconds, cwd,  # type: ignore[arg-type]
