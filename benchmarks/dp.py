@@ -1,20 +1,27 @@
 """DP tier benchmark: answer time against the exact tier and plain DuckDB, and the error.
 
-    python benchmarks/dp.py [--rows 1000000] [--repeat 3] [--runs 20]
+    python benchmarks/dp.py [--rows 20000 1000000] [--repeat 3] [--runs 20]
 
 Two tables.
 
-* Time, on ``--rows`` heart-shaped rows (:func:`remote_kernel.datasite.datasets.
-  synthetic_heart`), for one filtered, grouped query with COUNT, SUM and AVG:
-  the DP tier's plan (shape check, bounds, OpenDP measurement: paid once per query)
-  and release (the row stage in DuckDB plus OpenDP's noise: paid per answer), the
-  exact tier (:func:`remote_kernel.checks.sqltier.run_query`, query plus per-cell
-  evidence), and the same query in a plain DuckDB connection. Baseline: the exact
-  tier; target: plan + release <= 2x the exact tier (issue 15).
-* Error, on the same table, at epsilon 0.1, 0.5 and 1: the median absolute error over
-  ``--runs`` releases of a count, a sum, a mean and a median (each the only aggregate
-  of its query, so it gets all of epsilon), and the share of releases whose 95% error
-  bar held the exact answer of the clipped data.
+* Time, for each ``--rows`` size of heart-shaped rows (:func:`remote_kernel.datasite.
+  datasets.synthetic_heart`), for one filtered, grouped query with COUNT, SUM and AVG:
+  the DP tier's plan -- cold (a query, metadata and epsilon not seen before: the OpenDP
+  measurement is built) and warm (the measurement is cached, :mod:`remote_kernel.checks.
+  dp.measure`; the row stage still runs) -- and its release (OpenDP's noise over the
+  rows), the exact tier (:func:`remote_kernel.checks.sqltier.run_query`, query plus
+  per-cell evidence), and the same query in a plain DuckDB connection. Baseline: the
+  exact tier; target: a cold DP answer (plan + release) <= 2x the exact tier (issue 15).
+* Error, on the largest table, at epsilon 0.1, 0.5 and 1: the median absolute error
+  over ``--runs`` releases of a count, a sum, a mean and a median (each the only
+  aggregate of its query, so it gets all of epsilon), and the share of releases whose
+  95% error bar held the exact answer of the clipped data.
+
+Before the measurement cache and the computed noise scale (commit 9917158, this
+machine, 2 shared cores): plan 1.13 s + release 0.024 s against 0.010 s exact at 20k
+rows (120x); plan 1.55 s + release 0.15 s against 0.125 s exact at 200k rows (13.6x).
+Almost all of the plan was OpenDP's binary search for the noise scale (~1,100
+measurements built per query).
 """
 
 from __future__ import annotations
@@ -29,6 +36,7 @@ import duckdb
 import numpy as np
 import pandas as pd
 
+from remote_kernel.checks.dp import measure
 from remote_kernel.checks.dp.engine import plan_dp_query
 from remote_kernel.checks.dp.metadata import parse_metadata
 from remote_kernel.checks.policy import Thresholds
@@ -67,7 +75,13 @@ def best_of(repeat: int, work: Callable[[], Any]) -> float:
 def timing_table(frame: pd.DataFrame, repeat: int) -> None:
     tables = {"heart": frame}
     metadata = parse_metadata(METADATA)
-    plan_s = best_of(repeat, lambda: plan_dp_query(QUERY, tables, metadata, 0.5))
+
+    def cold_plan() -> Any:
+        measure.clear_cache()
+        return plan_dp_query(QUERY, tables, metadata, 0.5)
+
+    cold_s = best_of(repeat, cold_plan)
+    warm_s = best_of(repeat, lambda: plan_dp_query(QUERY, tables, metadata, 0.5))
     plan = plan_dp_query(QUERY, tables, metadata, 0.5)
     release_s = best_of(repeat, plan.release)
     exact_s = best_of(repeat, lambda: run_query(QUERY, tables, Thresholds()))
@@ -75,9 +89,11 @@ def timing_table(frame: pd.DataFrame, repeat: int) -> None:
     con.register("heart", frame)
     plain_s = best_of(repeat, lambda: con.execute(QUERY).df())
     rows = [
-        ("DP tier: plan (once per query)", plan_s),
+        ("DP tier: plan, cold (measurement built)", cold_s),
+        ("DP tier: plan, warm (measurement cached)", warm_s),
         ("DP tier: release (per answer)", release_s),
-        ("DP tier: plan + release", plan_s + release_s),
+        ("DP answer, cold: plan + release", cold_s + release_s),
+        ("DP answer, warm: plan + release", warm_s + release_s),
         ("exact tier: query + evidence (baseline)", exact_s),
         ("plain DuckDB, same query", plain_s),
     ]
@@ -85,9 +101,11 @@ def timing_table(frame: pd.DataFrame, repeat: int) -> None:
     print(f"{'what':<42} {'seconds':>9} {'ratio':>7}")
     for name, seconds in rows:
         print(f"{name:<42} {seconds:9.3f} {seconds / exact_s:7.2f}")
-    ratio = (plan_s + release_s) / exact_s
-    verdict = "PASS" if ratio <= TIME_TARGET_RATIO else "MISS"
-    print(f"target: plan + release <= {TIME_TARGET_RATIO:g}x the exact tier: {ratio:.2f} {verdict}")
+    for kind, seconds in (("cold", cold_s + release_s), ("warm", warm_s + release_s)):
+        ratio = seconds / exact_s
+        verdict = "PASS" if ratio <= TIME_TARGET_RATIO else "MISS"
+        target = f"{kind} DP answer <= {TIME_TARGET_RATIO:g}x the exact tier"
+        print(f"target: {target}: {ratio:.2f} {verdict}")
 
 
 def clipped_truth(frame: pd.DataFrame, name: str) -> float:
@@ -129,12 +147,13 @@ def error_table(frame: pd.DataFrame, runs: int) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--rows", type=int, default=1_000_000)
+    parser.add_argument("--rows", type=int, nargs="+", default=[20_000, 1_000_000])
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--runs", type=int, default=20)
     args = parser.parse_args()
-    frame = synthetic_heart(args.rows, seed=0)
-    timing_table(frame, args.repeat)
+    for rows in args.rows:
+        frame = synthetic_heart(rows, seed=0)
+        timing_table(frame, args.repeat)
     error_table(frame, args.runs)
 
 

@@ -18,6 +18,8 @@ from typing import Any
 
 import pandas as pd
 import polars as pl
+import pyarrow as pa
+import pyarrow.ipc
 from opendp.mod import OpenDPException
 
 from remote_kernel.checks.dp.answer import DPAnswer
@@ -100,7 +102,9 @@ def invoke(measurement: Any, rows: pl.DataFrame) -> pl.DataFrame:
     """
     with tempfile.TemporaryDirectory(prefix="rk-dp-") as folder:
         path = os.path.join(folder, "rows.arrow")
-        rows.write_ipc(path, compression="uncompressed")
+        table = rows.to_arrow()  # zero-copy; written chunk by chunk (no rechunking)
+        with pa.OSFile(path, "wb") as sink, pa.ipc.new_file(sink, table.schema) as writer:
+            writer.write_table(table)
         return measurement(pl.scan_ipc(path, memory_map=True)).collect()
 
 

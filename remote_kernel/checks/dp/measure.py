@@ -79,6 +79,12 @@ _cache: OrderedDict[Spec, Compiled] = OrderedDict()
 _cache_lock = threading.Lock()
 
 
+def clear_cache() -> None:
+    """Forget every compiled measurement (benchmarks time the cold path with it)."""
+    with _cache_lock:
+        _cache.clear()
+
+
 def compiled(spec: Spec, rows: pl.DataFrame, keys: pl.DataFrame | None) -> Compiled:
     """The measurement for ``spec`` (``rows`` gives only its schema), from the cache if seen."""
     with _cache_lock:

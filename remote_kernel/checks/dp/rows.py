@@ -142,7 +142,7 @@ def run_rows(sql: str, dataset: str, frame: pd.DataFrame, *, private: bool) -> p
             table = con.sql(sql).to_arrow_table()
     finally:
         con.close()
-    return pl.from_arrow(table)  # type: ignore[return-value]
+    return pl.from_arrow(table, rechunk=False)  # type: ignore[return-value]
 
 
 def output_names(query: DPQuery, frame: pd.DataFrame) -> list[str]:
