@@ -55,4 +55,13 @@ def _ask_datasite(model: Any, dataset: str, features: list[str], target: str) ->
     if response.status_code != 200:
         message = answer.get("error", {}).get("message", f"HTTP {response.status_code}")
         raise BudgetExhausted(message) if response.status_code == 403 else QueryRejected(message)
-    return build_model(read_model(answer["model"]))
+    fitted = build_model(read_model(answer["model"]))
+    # The datasite already shows the released model as an output of the cell (with its
+    # cost); ending the cell with it adds no second, kernel-made copy to review, so
+    # request.value() finds the released one. A copy of it (clone) displays as usual.
+    fitted._ipython_display_ = _shown_by_the_datasite
+    return fitted
+
+
+def _shown_by_the_datasite() -> None:
+    return None
