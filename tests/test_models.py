@@ -117,6 +117,18 @@ def test_unsupported_models_are_described_not_carried(heart: pd.DataFrame) -> No
         decode_value(payload)
 
 
+def test_a_model_the_allow_list_cannot_describe_is_carried_as_a_description(
+    heart: pd.DataFrame,
+) -> None:
+    from sklearn.tree import DecisionTreeRegressor
+
+    two = DecisionTreeRegressor(max_depth=3).fit(heart[FEATURES], heart[["trestbps", "chol"]])
+    payload = roundtrip(encode_value(two))
+    assert payload["supported"] is False and "arrays" not in payload
+    (finding,) = model_findings(payload, Thresholds())
+    assert finding.check == "model-unsupported" and "multi-output" in finding.message
+
+
 def test_an_unfitted_estimator_attaches_no_value() -> None:
     from sklearn.linear_model import LogisticRegression
 

@@ -98,7 +98,8 @@ def _unsupported(payload: dict[str, Any], thresholds: Thresholds) -> list[Findin
             "model-unsupported",
             Verdict.BLOCK,
             f"a fitted {name} cannot leave this datasite: only these models are carried as "
-            f"data the datasite can check ({supported_list()}); {instead}.",
+            f"data the datasite can check ({supported_list()}), with one output each (a "
+            f"multi-output model is not); {instead}.",
             "model",
         )
     ]

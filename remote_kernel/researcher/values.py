@@ -20,6 +20,7 @@ from remote_kernel.protocol.model_values import (
     build_model,
     describe_model,
     is_estimator,
+    public_path,
     read_model,
     supported_list,
 )
@@ -111,15 +112,14 @@ def _encode_model(model: Any, base: dict[str, Any]) -> dict[str, Any] | None:
     """
     if getattr(model, "n_features_in_", None) is None:
         return None
-    payload = describe_model(model)
-    if payload.get("supported"):
-        try:
+    try:
+        payload = describe_model(model)
+        if payload["supported"]:
             read_model(json.loads(json.dumps(payload)))
-        except (ModelDecodeError, TypeError, ValueError):
-            payload = {**describe_model(model), "supported": False}
-            keep = ("kind", "class", "supported")
-            names = sorted(k for k in vars(model) if k.endswith("_"))[:100]
-            payload = {k: payload[k] for k in keep} | {"attributes": names}
+    except Exception:  # any failure: describe the model, carry none of its numbers
+        names = sorted(k for k in vars(model) if k.endswith("_") or k.startswith("_fit"))
+        payload = {"kind": "model", "class": public_path(type(model)), "supported": False,
+                   "attributes": [n[:100] for n in names[:100]]}  # fmt: skip
     return {**base, **payload}
 
 
