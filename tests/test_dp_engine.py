@@ -221,7 +221,7 @@ def test_a_join_over_the_declared_unit_is_answered_with_truncated_contributions(
         "SELECT p.sex, COUNT(*) AS n, AVG(v.cost) AS mean_cost FROM patients p "
         "JOIN visits v ON p.pid = v.pid WHERE p.age > 40 GROUP BY p.sex"
     )
-    plan = plan_dp_query(sql, clinic, _units(), EPSILON)
+    plan = plan_dp_query(sql, clinic, _units(), 1.0)  # 3 mechanisms, each at 4 visits
     joined = clinic["patients"].merge(clinic["visits"], on="pid")
     truncated = joined.groupby("pid").head(4)  # patient 7's 200 visits count as 4
     truth = truncated[truncated.age > 40].groupby("sex").agg(n=("cost", "size"))
@@ -310,3 +310,10 @@ def test_exact_tier_errors_never_print_a_categorical_columns_values():
     with pytest.raises(QueryRejected) as refused:
         run_query("SELECT COUNT(*) FROM heart WHERE ward + 1 = 2", {"heart": frame}, Thresholds())
     assert "ZQX" not in str(refused.value)
+
+
+def test_a_join_on_ids_of_different_types_is_refused(clinic):
+    """'007' and 7 could be made equal by a cast: two people under one id."""
+    tables = {**clinic, "visits": clinic["visits"].assign(pid=clinic["visits"].pid.astype(str))}
+    with pytest.raises(QueryRejected, match="different types"):
+        plan_dp_query("SELECT COUNT(*) FROM patients JOIN visits USING (pid)", tables, _units(), 1)

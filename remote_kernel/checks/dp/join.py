@@ -108,6 +108,12 @@ def rewrite_join(
             f"{right.unit.name!r}: the ids may identify different people. {WHAT_TO_DECLARE}"
         )
     _check_condition(table, left, right)
+    types = {str(plain(tables[s.dataset])[str(s.unit.id_column)].dtype) for s in (left, right)}
+    if len(types) != 1:  # a cast could make two people's ids equal
+        raise QueryRejected(
+            f"the id columns of {left.dataset} and {right.dataset} have different types "
+            f"({' and '.join(sorted(types))}); the data owner stores them alike."
+        )
     renames = _renames(left, right)
     for found in list(walk_nodes(node)):
         if found.get("class") == "COLUMN_REF":
