@@ -17,8 +17,10 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import numpy as np
 import pandas as pd
 import pytest
+from sklearn.linear_model import LinearRegression
 
 import remote_kernel as rk
 from remote_kernel.datasite.config import DatasiteConfig
@@ -428,3 +430,44 @@ def test_a_party_cannot_connect_under_another_partys_number() -> None:
     impostor.data_received((0).to_bytes(2, "little") + b"keys")
     assert received == [(1).to_bytes(2, "little") + b"keys"]
     assert not honest.transport.closed and impostor.transport.closed
+
+
+# --- pooled models --------------------------------------------------------------------------------
+FIT = {"y": "trestbps", "X": ["age", "chol", "thalach"]}
+
+
+def ordinary_least_squares(rows: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
+    """Coefficients and standard errors on the pooled private rows (the plaintext truth)."""
+    rows = rows[[FIT["y"], *FIT["X"]]].dropna()
+    design = np.column_stack([np.ones(len(rows)), rows[FIT["X"]].to_numpy(float)])
+    target = rows[FIT["y"]].to_numpy(float)
+    coef = LinearRegression().fit(design[:, 1:], target)
+    beta = np.concatenate([[coef.intercept_], coef.coef_])
+    residual = target - design @ beta
+    cov = residual @ residual / (len(rows) - design.shape[1]) * np.linalg.inv(design.T @ design)
+    return beta, np.sqrt(np.diag(cov))
+
+
+def test_a_pooled_linear_regression_matches_the_pooled_rows(
+    three: dict[str, RunningDatasite], recorded: list[str]
+) -> None:
+    connect(three)
+    model = rk.secure.fit("linear", "heart", **FIT)
+    frames = [private(site) for site in three.values()]
+    beta, errors = ordinary_least_squares(pd.concat(frames, ignore_index=True))
+    assert list(model.index) == ["Intercept", *FIT["X"]]
+    assert np.abs(model["coef"].to_numpy() - beta).max() < 1e-3
+    assert np.abs(model["std_err"].to_numpy() - errors).max() < 1e-3
+    complete = sum(len(f[[FIT["y"], *FIT["X"]]].dropna()) for f in frames)
+    assert model.attrs["nobs"] == complete
+    # what the researcher received: the model, not any site's row count
+    own_rows = {str(len(f[[FIT["y"], *FIT["X"]]].dropna())) for f in frames} - {str(complete)}
+    assert not own_rows & set().union(*(numbers_in(text) for text in recorded))
+    # On the mocks: the same call, pooled mocks, said so.
+    on_mocks = rk.secure.fit("linear", "heart", **FIT, mock=True)
+    assert list(on_mocks.index) == list(model.index)
+    # Under carol's thresholds at one site the model is withheld everywhere.
+    connect(three, user="carol")
+    with pytest.raises(rk.secure.SecureQueryFailed) as caught:
+        rk.secure.fit("linear", "heart", **FIT)
+    assert set(caught.value.by_site) == set(three) and "small-cells" in str(caught.value)

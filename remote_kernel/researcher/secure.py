@@ -15,13 +15,13 @@ pooled together and says what the sites would do.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import secrets
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
+import numpy as np
 import pandas as pd
 
 from remote_kernel.protocol.errors import RemoteKernelError, RequestRejected
@@ -85,17 +85,7 @@ def _plan(sql: str, chosen: dict[str, Datasite], helpers: Sequence[str] | None) 
     """The request every site gets, and the mocks it was made from."""
     holders = {n: {d["name"] for d in s.datasets()} for n, s in chosen.items()}
     dataset = check_query(sql, sorted(set().union(*holders.values()))).dataset
-    if helpers is None:
-        helpers = [n for n in chosen if dataset not in holders[n]]
-    helpers = list(helpers)
-    data_sites = [n for n in chosen if n not in helpers]
-    lacking = [n for n in data_sites if dataset not in holders[n]]
-    if lacking or not data_sites:
-        raise RemoteKernelError(
-            f"{', '.join(lacking) or 'no chosen site'} holds no dataset {dataset!r}: "
-            "choose the sites with sites=[...] and helpers=[...]"
-        )
-    mocks = {n: chosen[n].mock(dataset) for n in data_sites}
+    helpers, mocks = _roles(chosen, holders, dataset, helpers)
     parsed = check_on_tables(sql, {dataset: next(iter(mocks.values()))})
     domain = [_public_values(mocks, key.text) for key in parsed.keys]
     body = {
@@ -107,6 +97,26 @@ def _plan(sql: str, chosen: dict[str, Datasite], helpers: Sequence[str] | None) 
         "domain": domain,
     }
     return {"body": body, "mocks": mocks, "dataset": parsed.dataset, "helpers": helpers}
+
+
+def _roles(
+    chosen: dict[str, Datasite],
+    holders: dict[str, set[str]],
+    dataset: str,
+    helpers: Sequence[str] | None,
+) -> tuple[list[str], dict[str, pd.DataFrame]]:
+    """The helpers (default: chosen sites without the dataset) and the data sites' mocks."""
+    helpers = (
+        list(helpers) if helpers is not None else [n for n in chosen if dataset not in holders[n]]
+    )
+    data_sites = [n for n in chosen if n not in helpers]
+    lacking = [n for n in data_sites if dataset not in holders[n]]
+    if lacking or not data_sites:
+        raise RemoteKernelError(
+            f"{', '.join(lacking) or 'no chosen site'} holds no dataset {dataset!r}: "
+            "choose the sites with sites=[...] and helpers=[...]"
+        )
+    return helpers, {n: chosen[n].mock(dataset) for n in data_sites}
 
 
 def _party_name(site: Datasite) -> str:
@@ -148,6 +158,16 @@ def _on_mocks(sql: str, plan: dict[str, Any]) -> pd.DataFrame:
 
 def _ask_sites(plan: dict[str, Any], chosen: dict[str, Datasite], timeout: float) -> pd.DataFrame:
     body = plan["body"]
+    table = _ask(body, chosen, timeout)
+    frame = pd.DataFrame(table["data"], columns=table["columns"])
+    frame.attrs["computation_id"] = body["computation_id"]
+    frame.attrs["parties"] = body["parties"]
+    frame.attrs["helpers"] = body["helpers"]
+    return frame
+
+
+def _ask(body: dict[str, Any], chosen: dict[str, Datasite], timeout: float) -> dict[str, Any]:
+    """Send ``body`` to every site at once; the one result all of them opened."""
 
     def ask(site: Datasite) -> Any:
         return site.api.call(site.http, "POST", "/api/secure/query", json=body, timeout=timeout)
@@ -166,13 +186,7 @@ def _ask_sites(plan: dict[str, Any], chosen: dict[str, Datasite], timeout: float
     tables = {json.dumps(a["result"], sort_keys=True) for a in answers.values()}
     if len(tables) != 1:
         raise RemoteKernelError("the sites opened different pooled tables: nothing is shown")
-    table = next(iter(answers.values()))["result"]
-    frame = pd.DataFrame(table["data"], columns=table["columns"])
-    frame.attrs["computation_id"] = body["computation_id"]
-    frame.attrs["parties"] = body["parties"]
-    frame.attrs["helpers"] = body["helpers"]
-    frame.attrs["sha256"] = hashlib.sha256(next(iter(tables)).encode()).hexdigest()
-    return frame
+    return dict(next(iter(answers.values()))["result"])
 
 
 def _failure(body: dict[str, Any], errors: dict[str, RemoteKernelError]) -> SecureQueryFailed:
@@ -184,3 +198,81 @@ def _failure(body: dict[str, Any], errors: dict[str, RemoteKernelError]) -> Secu
         max(statuses),
         {name: str(exc) for name, exc in errors.items()},
     )
+
+
+# --- pooled models --------------------------------------------------------------------------------
+def fit(
+    kind: str,
+    dataset: str,
+    y: str,
+    X: Sequence[str],  # the statistician's name
+    sites: Sequence[str] | None = None,
+    helpers: Sequence[str] | None = None,
+    mock: bool = False,
+    timeout: float = DEFAULT_TIMEOUT,
+) -> pd.DataFrame:
+    """A pooled ``"linear"`` regression of ``y`` on ``X`` over the sites' complete rows.
+
+    The sites add their sums of squares and cross-products as secret shares and solve
+    the normal equations together; only the coefficients, their standard errors and the
+    row count are opened, once the pooled fit passes every site's thresholds (rows and
+    residual degrees of freedom). Returns one row per term: ``coef``, ``std_err``.
+    """
+    if at_datasite():
+        raise RemoteKernelError(
+            "rk.secure.fit runs in your own kernel (it asks every site); not in a remote cell"
+        )
+    if kind != "linear":
+        raise RemoteKernelError(f"rk.secure.fit knows 'linear' only, not {kind!r}")
+    chosen = _choose(sites)
+    holders = {n: {d["name"] for d in s.datasets()} for n, s in chosen.items()}
+    helpers, mocks = _roles(chosen, holders, dataset, helpers)
+    columns = [y, *X]
+    pooled_mock = pd.concat([m[columns] for m in mocks.values()], ignore_index=True)
+    numbers = pooled_mock.apply(pd.to_numeric, errors="coerce").dropna()
+    if mock:
+        print(
+            f"(mock data: least squares on the {len(mocks)} sites' mocks pooled. At the sites: "
+            "each adds its sums of squares and cross-products by MPC, and only the "
+            "coefficients, standard errors and row count are opened, once every site's "
+            "thresholds pass)"
+        )
+        return _least_squares(numbers, y, list(X))
+    scale = numbers.std(ddof=0).replace(0, 1).fillna(1)
+    body = {
+        "computation_id": secrets.token_hex(16),
+        "dataset": dataset,
+        "parties": [_party_name(chosen[n]) for n in chosen],
+        "helpers": [_party_name(chosen[n]) for n in helpers],
+        "fit": {
+            "kind": kind,
+            "y": y,
+            "x": list(X),
+            "center": [float(numbers[c].mean()) if len(numbers) else 0.0 for c in columns],
+            "scale": [float(scale[c]) if len(numbers) else 1.0 for c in columns],
+        },
+    }
+    table = _ask(body, chosen, timeout)
+    frame = pd.DataFrame(table["data"], columns=table["columns"]).set_index("term")
+    frame.attrs.update(
+        nobs=table["nobs"],
+        computation_id=body["computation_id"],
+        parties=body["parties"],
+        helpers=body["helpers"],
+    )
+    return frame
+
+
+def _least_squares(rows: pd.DataFrame, y: str, x: list[str]) -> pd.DataFrame:
+    """OLS with standard errors, on public (mock) rows."""
+    design = np.column_stack([np.ones(len(rows)), rows[x].to_numpy(dtype=float)])
+    target = rows[y].to_numpy(dtype=float)
+    coef, *_ = np.linalg.lstsq(design, target, rcond=None)
+    residual = target - design @ coef
+    dof = max(len(rows) - design.shape[1], 1)
+    cov = residual @ residual / dof * np.linalg.pinv(design.T @ design)
+    terms = ["Intercept", *x]
+    frame = pd.DataFrame({"coef": coef, "std_err": np.sqrt(np.diag(cov))}, index=terms)
+    frame.index.name = "term"
+    frame.attrs["nobs"] = len(rows)
+    return frame

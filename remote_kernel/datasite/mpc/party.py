@@ -89,7 +89,8 @@ async def _run(job: dict[str, Any]) -> dict[str, Any]:
     if problem:
         await mpc.shutdown()
         return {"error": problem}
-    outcome = await _pooled(mpc, job, [s["t"] for s in said])
+    compute = _linear if job["task"] == "linear" else _pooled
+    outcome = await compute(mpc, job, [s["t"] for s in said])
     await mpc.shutdown()
     return outcome
 
@@ -114,15 +115,7 @@ async def _pooled(
 ) -> dict[str, Any]:
     """Share, pool, check on the shares, open the verdict bits, then the table if it passes."""
     secfxp = mpc.SecFxp(BITS, FRACTIONAL)
-    layout = job["layout"]  # [("count" | "value"), ...] per input position, the same at every party
-    own = job["vector"] if job["vector"] is not None else [0] * len(layout)
-    mine = [
-        secfxp(_value(v, kind), integral=kind == "count")
-        for v, kind in zip(own, layout, strict=True)
-    ]
-    data = [pid for pid, name in enumerate(job["names"]) if name not in job["helpers"]]
-    shared = mpc.input(mine, senders=data)
-    columns = list(zip(*shared, strict=True))  # per position: one share per data site
+    columns = _share(mpc, secfxp, job)
     pooled = [mpc.sum(list(col)) for col in columns]
     plan = job["plan"]
     fails = _rule_bits(mpc, secfxp, plan, pooled, columns, thresholds)
@@ -140,6 +133,74 @@ async def _pooled(
                 cells.append(pooled[source + cell])
     opened = await mpc.output(cells)
     return {"released": True, "values": [float(v) for v in opened]}
+
+
+async def _linear(
+    mpc: Any, job: dict[str, Any], thresholds: list[dict[str, Any]]
+) -> dict[str, Any]:
+    """A pooled least-squares fit: the normal equations solved on the shares.
+
+    Opens whether the pooled rows and residual degrees of freedom pass every party's
+    thresholds (two bits), then, if they do, the row count, the coefficients and their
+    covariance matrix -- nothing of any one site's sums.
+    """
+    secfxp = mpc.SecFxp(BITS, FRACTIONAL)
+    pooled = _share_and_add(mpc, secfxp, job)
+    q = job["q"]
+    n, gram, zy, yy = pooled[0], pooled[1 : 1 + q * q], pooled[1 + q * q : -1], pooled[-1]
+    min_rows = max(t["min_cell_count"] for t in thresholds)
+    min_dof = max(t["min_dof"] for t in thresholds)
+    bits = await mpc.output([n < min_rows, n - q < min_dof])
+    rules = ("small-cells", "degrees-of-freedom")
+    failed = [r for r, b in zip(rules, bits, strict=True) if round(float(b)) > 0]
+    if failed:
+        return {"released": False, "failed": failed}
+    one, zero = secfxp(1.0), secfxp(0.0)
+    rows = [
+        [gram[i * q + j] for j in range(q)] + [zy[i]] + [one if i == j else zero for j in range(q)]
+        for i in range(q)
+    ]
+    for k in range(q):  # Gauss-Jordan without pivoting: Z'Z is positive definite
+        inverse = 1 / rows[k][k]
+        rows[k] = [value * inverse for value in rows[k]]
+        for i in range(q):
+            if i != k:
+                factor = rows[i][k]
+                rows[i] = [a - factor * b for a, b in zip(rows[i], rows[k], strict=True)]
+    beta = [rows[i][q] for i in range(q)]
+    residual = yy - mpc.sum([b * c for b, c in zip(beta, zy, strict=True)])
+    sigma2 = residual / (n - q)
+    cov = [sigma2 * rows[i][q + 1 + j] for i in range(q) for j in range(q)]
+    opened = await mpc.output([n, *beta, *cov])
+    return {"released": True, "values": [float(v) for v in opened]}
+
+
+def _share_and_add(mpc: Any, secfxp: Any, job: dict[str, Any]) -> list[Any]:
+    """Every data site's vector secret-shared, and the sums per position (the pooled vector)."""
+    return [mpc.sum(list(column)) for column in _share(mpc, secfxp, job)]
+
+
+def _share(mpc: Any, secfxp: Any, job: dict[str, Any]) -> list[tuple[Any, ...]]:
+    """Every data site's vector secret-shared: per position, one share per data site.
+
+    Counts and values go in two inputs: MPyC gives every number of one ``input`` call
+    the ``integral`` flag of its first, and a value wrongly flagged integral is
+    multiplied without truncation (garbage).
+    """
+    layout = job["layout"]  # "count" | "value" per position, the same at every party
+    own = job["vector"] if job["vector"] is not None else [0] * len(layout)
+    data = [pid for pid, name in enumerate(job["names"]) if name not in job["helpers"]]
+    where = {kind: [i for i, k in enumerate(layout) if k == kind] for kind in ("count", "value")}
+    columns: list[tuple[Any, ...]] = [()] * len(layout)
+    for kind, positions in where.items():
+        if not positions:
+            continue
+        integral = kind == "count"
+        mine = [secfxp(_value(own[i], kind), integral=integral) for i in positions]
+        shared = mpc.input(mine, senders=data)
+        for i, column in zip(positions, zip(*shared, strict=True), strict=True):
+            columns[i] = column
+    return columns
 
 
 def _value(raw: Any, kind: str) -> int | float:

@@ -21,11 +21,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
+
 from remote_kernel.datasite.mpc.errors import (
     ComputationBusy,
     JointComputationFailed,
     PooledResultWithheld,
 )
+from remote_kernel.datasite.mpc.fit import FitSpec, local_sums, unscale, verify_fit
+from remote_kernel.datasite.mpc.fit import layout as fit_layout
 from remote_kernel.datasite.mpc.local import local_vector
 from remote_kernel.datasite.mpc.plan import Plan, build_plan, key_cells
 from remote_kernel.datasite.mpc.spec import (
@@ -50,11 +54,14 @@ _busy = asyncio.Lock()
 
 @dataclass
 class Prepared:
+    """What this site's party computes with: public layout, and its own numbers."""
+
     request: SecureRequest
-    parsed: ParsedQuery
-    plan: Plan
-    vector: list[float] | None
     thresholds: Thresholds
+    layout: list[str]
+    vector: list[float] | None  # None at a helper
+    parsed: ParsedQuery | None = None  # a query's (None for a fit)
+    plan: Plan | None = None
 
 
 async def secure_query(core: DatasiteCore, user: User, body: Any) -> dict[str, Any]:
@@ -94,13 +101,19 @@ async def _prepare(core: DatasiteCore, user: User, request: SecureRequest) -> Pr
     helper = config.name in request.helpers
     tables = None if helper else core.private_tables()
     opted_in = {name: entry.mpc for name, entry in config.datasets.items()}
+    vector = None
+    if request.fit is not None:
+        spec = request.fit
+        verify_fit(spec, request.dataset, tables, opted_in, thresholds)
+        if tables is not None:
+            vector = await asyncio.to_thread(local_sums, spec, tables[request.dataset])
+        return Prepared(request, thresholds, fit_layout(spec), vector)
     parsed = verify_query(request, tables, opted_in, thresholds)
     domain = [list(values) for values in request.domain]
     plan = build_plan(parsed, len(key_cells(domain)))
-    vector = None
     if tables is not None:
         vector = await asyncio.to_thread(local_vector, parsed, tables, domain, plan)
-    return Prepared(request, parsed, plan, vector, thresholds)
+    return Prepared(request, thresholds, plan.layout, vector, parsed, plan)
 
 
 def _job(core: DatasiteCore, prepared: Prepared, result: Path) -> dict[str, Any]:
@@ -131,9 +144,12 @@ def _job(core: DatasiteCore, prepared: Prepared, result: Path) -> dict[str, Any]
             "dominance_n": t.dominance_n,
             "dominance_k": t.dominance_k,
             "p_ratio": t.p_ratio,
+            "min_dof": t.min_dof,
         },
-        "layout": prepared.plan.layout,
-        "plan": prepared.plan.to_json(),
+        "task": "linear" if request.fit else "query",
+        "q": request.fit.size if request.fit else 0,
+        "layout": prepared.layout,
+        "plan": prepared.plan.to_json() if prepared.plan else None,
         "vector": prepared.vector,
         "timeout": mpc.timeout_seconds,
         "result": str(result),
@@ -182,14 +198,20 @@ async def _run_party(core: DatasiteCore, prepared: Prepared) -> dict[str, Any]:
 
 def _answer(core: DatasiteCore, prepared: Prepared, outcome: dict[str, Any]) -> dict[str, Any]:
     request, parsed, plan = prepared.request, prepared.parsed, prepared.plan
+    what = "pooled model" if request.fit else "pooled table"
     if not outcome.get("released"):
         failed = ", ".join(outcome.get("failed", []))
         raise PooledResultWithheld(
-            f"the pooled table was withheld: a pooled cell fails {failed} under the "
-            "thresholds of at least one party; nothing was released to anyone"
+            f"the {what} was withheld: it fails {failed} under the thresholds of at least "
+            "one party; nothing was released to anyone"
         )
-    columns, rows = _table(parsed, plan, request, outcome["values"])
-    table = {"columns": columns, "data": rows}
+    if request.fit is not None:
+        table, opened = _model(request.fit, outcome["values"])
+    else:
+        assert parsed is not None and plan is not None
+        columns, rows = _table(parsed, plan, request, outcome["values"])
+        table = {"columns": columns, "data": rows}
+        opened = f"the pooled table: {len(rows)} row(s) x {len(parsed.aggregates)} aggregate(s)"
     text = json.dumps(table, sort_keys=True, separators=(",", ":"))
     return {
         "computation_id": request.computation_id,
@@ -198,9 +220,23 @@ def _answer(core: DatasiteCore, prepared: Prepared, outcome: dict[str, Any]) -> 
         "helpers": list(request.helpers),
         "site": core.config.name,
         "result": table,
-        "opened": f"the pooled table: {len(rows)} row(s) x {len(parsed.aggregates)} aggregate(s)",
+        "opened": opened,
         "sha256": hashlib.sha256(text.encode()).hexdigest(),
     }
+
+
+def _model(spec: FitSpec, values: list[float]) -> tuple[dict[str, Any], str]:
+    """Coefficients and standard errors on the data's own scale, and the row count."""
+    q = spec.size
+    n, beta, cov = values[0], np.array(values[1 : 1 + q]), np.array(values[1 + q :])
+    coef, covariance = unscale(spec, beta, cov.reshape(q, q))
+    errors = np.sqrt(np.clip(np.diag(covariance), 0, None))
+    rows = [
+        [term, float(c), float(e)]
+        for term, c, e in zip(["Intercept", *spec.x], coef, errors, strict=True)
+    ]
+    table = {"columns": ["term", "coef", "std_err"], "data": rows, "nobs": round(n)}
+    return table, f"the fitted model: {q} coefficients, their covariance and the row count"
 
 
 def _table(
@@ -241,6 +277,7 @@ def _audit(
         dataset=request.dataset,
         parties=list(request.parties),
         helpers=list(request.helpers),
+        fit=request.fit.to_json() if request.fit else None,
         digest=request.digest,
         **detail,
     )

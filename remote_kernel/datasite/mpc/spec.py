@@ -16,13 +16,14 @@ import json
 import math
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import pandas as pd
 
 from remote_kernel.checks.policy import Thresholds
 from remote_kernel.datasite.mpc.errors import NotOptedIn, SecureQueryRefused
+from remote_kernel.datasite.mpc.fit import FitSpec, parse_fit
 from remote_kernel.datasite.mpc.plan import TOP_N
 from remote_kernel.datasite.mpc.settings import MpcSettings
 from remote_kernel.protocol.errors import InputError
@@ -41,6 +42,8 @@ class SecureRequest:
     parties: tuple[str, ...]
     helpers: tuple[str, ...]
     domain: tuple[tuple[Any, ...], ...]
+    #: A pooled model instead of a query (``sql`` is then empty).
+    fit: FitSpec | None = field(default=None)
 
     @property
     def digest(self) -> str:
@@ -52,6 +55,7 @@ class SecureRequest:
             "parties": list(self.parties),
             "helpers": list(self.helpers),
             "domain": [list(values) for values in self.domain],
+            "fit": self.fit.to_json() if self.fit else None,
         }
         text = json.dumps(body, sort_keys=True, separators=(",", ":"))
         return hashlib.sha256(text.encode()).hexdigest()
@@ -68,7 +72,12 @@ def parse_request(body: Any) -> SecureRequest:
     cid, sql, dataset = body.get("computation_id"), body.get("sql"), body.get("dataset")
     if not isinstance(cid, str) or not _ID.match(cid):
         raise InputError("field 'computation_id' must be 16-64 lowercase hex digits")
-    if not isinstance(sql, str) or not sql.strip():
+    fit = parse_fit(body["fit"]) if body.get("fit") is not None else None
+    if fit is not None and (sql or body.get("domain")):
+        raise InputError("a request has either 'sql' (and 'domain') or 'fit', not both")
+    if fit is not None:
+        sql = ""
+    elif not isinstance(sql, str) or not sql.strip():
         raise InputError("field 'sql' must be a query")
     if not isinstance(dataset, str) or not dataset:
         raise InputError("field 'dataset' must name the dataset the query reads")
@@ -84,9 +93,8 @@ def parse_request(body: Any) -> SecureRequest:
     for values in domain:
         if not all(_plain(v) for v in values) or len(set(map(repr, values))) != len(values):
             raise InputError("field 'domain' holds distinct numbers or strings only")
-    return SecureRequest(
-        cid, sql, dataset, tuple(parties), tuple(helpers), tuple(map(tuple, domain))
-    )
+    keys = tuple(map(tuple, domain))
+    return SecureRequest(cid, sql, dataset, tuple(parties), tuple(helpers), keys, fit)
 
 
 def _plain(value: Any) -> bool:
