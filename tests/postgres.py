@@ -84,12 +84,21 @@ class PostgresCluster:
             os.chown(self.base, self._owner.pw_uid, self._owner.pw_gid)
         self._run("initdb", "-D", str(self.data), "-U", SUPERUSER, "-A", "trust", "-E", "UTF8",
                   "--no-sync", "--locale=C")  # fmt: skip
+        self._start()
+
+    def _start(self) -> None:
         options = (
             f"-p {self.port} -c listen_addresses=127.0.0.1 -c unix_socket_directories='' "
             "-c max_connections=200 -c fsync=on -c synchronous_commit=on"
         )
         self._run("pg_ctl", "-D", str(self.data), "-l", str(self.log), "-o", options,
                   "-w", "-t", "60", "start")  # fmt: skip
+
+    def crash_and_restart(self) -> None:
+        """Stop the server as a crash would (``-m immediate``: no checkpoint, so the next
+        start replays the WAL), then start it again on the same port."""
+        self._run("pg_ctl", "-D", str(self.data), "-m", "immediate", "-w", "stop")
+        self._start()
 
     def stop(self) -> None:
         try:

@@ -26,7 +26,7 @@ from remote_kernel.protocol.errors import BudgetExhausted, InputError
 from remote_kernel.protocol.models import FilterDecision, OutputItem, RequestStatus, Role, Verdict
 from remote_kernel.researcher.client import Datasite
 
-from .conftest import make_datasite
+from .conftest import free_port, make_datasite
 from .postgres import PostgresCluster
 
 #: Columns that datasites made before the migrations got later, by hand (ALTER TABLE).
@@ -133,6 +133,10 @@ def test_unsupported_store_urls_are_refused_without_showing_the_password(
 ) -> None:
     with pytest.raises(ConfigError, match="unsupported store 'mysql'"):
         Store("mysql://root:hunter2@db/site")
+    port = free_port()  # nothing listens there
+    with pytest.raises(ConfigError, match=f"cannot open the store .*:{port}/site") as refused:
+        Store(f"postgresql+psycopg://rk:hunter2@127.0.0.1:{port}/site")
+    assert "hunter2" not in str(refused.value) and "***" in str(refused.value)
     config = DatasiteConfig.create(tmp_path / "site", "site")
     text = config.config_path.read_text()
     assert "store: null" in text
@@ -304,5 +308,37 @@ def test_a_served_datasite_on_postgresql_runs_a_cell_end_to_end(
     assert states == [("released", "bob")]
     assert {"request.submit", "output.record", "output.released"} <= actions
     store = Store(url)
+    assert store.verify_audit() == []
+    store.close()
+
+
+def test_a_served_datasite_survives_a_postgresql_crash(
+    tmp_path: Path, postgres_cluster: PostgresCluster
+) -> None:
+    """PostgreSQL killed (immediate stop: WAL replay on start) under a running datasite:
+    what was acknowledged is still there, and the server serves again by itself."""
+    site = make_datasite(tmp_path, store=postgres_cluster.new_database())
+    site.start()
+    client = Datasite(site.url, site.tokens["alice"])
+    try:
+        before = client.run("print('before')")
+        before.wait(120, until="finished")
+        (held,) = before.outputs
+        postgres_cluster.crash_and_restart()
+        # Connections the crash killed are replaced (pool pre-ping), not reported as errors.
+        seen = httpx.get(f"{site.url}/api/requests/{before.id}", headers=site.headers("alice"))
+        assert seen.status_code == 200, seen.text
+        assert [o["id"] for o in seen.json()["outputs"]] == [held.id]
+        review = httpx.post(f"{site.url}/api/outputs/{held.id}/review",
+                            json={"decision": "approve"}, headers=site.headers("bob"))  # fmt: skip
+        assert review.status_code == 200, review.text
+        after = client.run("print('after')")
+        after.wait(120, until="finished")
+        assert after.status == "completed" and after.id > before.id
+    finally:
+        client.close()
+        site.stop()
+    store = site.store()
+    assert store.get_output(held.id).state == "released"
     assert store.verify_audit() == []
     store.close()

@@ -15,6 +15,7 @@ lock (:data:`WRITER_LOCK`). Reads are not serialised.
 from __future__ import annotations
 
 import hashlib
+import importlib.util
 import json
 import secrets
 from collections.abc import Iterator
@@ -41,6 +42,7 @@ from sqlalchemy import (
     select,
 )
 from sqlalchemy.engine import Row, make_url
+from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
 
 from remote_kernel.datasite import migrations
@@ -470,6 +472,10 @@ def _make_engine(url: str) -> Any:
         event.listen(engine, "begin", _begin_immediate)
         return engine
     if backend == "postgresql":
+        if importlib.util.find_spec("psycopg") is None:
+            raise ConfigError(
+                "a PostgreSQL store needs psycopg 3: pip install 'remote_kernel[postgresql]'"
+            )
         # pre_ping: a connection the database server dropped (restart, failover) is
         # replaced instead of failing the next request.
         parsed = parsed.set(drivername="postgresql+psycopg")
@@ -503,7 +509,12 @@ class Store:
         self.engine = _make_engine(url)
         self._serialise_writes = self.engine.dialect.name == "postgresql"
         if upgrade:
-            migrations.ensure_current(self.engine)
+            try:
+                migrations.ensure_current(self.engine)
+            except OperationalError as exc:  # down, refused, wrong password: say so, briefly
+                where = self.engine.url.render_as_string(hide_password=True)
+                reason = str(exc.orig or exc).strip().splitlines()[0]
+                raise ConfigError(f"cannot open the store {where}: {reason}") from None
         self._sessions = sessionmaker(self.engine, expire_on_commit=False)
         self._user_names: dict[int, str] = {}
 
