@@ -250,6 +250,7 @@ def test_the_mock_says_what_exact_will_do(
     try:
         answer = rk.query(FILTERED, epsilon=0.1)
         assert answer.attrs["dp"]["mock"] is True
+        assert "At the datasite: a DP answer with ε=0.1 charged" in capsys.readouterr().out
         exact = rk.exact(answer)
         said = capsys.readouterr().out
         assert "held for a data owner" in said and "ε=0.1" in said

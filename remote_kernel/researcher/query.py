@@ -129,7 +129,11 @@ def _mock_dp(sql: str, tables: dict[str, pd.DataFrame], epsilon: float) -> pd.Da
             result = con.execute(sql).df()
     finally:
         con.close()
-    print(f"(mock data: the exact answer, no noise; at the datasite: DP with ε={epsilon:g})")
+    print(
+        f"(mock data: the exact answer, no noise. At the datasite: a DP answer with ε={epsilon:g} "
+        "charged to your budget on the dataset, released without a reviewer, with error bars; "
+        "rk.budget() shows what you have left)"
+    )
     return result
 
 
