@@ -20,11 +20,16 @@ table). DP metadata (:class:`DPMetadata`, :func:`parse_metadata`): bounds,
 public categories, the privacy unit (a row, or an id column with a maximum of
 contributions), ``max_rows`` and ``max_groups``, all declared by the owner.
 
-**Not yet.** The budget ledger (charging before release, surviving restarts,
-no overspending under concurrency), the wiring into the datasite (``rk.query(sql,
-epsilon=...)``, reading ``dp:`` from datasite.yaml/policy.yaml, audit entries),
-the CLI (``datasite budget``), the UI (budgets in the panels, the review's view
-of DP spending), the mock-side run without noise, joins, and DP models.
+Joins of two datasets over a declared privacy unit (:mod:`.join`): both declare an
+``id`` unit of the same ``name``, the query joins ON those ids, and each person's
+joined rows are truncated to the product of the declared maxima; other joins are
+refused. Budgets, audit and the wiring into ``rk.query`` are the datasite's
+(:mod:`remote_kernel.datasite.dp_tier`), which still reads one dataset per query.
+
+Limits per query: epsilon in (0, 10], delta in [0, 1e-5]. Errors never quote
+private values: DuckDB runtime failures and release failures get fixed messages,
+OpenDP's messages come from building the measurement over zero rows, and
+categorical columns reach DuckDB as plain values (an ENUM's type name lists them).
 
 **Design.**
 
@@ -53,18 +58,22 @@ of DP spending), the mock-side run without noise, joins, and DP models.
    keys: OpenDP's thresholded key release when delta > 0 (``max_groups``
    declared), else refused naming what to declare. Nothing is read from the
    private rows to choose keys or bounds.
-5. *Aggregation in OpenDP* (:mod:`.engine`): one ``Context.compositor`` per
-   release with exactly ``epsilon`` (OpenDP locks a context after one failed
-   query; the datasite's ledger, not OpenDP, carries budgets across calls), one
-   measurement for the whole query (OpenDP splits epsilon across the
-   aggregates): counts are ``.dp.sum((0, 1))`` of the indicator, sums
+5. *Aggregation in OpenDP* (:mod:`.measure`, :mod:`.engine`): one measurement
+   at exactly ``epsilon``, checked by OpenDP's privacy map (the datasite's ledger,
+   not an OpenDP ``Context``, carries budgets across calls: a Context locks after
+   one failed query and cannot survive a restart), for the whole query (OpenDP
+   splits epsilon across the aggregates): counts are ``.dp.sum((0, 1))`` of the indicator, sums
    ``.dp.sum`` over the bounds widened to hold 0, a mean is a *centred* sum
    (bounds shifted by their midpoint: sensitivity half the range, not the
    largest bound) over a noisy count, quantiles
    ``.dp.quantile`` over a public grid of 201 candidates. All noise is OpenDP's
    (integer/float Laplace, exponential mechanism; no numpy or ``random`` noise:
-   Mironov 2012). :func:`plan_dp_query` builds and resolves the measurement
-   (~1 s, OpenDP's fixed cost); :meth:`DPPlan.release` only draws (~25 ms).
+   Mironov 2012). :func:`plan_dp_query` runs the row stage and gets the
+   measurement -- built over zero rows from public facts only, its noise scale
+   computed from one measurement at scale 1 rather than OpenDP's binary search,
+   cached (~50 ms cold; OpenDP's ``resolve`` took ~1.5 s); :meth:`DPPlan.release`
+   invokes it on the rows as a memory-mapped Arrow scan (~10 ms at 20k rows, ~0.1 s
+   at 1M; benchmarks/dp.py).
 6. *Error bars* (:mod:`.tables`): counts and sums use OpenDP's accuracy
    (``summarize_polars_measurement``); a mean's bar is the range of
    centre + S/N when S and N are each within their accuracy at half the alpha (a
