@@ -26,6 +26,7 @@ import numpy as np
 from remote_kernel.datasite.mpc.errors import (
     ComputationBusy,
     JointComputationFailed,
+    NotOptedIn,
     PooledResultWithheld,
 )
 from remote_kernel.datasite.mpc.fit import FitSpec, local_sums, unscale, verify_fit
@@ -68,6 +69,11 @@ async def secure_query(core: DatasiteCore, user: User, body: Any) -> dict[str, A
     """Verify, compute jointly, audit; the pooled table, or the reason nothing was released."""
     request: SecureRequest | None = None
     try:
+        if not core.config.mpc.enabled:
+            raise NotOptedIn(
+                f"datasite {core.config.name!r} takes part in no joint computations "
+                "(its datasite.yaml has no mpc: section)"
+            )
         request = parse_request(body)
         prepared = await _prepare(core, user, request)
         if _busy.locked():
