@@ -129,6 +129,7 @@ def _dp_values(site: RunningDatasite, user: str, request) -> list[list]:  # type
     return tables
 
 
+@pytest.mark.slow  # 300 queries in one cell: about a minute and a half on 2 cores
 def test_averaging_is_stopped_by_the_budget_and_does_not_pin_a_count_of_one(
     site: RunningDatasite, heart: pd.DataFrame
 ) -> None:
