@@ -337,62 +337,100 @@ def test_two_sites_and_a_helper_pool_exactly(tmp_path: Path) -> None:
 
 
 # --- the parties themselves -----------------------------------------------------------------------
-def test_a_peer_with_the_wrong_certificate_is_refused_and_nothing_is_opened(tmp_path: Path) -> None:
-    """Three real party processes; b pins a certificate for c that c does not hold (a
-    stranger's, under c's name): the TLS handshake fails, and no party gets a result."""
+def run_parties(
+    tmp: Path,
+    sql: str,
+    vectors: dict[str, list[float] | None],
+    pinned: dict[str, dict[str, Path]] | None = None,
+    timeout: float = 4,
+) -> dict[str, dict[str, Any]]:
+    """Run one real party process per site on a query's vectors (None: a helper); their
+    result files. ``pinned[site][peer]`` overrides the certificate ``site`` pins for ``peer``."""
     import subprocess
     import sys
 
     from remote_kernel.datasite.mpc.plan import build_plan
     from remote_kernel.querylang import check_query
 
-    names = ["a", "b", "c"]
-    certs = {n: make_certificate(n, tmp_path / n) for n in names}
-    stranger = make_certificate("c", tmp_path / "stranger")
+    names = list(vectors)
+    certs = {n: make_certificate(n, tmp / n) for n in names}
     ports = [free_port() for _ in names]
-    plan = build_plan(check_query("SELECT COUNT(*) AS n FROM heart", ["heart"]), 1)
+    plan = build_plan(check_query(sql, ["heart"]), 1)
     processes = []
     for pid, name in enumerate(names):
-        pinned = [str(certs[n][1]) for n in names]
-        if name == "b":
-            pinned[2] = str(stranger[1])
+        overrides = (pinned or {}).get(name, {})
         job = {
             "pid": pid,
             "names": names,
-            "helpers": [],
+            "helpers": [n for n, v in vectors.items() if v is None],
             "listen_host": "127.0.0.1",
             "addresses": [["127.0.0.1", port] for port in ports],
             "certificate": str(certs[name][1]),
             "key": str(certs[name][0]),
-            "peer_certificates": pinned,
+            "peer_certificates": [str(overrides.get(n, certs[n][1])) for n in names],
             "digest": "same",
             "thresholds": {
-                "min_cell_count": 1,
+                "min_cell_count": 10,
                 "dominance_n": 2,
                 "dominance_k": 0.9,
                 "p_ratio": 0.1,
+                "min_dof": 10,
             },
+            "task": "query",
+            "q": 0,
             "layout": plan.layout,
             "plan": plan.to_json(),
-            "vector": [50.0] * len(plan.layout),
-            "timeout": 4,
-            "result": str(tmp_path / f"{name}.json"),
+            "vector": vectors[name],
+            "timeout": timeout,
+            "result": str(tmp / f"{name}.json"),
         }
-        (tmp_path / f"{name}-job.json").write_text(json.dumps(job))
+        (tmp / f"{name}-job.json").write_text(json.dumps(job))
         command = [sys.executable, "-m", "remote_kernel.datasite.mpc.party"]
-        processes.append(subprocess.Popen([*command, str(tmp_path / f"{name}-job.json")]))
-    assert [p.wait(timeout=30) for p in processes] == [1, 1, 1]
-    results = {name: json.loads((tmp_path / f"{name}.json").read_text()) for name in names}
+        processes.append(subprocess.Popen([*command, str(tmp / f"{name}-job.json")]))
+    for process in processes:
+        process.wait(timeout=30)
+    return {name: json.loads((tmp / f"{name}.json").read_text()) for name in names}
+
+
+def test_a_peer_with_the_wrong_certificate_is_refused_and_nothing_is_opened(tmp_path: Path) -> None:
+    """Three real party processes; b pins a certificate for c that c does not hold (a
+    stranger's, under c's name): the TLS handshake fails, and no party gets a result."""
+    stranger = make_certificate("c", tmp_path / "stranger")
+    vectors: dict[str, list[float] | None] = {n: [50.0] for n in ("a", "b", "c")}
+    results = run_parties(
+        tmp_path, "SELECT COUNT(*) AS n FROM heart", vectors, pinned={"b": {"c": stranger[1]}}
+    )
     assert "c presented a certificate we do not trust" in results["b"]["error"]
     assert all(set(result) == {"error"} for result in results.values())
 
 
-def test_in_a_remote_cell_rk_secure_refuses(monkeypatch: pytest.MonkeyPatch) -> None:
-    from remote_kernel.protocol.kernel_env import DATASETS_ENV
+def test_pooled_dominance_and_p_percent_are_checked_on_the_shares(tmp_path: Path) -> None:
+    """One patient holds most of a pooled sum: N-K dominance and p-percent fail on the
+    pooled cell (each site alone could not see it), and only the verdict bits are opened."""
+    from remote_kernel.datasite.mpc.local import local_vector
+    from remote_kernel.datasite.mpc.plan import build_plan
+    from remote_kernel.querylang import check_on_tables
 
-    monkeypatch.setenv(DATASETS_ENV, "{}")
-    with pytest.raises(rk.RemoteKernelError, match="runs in your own kernel"):
-        rk.secure.query(SQL)
+    sql = "SELECT COUNT(*) AS n, SUM(chol) AS s FROM heart"
+
+    def vector(values: list[float]) -> list[float]:
+        tables = {"heart": pd.DataFrame({"chol": values})}
+        parsed = check_on_tables(sql, tables)
+        return local_vector(parsed, tables, [], build_plan(parsed, 1))
+
+    dominated = run_parties(
+        tmp_path / "dominated",
+        sql,
+        {"a": vector([9800.0] + [10.0] * 19 + [10.0]), "b": vector([25.0] * 20), "c": None},
+    )
+    assert dominated["a"] == dominated["b"] == dominated["c"]
+    assert dominated["a"] == {"released": False, "failed": ["dominance", "p-percent"]}
+    spread = run_parties(
+        tmp_path / "spread",
+        sql,
+        {"a": vector([980.0] + [10.0] * 20), "b": vector([250.0] * 20), "c": None},
+    )
+    assert spread["a"] == {"released": True, "values": [41.0, 6180.0]}
 
 
 def test_a_party_cannot_connect_under_another_partys_number() -> None:
