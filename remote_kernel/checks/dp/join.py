@@ -23,6 +23,7 @@ is computed in querylang's locked-down DuckDB, errors never quoting values.
 
 from __future__ import annotations
 
+import weakref
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -269,7 +270,33 @@ def _merged_metadata(
     )
 
 
+#: The last joined frames, per (left frame, right frame, join): a warm join answers
+#: the next query on it without joining again (frames are held weakly; the datasite's
+#: private tables live as long as the process).
+_JOINS_KEPT = 2
+_joins: dict[tuple[Any, ...], tuple[Any, Any, pd.DataFrame]] = {}
+
+
 def _joined_frame(
+    left: Side,
+    right: Side,
+    renames: Mapping[tuple[str, str], str],
+    tables: Mapping[str, pd.DataFrame],
+) -> pd.DataFrame:
+    """The joined frame, from the cache when the same two frames were joined the same way."""
+    frames = (tables[left.dataset], tables[right.dataset])
+    key = (id(frames[0]), id(frames[1]), left, right)
+    kept = _joins.get(key)
+    if kept is not None and kept[0]() is frames[0] and kept[1]() is frames[1]:
+        return kept[2]
+    joined = _join(left, right, renames, tables)
+    _joins[key] = (weakref.ref(frames[0]), weakref.ref(frames[1]), joined)
+    while len(_joins) > _JOINS_KEPT:
+        del _joins[next(iter(_joins))]
+    return joined
+
+
+def _join(
     left: Side,
     right: Side,
     renames: Mapping[tuple[str, str], str],
