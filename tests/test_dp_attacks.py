@@ -269,7 +269,17 @@ def test_refused_queries_never_return_data_through_errors(site: RunningDatasite)
             httpx.get(f"{site.url}/api/outputs/{o.id}", headers=site.headers("alice")).json()
             for o in request.outputs
         ]
+        # A refusal the cell does not catch: the cell fails, and the datasite's note on it
+        # (released at once) is all the researcher reads of the error.
+        uncaught = "rk.query('SELECT AVG(CAST(code AS DOUBLE)) FROM markers', epsilon=0.5)"
+        failed, _ = run_and_view(site, client, f"import remote_kernel as rk\n{uncaught}")
+        assert failed.status == "error" and "QueryRejected" in failed.message
+        researcher += [
+            httpx.get(f"{site.url}/api/outputs/{o.id}", headers=site.headers("alice")).json()
+            for o in failed.outputs
+        ]
         listing = httpx.get(f"{site.url}/api/requests", headers=site.headers("alice")).text
+        listing += failed.message
     finally:
         client.close()
     assert request.status == "completed", request.message
