@@ -509,3 +509,27 @@ def test_a_pooled_linear_regression_matches_the_pooled_rows(
     with pytest.raises(rk.secure.SecureQueryFailed) as caught:
         rk.secure.fit("linear", "heart", **FIT)
     assert set(caught.value.by_site) == set(three) and "small-cells" in str(caught.value)
+
+
+def test_a_pooled_logistic_regression_matches_the_pooled_rows(
+    three: dict[str, RunningDatasite],
+) -> None:
+    from sklearn.linear_model import LogisticRegression
+
+    connect(three)
+    x = ["age", "thalach"]
+    model = rk.secure.fit("logistic", "heart", y="exang", X=x)
+    pooled = pd.concat([private(site) for site in three.values()], ignore_index=True)
+    rows = pooled[["exang", *x]].dropna()
+    truth = LogisticRegression(penalty=None, tol=1e-10, max_iter=10000)
+    truth.fit(rows[x].to_numpy(float), rows["exang"].to_numpy(float))
+    beta = np.concatenate([truth.intercept_, truth.coef_[0]])
+    design = np.column_stack([np.ones(len(rows)), rows[x].to_numpy(float)])
+    p = 1 / (1 + np.exp(-design @ beta))
+    errors = np.sqrt(np.diag(np.linalg.inv((design * (p * (1 - p))[:, None]).T @ design)))
+    assert model.attrs["nobs"] == len(rows)
+    assert np.abs(model["coef"].to_numpy() - beta).max() < 1e-3
+    assert np.abs(model["std_err"].to_numpy() - errors).max() < 1e-3
+    # a column that is not 0/1 cannot be a logistic outcome
+    with pytest.raises(rk.secure.SecureQueryFailed, match="0 or 1 in every row"):
+        rk.secure.fit("logistic", "heart", y="cp", X=x)

@@ -211,19 +211,22 @@ def fit(
     mock: bool = False,
     timeout: float = DEFAULT_TIMEOUT,
 ) -> pd.DataFrame:
-    """A pooled ``"linear"`` regression of ``y`` on ``X`` over the sites' complete rows.
+    """A pooled ``"linear"`` or ``"logistic"`` regression of ``y`` on ``X`` over the
+    sites' complete rows.
 
-    The sites add their sums of squares and cross-products as secret shares and solve
-    the normal equations together; only the coefficients, their standard errors and the
-    row count are opened, once the pooled fit passes every site's thresholds (rows and
-    residual degrees of freedom). Returns one row per term: ``coef``, ``std_err``.
+    Linear: the sites add their sums of squares and cross-products as secret shares and
+    solve the normal equations together. Logistic: Newton's method, each step's
+    Hessian and gradient added as shares (the coefficients after each step are seen by
+    the sites, not by you). Only the coefficients, their standard errors and the row
+    count are opened to you, once the pooled fit passes every site's thresholds (rows
+    and residual degrees of freedom). Returns one row per term: ``coef``, ``std_err``.
     """
     if at_datasite():
         raise RemoteKernelError(
             "rk.secure.fit runs in your own kernel (it asks every site); not in a remote cell"
         )
-    if kind != "linear":
-        raise RemoteKernelError(f"rk.secure.fit knows 'linear' only, not {kind!r}")
+    if kind not in ("linear", "logistic"):
+        raise RemoteKernelError(f"rk.secure.fit knows 'linear' and 'logistic', not {kind!r}")
     chosen = _choose(sites)
     holders = {n: {d["name"] for d in s.datasets()} for n, s in chosen.items()}
     helpers, mocks = _roles(chosen, holders, dataset, helpers)
@@ -232,13 +235,18 @@ def fit(
     numbers = pooled_mock.apply(pd.to_numeric, errors="coerce").dropna()
     if mock:
         print(
-            f"(mock data: least squares on the {len(mocks)} sites' mocks pooled. At the sites: "
-            "each adds its sums of squares and cross-products by MPC, and only the "
+            f"(mock data: the {kind} fit on the {len(mocks)} sites' mocks pooled. At the sites: "
+            "each adds its part of the fit's sums by MPC, and only the "
             "coefficients, standard errors and row count are opened, once every site's "
             "thresholds pass)"
         )
-        return _least_squares(numbers, y, list(X))
+        fitted = _least_squares if kind == "linear" else _logistic
+        return fitted(numbers, y, list(X))
     scale = numbers.std(ddof=0).replace(0, 1).fillna(1)
+    center = [float(numbers[c].mean()) if len(numbers) else 0.0 for c in columns]
+    spread = [float(scale[c]) if len(numbers) else 1.0 for c in columns]
+    if kind == "logistic":  # the outcome stays 0/1
+        center[0], spread[0] = 0.0, 1.0
     body = {
         "computation_id": secrets.token_hex(16),
         "dataset": dataset,
@@ -248,8 +256,8 @@ def fit(
             "kind": kind,
             "y": y,
             "x": list(X),
-            "center": [float(numbers[c].mean()) if len(numbers) else 0.0 for c in columns],
-            "scale": [float(scale[c]) if len(numbers) else 1.0 for c in columns],
+            "center": center,
+            "scale": spread,
         },
     }
     table = _ask(body, chosen, timeout)
@@ -273,6 +281,26 @@ def _least_squares(rows: pd.DataFrame, y: str, x: list[str]) -> pd.DataFrame:
     cov = residual @ residual / dof * np.linalg.pinv(design.T @ design)
     terms = ["Intercept", *x]
     frame = pd.DataFrame({"coef": coef, "std_err": np.sqrt(np.diag(cov))}, index=terms)
+    frame.index.name = "term"
+    frame.attrs["nobs"] = len(rows)
+    return frame
+
+
+def _logistic(rows: pd.DataFrame, y: str, x: list[str]) -> pd.DataFrame:
+    """Logistic regression by Newton's method, with standard errors, on public (mock) rows."""
+    design = np.column_stack([np.ones(len(rows)), rows[x].to_numpy(dtype=float)])
+    target = rows[y].to_numpy(dtype=float)
+    beta = np.zeros(design.shape[1])
+    hessian = np.eye(design.shape[1])
+    for _ in range(50):
+        p = 1.0 / (1.0 + np.exp(-np.clip(design @ beta, -30, 30)))
+        hessian = (design * (p * (1 - p))[:, None]).T @ design
+        step = np.linalg.lstsq(hessian, design.T @ (target - p), rcond=None)[0]
+        beta = beta + step
+        if np.abs(step).max() < 1e-10:
+            break
+    errors = np.sqrt(np.diag(np.linalg.pinv(hessian)))
+    frame = pd.DataFrame({"coef": beta, "std_err": errors}, index=["Intercept", *x])
     frame.index.name = "term"
     frame.attrs["nobs"] = len(rows)
     return frame

@@ -1,4 +1,4 @@
-"""A pooled linear regression (``rk.secure.fit("linear", ...)``): each site's part.
+"""Pooled regressions (``rk.secure.fit("linear" | "logistic", ...)``): each site's part.
 
 Ordinary least squares needs only sums over rows: the Gram matrix ``Z'Z`` of the
 design ``Z = [1, (x - center) / scale]``, ``Z'y``, ``y'y`` and the row count. Each
@@ -8,6 +8,10 @@ opening only the coefficients, their covariance matrix and the row count, once t
 pooled fit passes every party's thresholds (rows and residual degrees of freedom).
 ``center`` and ``scale`` are public (the researcher's kernel takes them from the
 mocks); they keep the fixed-point numbers near 1 and change nothing in the fit.
+
+A logistic fit needs the rows at every Newton step: the site hands its complete rows
+(``y``, scaled ``x``) to its own party process, which adds the Hessian and gradient at
+each step's coefficients as shares (:mod:`.party_models`).
 """
 
 from __future__ import annotations
@@ -26,7 +30,7 @@ from remote_kernel.protocol.errors import InputError
 
 #: Regressors a pooled fit may have (the secure solve costs about 2 q^3 multiplications).
 MAX_FEATURES = 12
-KINDS = ("linear",)
+KINDS = ("linear", "logistic")
 
 
 @dataclass(frozen=True)
@@ -101,6 +105,10 @@ def verify_fit(
             raise SecureQueryRefused(f"{column!r} is not a numeric column of {dataset!r}")
     if thresholds.min_dof < 1:
         raise SecureQueryRefused("this site's policy sets no residual degrees of freedom")
+    if spec.kind == "logistic":
+        outcome = pd.to_numeric(frame[spec.y], errors="coerce").dropna()
+        if not outcome.isin([0, 1]).all():
+            raise SecureQueryRefused(f"a logistic fit needs {spec.y!r} to be 0 or 1 in every row")
 
 
 def layout(spec: FitSpec) -> list[str]:
@@ -118,12 +126,20 @@ def local_sums(spec: FitSpec, frame: pd.DataFrame) -> list[float]:
     return [float(len(values)), *(z.T @ z).ravel().tolist(), *(z.T @ y).tolist(), float(y @ y)]
 
 
+def design_rows(spec: FitSpec, frame: pd.DataFrame) -> list[list[float]]:
+    """A logistic fit's complete rows at this site: ``y`` (0/1), then the scaled ``x``."""
+    rows = frame[[spec.y, *spec.x]].apply(pd.to_numeric, errors="coerce").dropna()
+    values = rows.to_numpy(dtype=np.float64, copy=True)
+    values[:, 1:] = (values[:, 1:] - np.array(spec.center[1:])) / np.array(spec.scale[1:])
+    return values.tolist()
+
+
 def unscale(spec: FitSpec, beta: np.ndarray, cov: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Coefficients and covariance on the original scale, from those of the scaled fit.
 
     ``y = cy + sy * (b0 + sum_j bj (xj - cj) / sj)``: a linear map ``coef = T @ beta``.
     """
-    cy, sy = spec.center[0], spec.scale[0]
+    cy, sy = (spec.center[0], spec.scale[0]) if spec.kind == "linear" else (0.0, 1.0)
     c, s = np.array(spec.center[1:]), np.array(spec.scale[1:])
     q = spec.size
     t = np.zeros((q, q))

@@ -33,9 +33,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-#: Bits and fractional bits of the secure fixed-point numbers: sums up to ~5e11, and
-#: MPyC divides fixed-point numbers only with half the bits fractional.
-BITS, FRACTIONAL = 80, 40
+from remote_kernel.datasite.mpc.shares import BITS, FRACTIONAL, share
+
 #: Stand-ins for the minimum / maximum of a cell without contributors.
 BIG = float(2**35)
 RULES = ("small-cells", "dominance", "p-percent", "negative-values", "all-values-same")
@@ -70,6 +69,7 @@ def main(job_path: str) -> int:
 async def _run(job: dict[str, Any]) -> dict[str, Any]:
     from mpyc.runtime import mpc
 
+    from remote_kernel.datasite.mpc import party_models as models
     from remote_kernel.datasite.mpc.tls import start_runtime
 
     deadline = time.monotonic() + job["timeout"]  # to connect; twice that to finish
@@ -89,7 +89,7 @@ async def _run(job: dict[str, Any]) -> dict[str, Any]:
     if problem:
         await mpc.shutdown()
         return {"error": problem}
-    compute = _linear if job["task"] == "linear" else _pooled
+    compute = {"linear": models.linear, "logistic": models.logistic}.get(job["task"], _pooled)
     outcome = await compute(mpc, job, [s["t"] for s in said])
     await mpc.shutdown()
     return outcome
@@ -115,7 +115,7 @@ async def _pooled(
 ) -> dict[str, Any]:
     """Share, pool, check on the shares, open the verdict bits, then the table if it passes."""
     secfxp = mpc.SecFxp(BITS, FRACTIONAL)
-    columns = _share(mpc, secfxp, job)
+    columns = share(mpc, secfxp, job)
     pooled = [mpc.sum(list(col)) for col in columns]
     plan = job["plan"]
     fails = _rule_bits(mpc, secfxp, plan, pooled, columns, thresholds)
@@ -133,78 +133,6 @@ async def _pooled(
                 cells.append(pooled[source + cell])
     opened = await mpc.output(cells)
     return {"released": True, "values": [float(v) for v in opened]}
-
-
-async def _linear(
-    mpc: Any, job: dict[str, Any], thresholds: list[dict[str, Any]]
-) -> dict[str, Any]:
-    """A pooled least-squares fit: the normal equations solved on the shares.
-
-    Opens whether the pooled rows and residual degrees of freedom pass every party's
-    thresholds (two bits), then, if they do, the row count, the coefficients and their
-    covariance matrix -- nothing of any one site's sums.
-    """
-    secfxp = mpc.SecFxp(BITS, FRACTIONAL)
-    pooled = _share_and_add(mpc, secfxp, job)
-    q = job["q"]
-    n, gram, zy, yy = pooled[0], pooled[1 : 1 + q * q], pooled[1 + q * q : -1], pooled[-1]
-    min_rows = max(t["min_cell_count"] for t in thresholds)
-    min_dof = max(t["min_dof"] for t in thresholds)
-    bits = await mpc.output([n < min_rows, n - q < min_dof])
-    rules = ("small-cells", "degrees-of-freedom")
-    failed = [r for r, b in zip(rules, bits, strict=True) if round(float(b)) > 0]
-    if failed:
-        return {"released": False, "failed": failed}
-    one, zero = secfxp(1.0), secfxp(0.0)
-    rows = [
-        [gram[i * q + j] for j in range(q)] + [zy[i]] + [one if i == j else zero for j in range(q)]
-        for i in range(q)
-    ]
-    for k in range(q):  # Gauss-Jordan without pivoting: Z'Z is positive definite
-        inverse = 1 / rows[k][k]
-        rows[k] = [value * inverse for value in rows[k]]
-        for i in range(q):
-            if i != k:
-                factor = rows[i][k]
-                rows[i] = [a - factor * b for a, b in zip(rows[i], rows[k], strict=True)]
-    beta = [rows[i][q] for i in range(q)]
-    residual = yy - mpc.sum([b * c for b, c in zip(beta, zy, strict=True)])
-    sigma2 = residual / (n - q)
-    cov = [sigma2 * rows[i][q + 1 + j] for i in range(q) for j in range(q)]
-    opened = await mpc.output([n, *beta, *cov])
-    return {"released": True, "values": [float(v) for v in opened]}
-
-
-def _share_and_add(mpc: Any, secfxp: Any, job: dict[str, Any]) -> list[Any]:
-    """Every data site's vector secret-shared, and the sums per position (the pooled vector)."""
-    return [mpc.sum(list(column)) for column in _share(mpc, secfxp, job)]
-
-
-def _share(mpc: Any, secfxp: Any, job: dict[str, Any]) -> list[tuple[Any, ...]]:
-    """Every data site's vector secret-shared: per position, one share per data site.
-
-    Counts and values go in two inputs: MPyC gives every number of one ``input`` call
-    the ``integral`` flag of its first, and a value wrongly flagged integral is
-    multiplied without truncation (garbage).
-    """
-    layout = job["layout"]  # "count" | "value" per position, the same at every party
-    own = job["vector"] if job["vector"] is not None else [0] * len(layout)
-    data = [pid for pid, name in enumerate(job["names"]) if name not in job["helpers"]]
-    where = {kind: [i for i, k in enumerate(layout) if k == kind] for kind in ("count", "value")}
-    columns: list[tuple[Any, ...]] = [()] * len(layout)
-    for kind, positions in where.items():
-        if not positions:
-            continue
-        integral = kind == "count"
-        mine = [secfxp(_value(own[i], kind), integral=integral) for i in positions]
-        shared = mpc.input(mine, senders=data)
-        for i, column in zip(positions, zip(*shared, strict=True), strict=True):
-            columns[i] = column
-    return columns
-
-
-def _value(raw: Any, kind: str) -> int | float:
-    return int(raw) if kind == "count" else float(raw)
 
 
 def _rule_bits(

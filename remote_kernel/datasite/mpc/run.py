@@ -29,7 +29,13 @@ from remote_kernel.datasite.mpc.errors import (
     NotOptedIn,
     PooledResultWithheld,
 )
-from remote_kernel.datasite.mpc.fit import FitSpec, local_sums, unscale, verify_fit
+from remote_kernel.datasite.mpc.fit import (
+    FitSpec,
+    design_rows,
+    local_sums,
+    unscale,
+    verify_fit,
+)
 from remote_kernel.datasite.mpc.fit import layout as fit_layout
 from remote_kernel.datasite.mpc.local import local_vector
 from remote_kernel.datasite.mpc.plan import Plan, build_plan, key_cells
@@ -63,6 +69,7 @@ class Prepared:
     vector: list[float] | None  # None at a helper
     parsed: ParsedQuery | None = None  # a query's (None for a fit)
     plan: Plan | None = None
+    rows: list[list[float]] | None = None  # a logistic fit's own rows (None at a helper)
 
 
 async def secure_query(core: DatasiteCore, user: User, body: Any) -> dict[str, Any]:
@@ -96,6 +103,9 @@ async def secure_query(core: DatasiteCore, user: User, body: Any) -> dict[str, A
             opened=opened,
         )
         raise
+    except Exception as exc:  # a bug: audited too, by its kind only (a message may quote data)
+        _audit(core, user, request, "mpc.failed", outcome=exc.__class__.__name__, opened="nothing")
+        raise
     _audit(core, user, request, "mpc.released", opened=answer["opened"], sha256=answer["sha256"])
     return answer
 
@@ -111,8 +121,13 @@ async def _prepare(core: DatasiteCore, user: User, request: SecureRequest) -> Pr
     if request.fit is not None:
         spec = request.fit
         verify_fit(spec, request.dataset, tables, opted_in, thresholds)
-        if tables is not None:
-            vector = await asyncio.to_thread(local_sums, spec, tables[request.dataset])
+        if tables is None:
+            return Prepared(request, thresholds, fit_layout(spec), None)
+        frame = tables[request.dataset]
+        if spec.kind == "logistic":
+            rows = await asyncio.to_thread(design_rows, spec, frame)
+            return Prepared(request, thresholds, [], None, rows=rows)
+        vector = await asyncio.to_thread(local_sums, spec, frame)
         return Prepared(request, thresholds, fit_layout(spec), vector)
     parsed = verify_query(request, tables, opted_in, thresholds)
     domain = [list(values) for values in request.domain]
@@ -152,7 +167,8 @@ def _job(core: DatasiteCore, prepared: Prepared, result: Path) -> dict[str, Any]
             "p_ratio": t.p_ratio,
             "min_dof": t.min_dof,
         },
-        "task": "linear" if request.fit else "query",
+        "task": request.fit.kind if request.fit else "query",
+        "rows": prepared.rows,
         "q": request.fit.size if request.fit else 0,
         "layout": prepared.layout,
         "plan": prepared.plan.to_json() if prepared.plan else None,
