@@ -111,7 +111,7 @@ def invoke(measurement: Any, rows: pl.DataFrame) -> pl.DataFrame:
 def dp_query(
     sql: str,
     tables: Mapping[str, pd.DataFrame],
-    metadata: DPMetadata,
+    metadata: DPMetadata | Mapping[str, DPMetadata],
     epsilon: float,
     delta: float = 0.0,
     confidence: float = 0.95,
