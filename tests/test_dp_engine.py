@@ -172,6 +172,10 @@ def test_metadata_errors_name_the_entry():
         parse_metadata({"bound": {}})
     with pytest.raises(DPMetadataError, match=r"privacy_unit.max_contributions"):
         parse_metadata({"privacy_unit": {"id": "pid", "max_contributions": 0}})
+    with pytest.raises(DPMetadataError, match=r"privacy_unit.name"):
+        parse_metadata({"privacy_unit": {"id": "pid", "max_contributions": 2, "name": ""}})
+    unit = parse_metadata({"privacy_unit": {"id": "PID", "max_contributions": 2}}).privacy_unit
+    assert unit.name == "pid"  # by default, the id column's name
     with pytest.raises(DPMetadataError, match=r"public_categories\.sex"):
         parse_metadata({"public_categories": {"sex": []}})
     assert issubclass(DPMetadataError, InputError)
