@@ -191,6 +191,11 @@ def test_pooled_count_sum_avg_equal_the_sum_of_the_sites_and_reveal_no_site(
     seen = set().union(*(numbers_in(text) for text in recorded))
     leaked = (per_site_numbers(frames) - pooled) & seen
     assert len(per_site_numbers(frames) - pooled) > 6 and not leaked
+    # No site's own sum reaches any server's log (as a float, as it would be written).
+    own_sums = {f"{float(v):.1f}" for f in frames for v in f.groupby("sex")["chol"].sum()}
+    for site in three.values():
+        assert site.log_path is not None
+        assert not {v for v in own_sums - pooled if v in site.log_path.read_text()}
     # Every site audited the computation: the same id, the parties, what was opened.
     cid = result.attrs["computation_id"]
     for site in three.values():
@@ -533,3 +538,31 @@ def test_a_pooled_logistic_regression_matches_the_pooled_rows(
     # a column that is not 0/1 cannot be a logistic outcome
     with pytest.raises(rk.secure.SecureQueryFailed, match="0 or 1 in every row"):
         rk.secure.fit("logistic", "heart", y="cp", X=x)
+
+
+# --- layout ---------------------------------------------------------------------------------------
+def test_the_mpc_package_stays_http_free_and_the_server_loads_no_mpyc(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    from tests.test_layout import LINT_IMPORTS, copy_package, lint_imports
+
+    code = (
+        "import sys, remote_kernel.datasite.http.app\n"
+        "print([m for m in sys.modules if 'mpyc' in m])"
+    )
+    loaded = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True
+    )
+    assert loaded.stdout.strip() == "[]"  # MPyC runs in the party process only
+    if LINT_IMPORTS is None:
+        pytest.skip("import-linter is not installed")
+    root = copy_package(tmp_path)
+    path = root / "remote_kernel" / "datasite" / "mpc" / "spec.py"
+    path.write_text(path.read_text() + "\nimport remote_kernel.datasite.http.handlers  # noqa\n")
+    result = lint_imports(root)
+    assert result.returncode != 0
+    assert any(
+        line.startswith("joint computations (datasite/mpc) are HTTP-free") and "BROKEN" in line
+        for line in result.stdout.splitlines()
+    ), result.stdout
