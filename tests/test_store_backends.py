@@ -54,6 +54,40 @@ def test_schema_is_at_head_and_matches_the_models(store_url: str) -> None:
         store.close()
 
 
+OPEN_AT_ONCE = """
+import sys, time
+from pathlib import Path
+from remote_kernel.datasite.store import Store
+url, go = sys.argv[1], Path(sys.argv[2])
+while not go.exists():
+    time.sleep(0.001)
+store = Store(url)
+store.audit("replica", "test.opened")
+print("opened", flush=True)
+"""
+
+
+def test_replicas_opening_a_new_store_at_once_migrate_it_once(
+    store_url: str, tmp_path: Path
+) -> None:
+    go = tmp_path / "go"
+    command = [sys.executable, "-c", OPEN_AT_ONCE, store_url, str(go)]
+    replicas = [subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                 text=True) for _ in range(4)]  # fmt: skip
+    go.touch()
+    results = [replica.communicate(timeout=120) for replica in replicas]
+    assert [out for out, _ in results] == ["opened\n"] * 4, [err for _, err in results]
+    store = Store(store_url)
+    try:
+        with store.engine.connect() as conn:
+            versions = conn.execute(sa.text("SELECT version_num FROM alembic_version")).all()
+        assert versions == [(migrations.HEAD,)]
+        assert schema_differences(store.engine) == []
+        assert len(store.audit_entries()) == 4 and store.verify_audit() == []
+    finally:
+        store.close()
+
+
 def test_a_schema_newer_than_the_code_is_refused(store_url: str) -> None:
     Store(store_url).close()
     engine = sa.create_engine(store_url)

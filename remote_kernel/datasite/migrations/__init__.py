@@ -23,6 +23,7 @@ adopted by the first revision, which creates only what is missing and keeps ever
 
 from __future__ import annotations
 
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -36,6 +37,8 @@ HEAD = "0001"
 #: The advisory lock key schema changes hold on PostgreSQL (any constant; ours).
 MIGRATION_LOCK = 0x726B_6D69  # "rkmi"
 SCRIPT_LOCATION = Path(__file__).resolve().parent
+#: Alembic's ``context`` is one global per process: threads upgrade one at a time.
+_IN_PROCESS = threading.Lock()
 
 
 def alembic_config(connection: Connection | None = None, url: str | None = None) -> Any:
@@ -83,7 +86,7 @@ def upgrade(engine: Engine, target: str = "head") -> tuple[str | None, str | Non
     """Upgrade the schema to ``target`` in one locked transaction; (before, after)."""
     from alembic import command
 
-    with engine.begin() as conn:
+    with _IN_PROCESS, engine.begin() as conn:
         lock_schema(conn)
         before = current_revision(conn)
         config = alembic_config(conn)
