@@ -5,10 +5,12 @@ are made the way an admin makes them (``tests.conftest.make_datasite``) and
 served by ``remote-kernel datasite serve``; JupyterLab runs with the
 remote_kernel server extension and labextension installed by pip.
 
-* ``cleveland``: one review releases. Reviewer ``bob`` is connected in advance
+* ``cleveland``: one review releases; alice has a privacy budget there (ε 1,
+  no DP metadata: the budget is only shown). Reviewer ``bob`` is connected in advance
   (connection ``cleveland-bob``); the researcher connects in the test, through
   the Datasites panel.
-* ``hungary``: policy ``required_reviews: 2``. Researcher ``alice``
+* ``hungary``: policy ``required_reviews: 2``, the DP tier on ``heart`` and
+  alice's privacy budget there (ε 3, set with ``datasite budget``). Researcher ``alice``
   (``hungary``) and reviewers ``bob`` and ``dave`` (``hungary-bob``,
   ``hungary-dave``) are connected in advance.
 
@@ -256,6 +258,40 @@ def write_pids(servers: dict[str, tuple[subprocess.Popen[Any], Path | None]]) ->
     )
 
 
+#: Two reviewers per release, and the DP tier on heart (declared as the demo does).
+HUNGARY_POLICY = """\
+required_reviews: 2
+datasets:
+  heart:
+    dp:
+      bounds: {age: [20, 80], trestbps: [80, 200], chol: [100, 600], thalach: [60, 210]}
+      public_categories: {sex: [0, 1], num: [0, 1, 2, 3, 4]}
+"""
+#: Alice's privacy budgets on heart (epsilon), shown in the Datasites panel and reviews.
+HUNGARY_BUDGET = 3.0
+CLEVELAND_BUDGET = 1.0
+
+
+def give_budget(site: RunningDatasite, user: str, dataset: str, epsilon: float) -> None:
+    """As ``remote-kernel datasite budget DIR USER DATASET --epsilon E`` does."""
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "remote_kernel.cli",
+            "datasite",
+            "budget",
+            str(site.directory),
+            user,
+            dataset,
+            "--epsilon",
+            str(epsilon),
+        ],
+        check=True,
+        capture_output=True,
+    )
+
+
 def add_reviewer(site: RunningDatasite, name: str) -> None:
     store = site.store()
     _, site.tokens[name] = store.create_user(name, Role.REVIEWER)
@@ -280,8 +316,10 @@ def main() -> None:
 
     cleveland = make_datasite(STATE, "cleveland")
     hungary = make_datasite(STATE, "hungary")
-    (hungary.directory / "policy.yaml").write_text("required_reviews: 2\n")
+    (hungary.directory / "policy.yaml").write_text(HUNGARY_POLICY)
     add_reviewer(hungary, "dave")
+    give_budget(hungary, "alice", "heart", HUNGARY_BUDGET)
+    give_budget(cleveland, "alice", "heart", CLEVELAND_BUDGET)
     sites = [cleveland, hungary]
     try:
         for site in sites:

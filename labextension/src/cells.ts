@@ -11,8 +11,7 @@ import {
   INbOutput,
   IOutputView,
   IRemoteMeta,
-  IRequestView,
-  JSONObject
+  IRequestView
 } from './tokens';
 
 /** The cell tag that marks a cell as remote (the same one `%%remote` users type by hand). */
@@ -217,21 +216,6 @@ export function outputLabel(meta: IRemoteMeta): string {
   }
 }
 
-/** The DP tier's facts on a released answer (`dp_label` in researcher/display.py). */
-export const DP_MIME = 'application/vnd.remote-kernel.dp+json';
-
-/** "differential privacy: ε=0.1 spent on heart, ε=2.9 left" for a DP answer, else ''. */
-export function dpLabel(data: JSONObject | undefined): string {
-  const facts = data?.[DP_MIME];
-  const spent = Number(facts?.epsilon);
-  const left = Number(facts?.epsilon_left);
-  if (!facts || typeof facts !== 'object' || isNaN(spent) || isNaN(left)) {
-    return '';
-  }
-  const on = facts.dataset ? ` on ${facts.dataset}` : '';
-  return `differential privacy: ε=${spent} spent${on}, ε=${left} left`;
-}
-
 /** A leading symbol or emoji (and its space): "⏳ pending review…" → "pending review…". */
 const LEADING_SYMBOL = /^[^\p{L}\p{N}]+\s*/u;
 
@@ -262,9 +246,9 @@ export function outputCaption(output: INbOutput): IOutputCaption | null {
   }
   const plain = text(output.data?.['text/plain']);
   if (meta.state === 'released') {
-    const dp = dpLabel(output.data);
+    // A DP answer says what it cost in its own content (not repeated here).
     return {
-      label: [outputLabel(meta), dp].filter(p => p).join(' · '),
+      label: outputLabel(meta),
       note: false,
       // display.py's released bundles: "[cleveland · released by bob]\n…" (and the
       // same words in a box at the top of their HTML).

@@ -133,6 +133,8 @@ export class RemoteCellController {
     }
     const tagged = hasRemoteTag(cell.model.getMetadata('tags'));
     cell.toggleClass('rk-mod-remote', tagged);
+    // Tagged or not: a cell with %%remote typed by hand has remote outputs too.
+    this.labelOutputs(cell);
     let badge = this.badges.get(cell);
     if (!tagged) {
       if (badge) {
@@ -147,7 +149,6 @@ export class RemoteCellController {
       this.badges.set(cell, badge);
     }
     badge.render(this.notebookTargets(panel));
-    this.labelOutputs(cell);
   }
 
   /** Draws "cleveland · released by bob" on each remote output (the output's own widget). */

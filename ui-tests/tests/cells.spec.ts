@@ -6,53 +6,14 @@
  */
 import { expect, galata, test } from '@jupyterlab/galata';
 import { APIRequestContext, Page } from '@playwright/test';
-import * as fs from 'fs';
 import * as path from 'path';
 
-const STATE = path.resolve(__dirname, '..', '.servers');
-// Screenshots go to docs/images/ only when asked (REMOTE_KERNEL_UI_SCREENSHOTS=docs).
-const IMAGES =
-  process.env.REMOTE_KERNEL_UI_SCREENSHOTS === 'docs'
-    ? path.resolve(__dirname, '..', '..', 'docs', 'images')
-    : path.resolve(__dirname, '..', 'test-results', 'screenshots');
-const tokens = () =>
-  JSON.parse(fs.readFileSync(path.join(STATE, 'tokens.json'), 'utf-8'));
+import { IMAGES, cell, connectInPanel, openPath, siteApi } from './helpers';
 
 const SOURCE = 'print("columns here:", rk.data("heart").shape[1])';
 
 test.use({ autoGoto: true });
 test.describe.configure({ mode: 'serial' });
-
-function cell(page: Page, index: number) {
-  return page.locator('.jp-Notebook .jp-Cell').nth(index);
-}
-
-async function datasitesPanel(page: Page) {
-  const tab = page.locator('.jp-SideBar [data-id="remote-kernel-datasites"]');
-  if ((await tab.getAttribute('aria-selected')) !== 'true') {
-    await tab.click();
-  }
-  const panel = page.locator('#remote-kernel-datasites');
-  await expect(panel).toBeVisible();
-  return panel;
-}
-
-/** The datasite's own API, as a reviewer or the researcher (not through JupyterLab). */
-async function siteApi(
-  request: APIRequestContext,
-  site: string,
-  user: string,
-  route: string,
-  body?: object
-): Promise<any> {
-  const t = tokens()[site];
-  const options = { headers: { Authorization: `Bearer ${t[user]}` } };
-  const response = body
-    ? await request.post(`${t.url}${route}`, { ...options, data: body })
-    : await request.get(`${t.url}${route}`, options);
-  expect(response.ok()).toBeTruthy();
-  return response.json();
-}
 
 /** Every reviewer approves every output of alice's request with this code (queues end empty). */
 async function approveAll(
@@ -72,14 +33,6 @@ async function approveAll(
   }
 }
 
-async function openPath(page: Page, file: string): Promise<void> {
-  await page.evaluate(async path => {
-    await (window as any).jupyterapp.commands.execute('docmanager:open', {
-      path
-    });
-  }, file);
-}
-
 async function isDirty(page: Page): Promise<boolean> {
   return page.evaluate(
     () => (window as any).jupyterapp.shell.currentWidget.context.model.dirty
@@ -91,16 +44,8 @@ test('a tagged cell runs at its sites with Shift-Enter, one view in site order',
   request,
   tmpPath
 }) => {
-  const t = tokens();
   // hungary is connected in advance; cleveland now.
-  const panel = await datasitesPanel(page);
-  await panel.locator('input[name=url]').fill(t.cleveland.url);
-  await panel.locator('input[name=token]').fill(t.cleveland.alice);
-  await panel.locator('input[name=name]').fill('cleveland');
-  await panel.locator('button.rk-Connect').click();
-  await expect(panel.locator('.rk-Message')).toContainText(
-    'Connected to cleveland'
-  );
+  const panel = await connectInPanel(page, 'cleveland');
 
   await page.notebook.createNew('shift.ipynb');
   await page.notebook.setCell(0, 'code', 'import remote_kernel as rk');

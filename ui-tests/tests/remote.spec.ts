@@ -7,58 +7,22 @@
  */
 import { expect, galata, test } from '@jupyterlab/galata';
 import { Page } from '@playwright/test';
-import * as fs from 'fs';
 import * as path from 'path';
 
-const STATE = path.resolve(__dirname, '..', '.servers');
-// Screenshots go to docs/images/ only when asked (REMOTE_KERNEL_UI_SCREENSHOTS=docs),
-// so that ordinary runs do not rewrite the documentation's images.
-const IMAGES =
-  process.env.REMOTE_KERNEL_UI_SCREENSHOTS === 'docs'
-    ? path.resolve(__dirname, '..', '..', 'docs', 'images')
-    : path.resolve(__dirname, '..', 'test-results', 'screenshots');
-const tokens = () =>
-  JSON.parse(fs.readFileSync(path.join(STATE, 'tokens.json'), 'utf-8'));
+import {
+  DATASITES,
+  IMAGES,
+  REVIEWS,
+  cell,
+  command,
+  connectInPanel,
+  openPanel,
+  tokens,
+  widenSidebar
+} from './helpers';
 
 test.use({ autoGoto: true });
 test.describe.configure({ mode: 'serial' });
-
-async function command(
-  page: Page,
-  id: string,
-  args: object = {}
-): Promise<void> {
-  await page.evaluate(
-    async ({ id, args }) => {
-      // The command's result (a widget) cannot cross into the test: drop it.
-      await (window as any).jupyterapp.commands.execute(id, args);
-    },
-    { id, args }
-  );
-}
-
-async function openPanel(page: Page, id: string): Promise<void> {
-  const tab = page.locator(`.jp-SideBar [data-id="${id}"]`);
-  if ((await tab.getAttribute('aria-selected')) !== 'true') {
-    await tab.click();
-  }
-  await expect(page.locator(`#${id}`)).toBeVisible();
-}
-
-/** A wider left sidebar: the panels' screenshots in docs/ are readable. */
-async function widenSidebar(page: Page, x = 520): Promise<void> {
-  const handle = page
-    .locator('#jp-main-split-panel > .lm-SplitPanel-handle')
-    .first();
-  const box = await handle.boundingBox();
-  if (box) {
-    const y = box.y + box.height / 2;
-    await page.mouse.move(box.x + box.width / 2, y);
-    await page.mouse.down();
-    await page.mouse.move(x, y, { steps: 5 });
-    await page.mouse.up();
-  }
-}
 
 /** A notebook whose first cell imports rk (run locally) and second cell is `source`. */
 async function notebookWith(
@@ -71,7 +35,7 @@ async function notebookWith(
   await page.notebook.setCell(0, 'code', 'import remote_kernel as rk');
   await page.notebook.runCell(0, true);
   await page.notebook.addCell('code', source);
-  await openPanel(page, 'remote-kernel-datasites');
+  await openPanel(page, DATASITES);
   const targets = page.locator(
     '#remote-kernel-datasites .rk-Targets input[type=checkbox]'
   );
@@ -80,10 +44,6 @@ async function notebookWith(
     const site = await box.getAttribute('data-site');
     await box.setChecked(sites.includes(site ?? ''));
   }
-}
-
-function cell(page: Page, index: number) {
-  return page.locator('.jp-Notebook .jp-Cell').nth(index);
 }
 
 async function runRemotely(page: Page, index: number): Promise<void> {
@@ -96,8 +56,7 @@ async function runRemotely(page: Page, index: number): Promise<void> {
 }
 
 async function reviewRow(page: Page, site: string, text: string) {
-  await openPanel(page, 'remote-kernel-reviews');
-  const panel = page.locator('#remote-kernel-reviews');
+  const panel = await openPanel(page, REVIEWS);
   await panel.locator('.rk-Filter-site').selectOption(site);
   const row = panel.locator('.rk-ReviewRow', { hasText: text }).first();
   await expect(row).toBeVisible();
@@ -108,20 +67,12 @@ async function reviewRow(page: Page, site: string, text: string) {
 test('tag a cell, run it remotely, approve it, see the released output', async ({
   page
 }) => {
-  const t = tokens();
-  await openPanel(page, 'remote-kernel-datasites');
+  await openPanel(page, DATASITES);
   await widenSidebar(page);
-  const panel = page.locator('#remote-kernel-datasites');
-  await panel.locator('input[name=url]').fill(t.cleveland.url);
-  await panel.locator('input[name=token]').fill(t.cleveland.alice);
-  await panel.locator('input[name=name]').fill('cleveland');
-  await panel.locator('button.rk-Connect').click();
-  await expect(panel.locator('.rk-Message')).toContainText(
-    'Connected to cleveland as alice'
-  );
+  const panel = await connectInPanel(page, 'cleveland');
   // The token never stays in the page.
   await expect(panel.locator('input[name=token]')).toHaveValue('');
-  expect(await page.content()).not.toContain(t.cleveland.alice);
+  expect(await page.content()).not.toContain(tokens().cleveland.alice);
 
   const site = panel.locator('.rk-Connection[data-site="cleveland"]');
   await site.locator('summary').first().click();
@@ -136,6 +87,14 @@ test('tag a cell, run it remotely, approve it, see the released output', async (
     'df = rk.data("heart")\nprint("rows", len(df) > 0)\ndf.groupby("sex").size()',
     ['cleveland']
   );
+  // alice's privacy budgets (servers.py), under each site; the site folded for the picture.
+  await expect(
+    panel.locator('.rk-Budgets[data-site="hungary"] .rk-Budget')
+  ).toHaveText(/^heart · ε [0-9.]+ of 3 left$/);
+  await expect(
+    panel.locator('.rk-Budgets[data-site="cleveland"] .rk-Budget')
+  ).toHaveText('heart · ε 1 of 1 left');
+  await site.locator('summary').first().click();
   await panel.screenshot({ path: path.join(IMAGES, 'datasites-panel.png') });
 
   // Tag with the keyboard shortcut (command mode).
@@ -188,6 +147,10 @@ test('tag a cell, run it remotely, approve it, see the released output', async (
     'cleveland · released by bob'
   );
   await expect(released.first()).toContainText('rows True');
+  // One label: the kernel's own (in its HTML, for frontends without the extension) is hidden.
+  await expect(
+    released.first().getByText('cleveland · released by bob')
+  ).toBeHidden();
   await expect(badge).toContainText('2 released');
   await cell(page, 1).screenshot({
     path: path.join(IMAGES, 'remote-cell-released.png')

@@ -6,102 +6,22 @@
  * The Pending outputs tab, active, keeps a small count badge.
  */
 import { expect, test } from '@jupyterlab/galata';
-import { Page } from '@playwright/test';
-import * as fs from 'fs';
-import * as path from 'path';
 
-const STATE = path.resolve(__dirname, '..', '.servers');
-// As in remote.spec.ts: docs/images/ only when REMOTE_KERNEL_UI_SCREENSHOTS=docs.
-const IMAGES =
-  process.env.REMOTE_KERNEL_UI_SCREENSHOTS === 'docs'
-    ? path.resolve(__dirname, '..', '..', 'docs', 'images')
-    : path.resolve(__dirname, '..', 'test-results', 'screenshots');
-const REVIEWER = 'cleveland-bob'; // saved by servers.py
-const PANEL = 'remote-kernel-reviews';
+import {
+  REVIEWS,
+  REVIEWER,
+  cell,
+  connectResearcher,
+  openPath,
+  outputState,
+  pendingOutput,
+  queueRow,
+  review,
+  reviewTab
+} from './helpers';
 
 test.use({ autoGoto: true });
 test.describe.configure({ mode: 'serial' });
-
-/** Saves alice's connection to cleveland through the server extension's API. */
-async function connectResearcher(page: Page): Promise<void> {
-  const t = JSON.parse(
-    fs.readFileSync(path.join(STATE, 'tokens.json'), 'utf-8')
-  );
-  const answer = await page.request.post('/remote-kernel/connections', {
-    data: { url: t.cleveland.url, token: t.cleveland.alice, name: 'cleveland' }
-  });
-  expect(answer.ok(), await answer.text()).toBe(true);
-}
-
-/**
- * A notebook whose second cell runs `code` at cleveland with `%%remote`; the id
- * of the output it leaves pending (found in the reviewer's queue by `marker`).
- */
-async function pendingOutput(
-  page: Page,
-  name: string,
-  code: string
-): Promise<number> {
-  const marker = `# ${name} ${Date.now()}`;
-  await page.notebook.createNew(name);
-  await page.notebook.setCell(
-    0,
-    'code',
-    '%load_ext remote_kernel\nimport remote_kernel as rk'
-  );
-  await page.notebook.runCell(0, true);
-  await page.notebook.addCell(
-    'code',
-    `%%remote --site cleveland --no-local\n${marker}\n${code}`
-  );
-  await page.notebook.runCell(1, true);
-  let id = -1;
-  await expect
-    .poll(
-      async () => {
-        const queue = await (
-          await page.request.get('/remote-kernel/reviews')
-        )
-          .json()
-          .catch(() => ({ items: [] }));
-        const item = queue.items.find(
-          (i: any) => i.site === REVIEWER && i.request.code.includes(marker)
-        );
-        id = item ? item.id : -1;
-        return id;
-      },
-      { timeout: 60_000 }
-    )
-    .toBeGreaterThan(0);
-  return id;
-}
-
-async function outputState(page: Page, id: number): Promise<string> {
-  const answer = await page.request.get(
-    `/remote-kernel/connections/${REVIEWER}/outputs/${id}`
-  );
-  return (await answer.json()).state;
-}
-
-async function queueRow(page: Page, id: number) {
-  const tab = page.locator(`.jp-SideBar [data-id="${PANEL}"]`);
-  if ((await tab.getAttribute('aria-selected')) !== 'true') {
-    await tab.click();
-  }
-  const panel = page.locator(`#${PANEL}`);
-  await panel.locator('.rk-Filter-site').selectOption(REVIEWER);
-  const row = panel.locator(`.rk-ReviewRow[data-key="${REVIEWER}/${id}"]`);
-  await expect(row).toBeVisible();
-  return row;
-}
-
-function review(page: Page, id: number) {
-  return page.locator(`#rk-review-${REVIEWER}-${id}`);
-}
-
-function cell(page: Page, index: number) {
-  return page.locator('.jp-Notebook .jp-Cell').nth(index);
-}
 
 test('the review opens in the main area; Approve reaches the notebook after the undo window', async ({
   page,
@@ -123,11 +43,7 @@ test('the review opens in the main area; Approve reaches the notebook after the 
   await row.click();
   const widget = review(page, id);
   await expect(widget).toBeVisible();
-  await expect(
-    page.locator('.lm-DockPanel-tabBar .lm-TabBar-tab', {
-      hasText: `Review: ${REVIEWER} #${id}`
-    })
-  ).toHaveCount(1);
+  await expect(reviewTab(page, id)).toHaveCount(1);
 
   // Who, the code with line numbers, the whole table (every row and column in view).
   await expect(widget.locator('.rk-ReviewHead')).toContainText(
@@ -146,7 +62,7 @@ test('the review opens in the main area; Approve reaches the notebook after the 
   await expect(widget.locator('.rk-Evidence')).toContainText('Filter verdict');
 
   // The active Pending outputs tab keeps a small badge (it used to fill the tab).
-  const tab = page.locator(`.jp-SideBar [data-id="${PANEL}"]`);
+  const tab = page.locator(`.jp-SideBar [data-id="${REVIEWS}"]`);
   await expect(tab).toHaveAttribute('data-rk-count', /[1-9]/);
   const badge = await tab.evaluate(node => {
     const style = getComputedStyle(node, '::before');
@@ -161,8 +77,6 @@ test('the review opens in the main area; Approve reaches the notebook after the 
   expect(badge.activeBorder).not.toBe('rgb(198, 40, 40)');
   expect(badge.height).toBeLessThan(20);
 
-  await widget.screenshot({ path: path.join(IMAGES, 'review-widget.png') });
-
   await widget.locator('button.rk-Approve').click();
   const pending = widget.locator('.rk-PendingDecision');
   await expect(pending).toContainText(/Approved — Undo \([1-5] s\)/);
@@ -174,11 +88,7 @@ test('the review opens in the main area; Approve reaches the notebook after the 
   await expect(widget.locator('.rk-Decision')).toContainText('released by bob');
   await expect(row).toHaveCount(0);
   // The decision reaches the researcher's notebook.
-  await page.evaluate(async path => {
-    await (window as any).jupyterapp.commands.execute('docmanager:open', {
-      path
-    });
-  }, `${tmpPath}/review-approve.ipynb`);
+  await openPath(page, `${tmpPath}/review-approve.ipynb`);
   await expect(cell(page, 1).locator('.jp-OutputArea')).toContainText(
     'thalach',
     { timeout: 30_000 }
@@ -198,15 +108,11 @@ test('Undo within the window leaves the output pending; closing the review sends
   const row = await queueRow(page, id);
   // Enter on the selected row opens the review; opening it again reuses it.
   await row.click();
-  await page.locator(`#${PANEL}`).focus();
+  await page.locator(`#${REVIEWS}`).focus();
   await page.keyboard.press('Enter');
   const widget = review(page, id);
   await expect(widget).toBeVisible();
-  await expect(
-    page.locator('.lm-DockPanel-tabBar .lm-TabBar-tab', {
-      hasText: `Review: ${REVIEWER} #${id}`
-    })
-  ).toHaveCount(1);
+  await expect(reviewTab(page, id)).toHaveCount(1);
 
   await widget.locator('.rk-ReviewView').focus();
   await page.keyboard.press('a'); // approve, as in the queue
@@ -227,12 +133,7 @@ test('Undo within the window leaves the output pending; closing the review sends
   await expect(widget.locator('.rk-PendingDecision')).toContainText(
     'Denied — Undo'
   );
-  await page
-    .locator('.lm-DockPanel-tabBar .lm-TabBar-tab', {
-      hasText: `Review: ${REVIEWER} #${id}`
-    })
-    .locator('.lm-TabBar-tabCloseIcon')
-    .click();
+  await reviewTab(page, id).locator('.lm-TabBar-tabCloseIcon').click();
   await expect(widget).toHaveCount(0);
   await expect
     .poll(() => outputState(page, id), { timeout: 3000 })

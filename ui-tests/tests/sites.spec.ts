@@ -9,6 +9,8 @@ import { Page } from '@playwright/test';
 import * as fs from 'fs';
 import * as path from 'path';
 
+import { DATASITES, connectResearcher, openPanel } from './helpers';
+
 const CONTROL = path.resolve(__dirname, '..', '.servers', 'control');
 // The panel checks its connections' health every 15 s (model.ts POLL_INTERVALS).
 const POLL = { timeout: 45_000 };
@@ -37,11 +39,10 @@ function health(page: Page, connection: string) {
 test('a site killed while the lab runs shows as down, then up after its restart', async ({
   page
 }) => {
-  const tab = page.locator('.jp-SideBar [data-id="remote-kernel-datasites"]');
-  if ((await tab.getAttribute('aria-selected')) !== 'true') {
-    await tab.click();
-  }
-  // cleveland-bob and hungary are saved by servers.py before the lab starts.
+  // cleveland-bob and hungary are saved by servers.py before the lab starts; alice
+  // connects to cleveland too (the budgets are asked of researcher connections).
+  await connectResearcher(page);
+  await openPanel(page, DATASITES);
   await expect(health(page, 'cleveland-bob')).toHaveClass(/rk-mod-ok/);
   await expect(health(page, 'hungary')).toHaveClass(/rk-mod-ok/);
 
@@ -57,6 +58,12 @@ test('a site killed while the lab runs shows as down, then up after its restart'
       'title',
       /unreachable/
     );
+    // A researcher connection to it: its budgets cannot be fetched, and the panel says so.
+    await expect(
+      page.locator(
+        '#remote-kernel-datasites .rk-Budgets[data-site="cleveland"]'
+      )
+    ).toContainText('budgets not available: cleveland: cannot reach', POLL);
     // Nothing else went down with it: the other site, and JupyterLab itself.
     await expect(health(page, 'hungary')).toHaveClass(/rk-mod-ok/);
     expect((await page.request.get('/api/status')).ok()).toBe(true);

@@ -318,9 +318,9 @@ describe('finding the request a run made', () => {
 });
 
 describe('one label per remote output, no emoji', () => {
-  const released = (plain: string, extra: Record<string, unknown> = {}) => ({
+  const released = (plain: string) => ({
     output_type: 'display_data',
-    data: { 'text/plain': plain, 'text/html': '<div>x</div>', ...extra },
+    data: { 'text/plain': plain, 'text/html': '<div>x</div>' },
     metadata: {
       remote_kernel: {
         site: 'cleveland',
@@ -346,20 +346,6 @@ describe('one label per remote output, no emoji', () => {
     const byExtension = outputCaption(released('sex  n'))!;
     expect(byExtension.kernelLabel).toBe(false);
     expect(byExtension.label).toBe('cleveland · released by bob');
-  });
-
-  it('says what a DP answer cost', () => {
-    const dp = {
-      'application/vnd.remote-kernel.dp+json': {
-        epsilon: 0.1,
-        epsilon_left: 2.9,
-        dataset: 'heart'
-      }
-    };
-    expect(outputCaption(released('n', dp))!.label).toBe(
-      'cleveland · released by bob · differential privacy: ' +
-        'ε=0.1 spent on heart, ε=2.9 left'
-    );
   });
 
   it("makes a note's own words its label, without the kernel's emoji", () => {
