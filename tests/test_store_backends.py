@@ -10,6 +10,7 @@ from __future__ import annotations
 import subprocess
 import sys
 import threading
+from hashlib import sha256
 from pathlib import Path
 
 import httpx
@@ -26,7 +27,7 @@ from remote_kernel.protocol.errors import BudgetExhausted, InputError
 from remote_kernel.protocol.models import FilterDecision, OutputItem, RequestStatus, Role, Verdict
 from remote_kernel.researcher.client import Datasite
 
-from .conftest import free_port, make_datasite
+from .conftest import RunningDatasite, free_port, make_datasite
 from .postgres import PostgresCluster
 
 #: Columns that datasites made before the migrations got later, by hand (ALTER TABLE).
@@ -225,15 +226,18 @@ def fill_old_store(url: str) -> tuple[str, int]:
     alice = type("OldUser", (), {"id": 1, "name": "alice"})()
     old.create_session("s1", alice)
     request = old.create_request("s1", alice, "print('old')", (NewPush("m", "int", b"\x80"),))
+    body = OutputItem("stream", {"name": "stdout", "text": "old\n"}).canonical_bytes()
     with old.engine.begin() as conn:
         conn.execute(
             sa.text(
                 "INSERT INTO outputs (request_id, seq, msg_type, origin, body, sha256, size, "
-                "state, findings, summary, comment, created_at) VALUES (:r, 0, 'stream', "
-                "'kernel', '{}', 'abc', 2, 'pending', '[]', 'held', '', '2026-01-02 03:04:06')"
+                "state, verdict, findings, summary, comment, created_at) VALUES (:r, 0, "
+                "'stream', 'kernel', :body, :sha, :size, 'pending', 'review', '[]', 'held', "
+                "'', '2026-01-02 03:04:06')"
             ),
-            {"r": request.id},
-        )
+            {"r": request.id, "body": body.decode(), "sha": sha256(body).hexdigest(),
+             "size": len(body)},
+        )  # fmt: skip
     old.audit("admin-cli", "user.create", "user:1", name="alice")
     old.close()
     return token, request.id
@@ -289,6 +293,23 @@ def test_migrate_command_on_an_old_sqlite_datasite(tmp_path: Path) -> None:
     store = Store(config.database_url)
     assert store.user_by_token(token).name == "alice" and store.verify_audit() == []
     store.close()
+
+
+def test_serve_adopts_an_old_sqlite_datasite_by_itself(tmp_path: Path) -> None:
+    config = DatasiteConfig.create(tmp_path / "site", "site")
+    pre_migration_schema(config.database_url, late_columns=False)
+    token, request_id = fill_old_store(config.database_url)
+    site = RunningDatasite(config.directory, "site", free_port(), {"alice": token})
+    site.start()
+    try:
+        seen = httpx.get(f"{site.url}/api/requests/{request_id}", headers=site.headers("alice"))
+        assert seen.status_code == 200 and seen.json()["code"] == "print('old')", seen.text
+    finally:
+        site.stop()
+    engine = sa.create_engine(config.database_url)
+    with engine.connect() as conn:
+        assert migrations.current_revision(conn) == migrations.HEAD
+    engine.dispose()
 
 
 def test_init_with_a_postgresql_store(tmp_path: Path, postgres_cluster: PostgresCluster) -> None:
