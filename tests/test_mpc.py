@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import re
 import secrets
+import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
@@ -348,9 +349,13 @@ def run_parties(
     vectors: dict[str, list[float] | None],
     pinned: dict[str, dict[str, Path]] | None = None,
     timeout: float = 4,
+    extra: dict[str, dict[str, Any]] | None = None,
+    kill: tuple[str, float] | None = None,
 ) -> dict[str, dict[str, Any]]:
     """Run one real party process per site on a query's vectors (None: a helper); their
-    result files. ``pinned[site][peer]`` overrides the certificate ``site`` pins for ``peer``."""
+    result files (absent for a party that wrote none). ``pinned[site][peer]`` overrides
+    the certificate ``site`` pins for ``peer``; ``extra[site]`` adds to its job;
+    ``kill=(site, seconds)`` kills that party's process after so many seconds."""
     import subprocess
     import sys
 
@@ -388,13 +393,18 @@ def run_parties(
             "vector": vectors[name],
             "timeout": timeout,
             "result": str(tmp / f"{name}.json"),
+            **(extra or {}).get(name, {}),
         }
         (tmp / f"{name}-job.json").write_text(json.dumps(job))
         command = [sys.executable, "-m", "remote_kernel.datasite.mpc.party"]
         processes.append(subprocess.Popen([*command, str(tmp / f"{name}-job.json")]))
+    if kill is not None:
+        time.sleep(kill[1])
+        processes[names.index(kill[0])].kill()
     for process in processes:
-        process.wait(timeout=30)
-    return {name: json.loads((tmp / f"{name}.json").read_text()) for name in names}
+        process.wait(timeout=60)
+    written = [name for name in names if (tmp / f"{name}.json").exists()]
+    return {name: json.loads((tmp / f"{name}.json").read_text()) for name in written}
 
 
 def test_a_peer_with_the_wrong_certificate_is_refused_and_nothing_is_opened(tmp_path: Path) -> None:
@@ -407,6 +417,36 @@ def test_a_peer_with_the_wrong_certificate_is_refused_and_nothing_is_opened(tmp_
     )
     assert "c presented a certificate we do not trust" in results["b"]["error"]
     assert all(set(result) == {"error"} for result in results.values())
+
+
+def test_a_party_killed_mid_computation_leaves_every_party_without_a_result(
+    tmp_path: Path,
+) -> None:
+    """A logistic fit (many rounds) with three parties; c is killed once they compute:
+    a and b give up within their deadline with an error, and nobody has coefficients."""
+    rng = np.random.default_rng(7)
+    features = 11
+
+    def rows() -> list[list[float]]:
+        x = rng.normal(size=(400, features))
+        y = (x @ rng.normal(size=features) + rng.normal(size=400) > 0).astype(float)
+        return np.column_stack([y, x]).tolist()
+
+    fit = {"task": "logistic", "q": features + 1, "layout": [], "plan": None}
+    extra = {name: {**fit, "rows": rows()} for name in ("a", "b", "c")}
+    started = time.monotonic()
+    results = run_parties(
+        tmp_path,
+        "SELECT COUNT(*) AS n FROM heart",
+        {name: [] for name in "abc"},
+        extra=extra,
+        timeout=4,
+        kill=("c", 2.5),
+    )
+    assert "c" not in results  # killed: no result file
+    for name in ("a", "b"):
+        assert set(results[name]) == {"error"}, results[name]
+    assert time.monotonic() - started < 2.5 + 2 * 4 + 1 + 5  # kill, deadline, watchdog, slack
 
 
 def test_pooled_dominance_and_p_percent_are_checked_on_the_shares(tmp_path: Path) -> None:

@@ -29,6 +29,7 @@ import asyncio
 import json
 import os
 import sys
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -50,20 +51,42 @@ def mpyc_argv(job: dict[str, Any]) -> list[str]:
 
 def main(job_path: str) -> int:
     job = json.loads(Path(job_path).read_text())
-    result_path = Path(job["result"])
+    result = _Result(Path(job["result"]))
+    limit = 2 * job["timeout"]
+    late = {"error": f"the joint computation did not finish within {limit:g} s"}
+    # MPyC's scheduling can keep the event loop busy past a cancellation: a hard stop.
+    watchdog = threading.Timer(limit + 1, lambda: os._exit(result.write(late)))
+    watchdog.daemon = True
+    watchdog.start()
     sys.argv = mpyc_argv(job)
     try:
-        result = asyncio.run(asyncio.wait_for(_run(job), 2 * job["timeout"]))
+        outcome = asyncio.run(asyncio.wait_for(_run(job), limit))
     except asyncio.TimeoutError:
-        result = {"error": f"the joint computation did not finish within {2 * job['timeout']:g} s"}
+        outcome = late
     except ConnectionError as exc:
-        result = {"error": str(exc)}
+        outcome = {"error": str(exc)}
     except Exception as exc:  # the site reads a fixed kind, never a value
-        result = {"error": f"the MPC party failed ({exc.__class__.__name__})"}
-    tmp = result_path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(result))
-    os.replace(tmp, result_path)
-    return 0 if "error" not in result else 1
+        outcome = {"error": f"the MPC party failed ({exc.__class__.__name__})"}
+    return result.write(outcome)
+
+
+class _Result:
+    """The result file, written once (by the computation or by the watchdog, not both)."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.lock = threading.Lock()
+        self.written = False
+
+    def write(self, outcome: dict[str, Any]) -> int:
+        """Write ``outcome`` unless something was written already; the exit status."""
+        with self.lock:
+            if not self.written:
+                tmp = self.path.with_suffix(".tmp")
+                tmp.write_text(json.dumps(outcome))
+                os.replace(tmp, self.path)
+                self.written = True
+        return 0 if "error" not in outcome else 1
 
 
 async def _run(job: dict[str, Any]) -> dict[str, Any]:
