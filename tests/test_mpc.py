@@ -218,6 +218,19 @@ def test_the_mock_path_pools_the_mocks_and_says_what_will_happen(
     assert "mock data" in said and "only the pooled table is opened" in said
 
 
+def test_keys_can_be_given_and_two_parties_are_refused_before_anything_is_sent(
+    three: dict[str, RunningDatasite],
+) -> None:
+    connect(three)
+    result = rk.secure.query(SQL, keys={"sex": [1]})  # only the men's cell
+    expected = truth([private(site) for site in three.values()])
+    assert result["sex"].tolist() == [1] and result["n"].tolist() == [expected.loc[1, "n"]]
+    before = [len(audit(site)) for site in three.values()]
+    with pytest.raises(rk.RemoteKernelError, match="at least 3 parties"):
+        rk.secure.query(SQL, sites=["cleveland", "hungary"])
+    assert [len(audit(site)) for site in three.values()] == before
+
+
 def test_a_pooled_cell_under_one_sites_threshold_releases_nothing_anywhere(
     three: dict[str, RunningDatasite], recorded: list[str]
 ) -> None:

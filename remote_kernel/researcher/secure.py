@@ -50,19 +50,21 @@ def query(
     helpers: Sequence[str] | None = None,
     mock: bool = False,
     timeout: float = DEFAULT_TIMEOUT,
+    keys: dict[str, Sequence[Any]] | None = None,
 ) -> pd.DataFrame:
     """A pooled COUNT/SUM/AVG table over ``sites`` (default: every connected site).
 
-    Group keys range over the public values of the key columns (the sites' mocks),
-    so which keys a site has is never revealed. ``helpers``: sites that compute
-    without data (default: chosen sites that do not hold the dataset).
+    Group keys range over the public values of the key columns (the sites' mocks,
+    or ``keys={"cp": [1, 2, 3, 4]}`` for a key whose values you know), so which keys a
+    site has is never revealed; rows with other values count in no cell. ``helpers``:
+    sites that compute without data (default: chosen sites that do not hold the dataset).
     """
     if at_datasite():
         raise RemoteKernelError(
             "rk.secure.query runs in your own kernel (it asks every site); not in a remote cell"
         )
     chosen = _choose(sites)
-    plan = _plan(sql, chosen, helpers)
+    plan = _plan(sql, chosen, helpers, keys or {})
     if mock:
         return _on_mocks(sql, plan)
     return _ask_sites(plan, chosen, timeout)
@@ -81,13 +83,19 @@ def _choose(names: Sequence[str] | None) -> dict[str, Datasite]:
     return {name: connected[name] for name in names}
 
 
-def _plan(sql: str, chosen: dict[str, Datasite], helpers: Sequence[str] | None) -> dict[str, Any]:
+def _plan(
+    sql: str,
+    chosen: dict[str, Datasite],
+    helpers: Sequence[str] | None,
+    keys: dict[str, Sequence[Any]],
+) -> dict[str, Any]:
     """The request every site gets, and the mocks it was made from."""
     holders = {n: {d["name"] for d in s.datasets()} for n, s in chosen.items()}
     dataset = check_query(sql, sorted(set().union(*holders.values()))).dataset
     helpers, mocks = _roles(chosen, holders, dataset, helpers)
     parsed = check_on_tables(sql, {dataset: next(iter(mocks.values()))})
-    domain = [_public_values(mocks, key.text) for key in parsed.keys]
+    given = {name.lower(): [_plain(v) for v in values] for name, values in keys.items()}
+    domain = [given.get(k.text.lower()) or _public_values(mocks, k.text) for k in parsed.keys]
     body = {
         "computation_id": secrets.token_hex(16),
         "sql": sql,
@@ -115,6 +123,11 @@ def _roles(
         raise RemoteKernelError(
             f"{', '.join(lacking) or 'no chosen site'} holds no dataset {dataset!r}: "
             "choose the sites with sites=[...] and helpers=[...]"
+        )
+    if len(chosen) < 3 or len(data_sites) < 2:
+        raise RemoteKernelError(
+            "a joint computation needs at least 3 parties, 2 of them holding the data: "
+            "with 2 sites, connect to a helper party too (a site without the dataset)"
         )
     return helpers, {n: chosen[n].mock(dataset) for n in data_sites}
 
