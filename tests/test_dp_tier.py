@@ -138,12 +138,6 @@ def test_budgets_are_visible_to_their_researcher_and_to_reviewers(
             client.close()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="known leak, reported: the DP row stage runs on the private rows while planning, "
-    "so a per-row failure (a cast that fails only for some patient) is refused for free; "
-    "wrapping the row stage's expressions in DuckDB's TRY() would make it a NULL instead",
-)
 def test_a_refusal_does_not_say_whether_a_patient_exists(dp_site: RunningDatasite) -> None:
     ages = set(
         pd.read_parquet(dp_site.directory / "datasets" / "heart" / "private.parquet")

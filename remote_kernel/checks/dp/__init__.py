@@ -83,10 +83,12 @@ categorical columns reach DuckDB as plain values (an ENUM's type name lists them
    floored at 0, means clamped to their bounds, ORDER BY, LIMIT) cannot weaken
    the guarantee.
 
-Known limits: whether the row stage *fails* on the private data (a bad cast) is
-one bit, as in the exact tier (the message is fixed); OpenDP offers no seed, so
-tests are statistical; rows whose key is NULL or off the public grid are counted
-in no group.
+The row stage never fails on the private data: every expression it evaluates there
+is under DuckDB's ``TRY`` (a row whose cast fails counts as NULL), because a refusal
+that depends on whether some patient's value fails would be a free bit about them.
+
+Known limits: OpenDP offers no seed, so tests are statistical; rows whose key is
+NULL or off the public grid are counted in no group.
 """
 
 # No re-exports here: OpenDP takes seconds to import, and the policy reads DP metadata

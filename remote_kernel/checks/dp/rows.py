@@ -59,23 +59,36 @@ def from_clause(query: DPQuery) -> str:
     return f"{text} AS {quote_identifier(alias)}" if alias else text
 
 
+def tried(node: Mapping[str, Any], cast: str | None = None) -> str:
+    """An expression that is NULL where it fails on a row, never an error.
+
+    Whether a query fails on the private rows must not depend on them: a cast that
+    fails only for one patient would otherwise refuse the query -- for free, before
+    any budget is charged -- exactly when that patient exists. Under ``TRY`` the
+    failing row's value is NULL (counted in no group, adding nothing), which is a
+    function of that row alone, so the row stage stays a row-wise map.
+    """
+    text = expression_sql(node)
+    return f"TRY(CAST(({text}) AS {cast}))" if cast else f"TRY({text})"
+
+
 def _guarded(aggregate: DPAggregate, expression: str) -> str:
     if aggregate.condition is None:
         return expression
-    return f"CASE WHEN ({expression_sql(aggregate.condition)}) THEN ({expression}) END"
+    return f"CASE WHEN {tried(aggregate.condition)} THEN ({expression}) END"
 
 
 def aggregate_columns(aggregate: DPAggregate, centre: float | None) -> list[str]:
     """The select items carrying one aggregate's input (value and/or 'counts' indicator)."""
-    argument = "TRUE" if aggregate.argument is None else expression_sql(aggregate.argument)
+    argument = "TRUE" if aggregate.argument is None else tried(aggregate.argument, "DOUBLE")
     columns = []
     if aggregate.kind in ("count", "avg"):
-        present = "TRUE" if aggregate.argument is None else f"({argument}) IS NOT NULL"
-        condition = "TRUE" if aggregate.condition is None else expression_sql(aggregate.condition)
-        indicator = f"CAST(COALESCE(({condition}) AND {present}, FALSE) AS BIGINT)"
+        present = "TRUE" if aggregate.argument is None else f"{argument} IS NOT NULL"
+        condition = "TRUE" if aggregate.condition is None else tried(aggregate.condition)
+        indicator = f"CAST(COALESCE({condition} AND {present}, FALSE) AS BIGINT)"
         columns.append(f"{indicator} AS {valid_name(aggregate)}")
     if aggregate.kind != "count":
-        value = _guarded(aggregate, f"CAST(({argument}) AS DOUBLE)")
+        value = _guarded(aggregate, argument)
         if centre is not None:
             value = f"({value}) - {centre!r}"
         columns.append(f"{value} AS {value_name(aggregate)}")
@@ -85,8 +98,7 @@ def aggregate_columns(aggregate: DPAggregate, centre: float | None) -> list[str]
 def row_sql(query: DPQuery, metadata: DPMetadata, centres: Mapping[int, float]) -> str:
     """The row-level query: keys and aggregate inputs per row, WHERE applied."""
     items = [
-        f"{expression_sql(key.expression)} AS {key_name(i)}"
-        for i, key in enumerate(query.skeleton.keys)
+        f"{tried(key.expression)} AS {key_name(i)}" for i, key in enumerate(query.skeleton.keys)
     ]
     for aggregate in query.aggregates:
         items.extend(aggregate_columns(aggregate, centres.get(aggregate.position)))
@@ -97,7 +109,7 @@ def row_sql(query: DPQuery, metadata: DPMetadata, centres: Mapping[int, float]) 
     # Only checked parse-tree expressions printed by DuckDB, quoted names and our own names.
     sql = f"SELECT {', '.join(items)} FROM {from_clause(query)}"  # noqa: S608
     if where is not None:
-        sql += f" WHERE {expression_sql(where)}"
+        sql += f" WHERE {tried(where)}"
     if unit.is_row:
         return sql
     # Keep at most max_contributions rows per person, chosen by the rows' own values.
