@@ -166,9 +166,16 @@ def _rule_bits(
     columns: list[tuple[Any, ...]],
     thresholds: list[dict[str, Any]],
 ) -> list[list[Any]]:
-    """Secure 0/1 per cell and rule (a 1 fails), under the strictest party's thresholds."""
+    """Secure 0/1 per cell and rule (a 1 fails), under every party's thresholds.
+
+    Comparisons are what cost: distinct thresholds are checked once, and only the
+    largest ``max(2, dominance_n)`` contributions of each site enter the secure sort.
+    """
     cells = plan["cells"]
     min_count = max(t["min_cell_count"] for t in thresholds)
+    dominance = sorted({(t["dominance_n"], t["dominance_k"]) for t in thresholds})
+    p_ratios = sorted({t["p_ratio"] for t in thresholds})
+    need = max(2, *(n for n, _ in dominance))
     fails: list[list[Any]] = [[] for _ in RULES]
     for start in plan["counts"]:
         fails[0] += [pooled[start + c] < min_count for c in range(cells)]
@@ -177,11 +184,11 @@ def _rule_bits(
             total = pooled[num["total"] + c]
             positive = total > 0
             first = num["top"] + c * num["top_n"]
-            tops = [share for j in range(num["top_n"]) for share in columns[first + j]]
+            tops = [share for j in range(need) for share in columns[first + j]]
             ranked = mpc.sorted(tops, reverse=True)
-            for t in thresholds:
-                n, k, p = t["dominance_n"], t["dominance_k"], t["p_ratio"]
+            for n, k in dominance:
                 fails[1].append(positive * (mpc.sum(ranked[:n]) > k * total))
+            for p in p_ratios:
                 fails[2].append(positive * (total - ranked[0] - ranked[1] < p * ranked[0]))
             fails[3].append(pooled[num["negative"] + c] > 0)
             low = mpc.min(list(columns[num["min"] + c]))
