@@ -23,6 +23,7 @@ is computed in querylang's locked-down DuckDB, errors never quoting values.
 
 from __future__ import annotations
 
+import threading
 import weakref
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -275,6 +276,7 @@ def _merged_metadata(
 #: private tables live as long as the process).
 _JOINS_KEPT = 2
 _joins: dict[tuple[Any, ...], tuple[Any, Any, pd.DataFrame]] = {}
+_joins_lock = threading.Lock()
 
 
 def _joined_frame(
@@ -286,13 +288,15 @@ def _joined_frame(
     """The joined frame, from the cache when the same two frames were joined the same way."""
     frames = (tables[left.dataset], tables[right.dataset])
     key = (id(frames[0]), id(frames[1]), left, right)
-    kept = _joins.get(key)
+    with _joins_lock:
+        kept = _joins.get(key)
     if kept is not None and kept[0]() is frames[0] and kept[1]() is frames[1]:
         return kept[2]
     joined = _join(left, right, renames, tables)
-    _joins[key] = (weakref.ref(frames[0]), weakref.ref(frames[1]), joined)
-    while len(_joins) > _JOINS_KEPT:
-        del _joins[next(iter(_joins))]
+    with _joins_lock:
+        _joins[key] = (weakref.ref(frames[0]), weakref.ref(frames[1]), joined)
+        while len(_joins) > _JOINS_KEPT:
+            del _joins[next(iter(_joins))]
     return joined
 
 

@@ -142,7 +142,7 @@ def plain(frame: pd.DataFrame) -> pd.DataFrame:
     _plain_frames[id(frame)] = (weakref.ref(frame), converted)
     for key, (ref, _) in list(_plain_frames.items()):
         if ref() is None:
-            del _plain_frames[key]
+            _plain_frames.pop(key, None)  # another thread may have dropped it already
     return converted
 
 
