@@ -301,11 +301,6 @@ def test_errors_never_print_a_categorical_columns_values(metadata):
     assert "VARCHAR" in str(refused.value) and "ZQX" not in str(refused.value)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="exact tier (querylang.open_connection) registers categoricals as ENUMs: its binder "
-    "errors list the private categories; remove this mark once querylang converts them",
-)
 def test_exact_tier_errors_never_print_a_categorical_columns_values():
     from remote_kernel.checks.policy import Thresholds
     from remote_kernel.checks.sqltier import run_query

@@ -16,11 +16,14 @@ parse tree as JSON, names of aggregates), :mod:`~remote_kernel.querylang.parsed`
 :mod:`~remote_kernel.querylang.clauses` (checks of one clause or expression),
 :mod:`~remote_kernel.querylang.select_list` (keys, aggregates, ordering),
 :mod:`~remote_kernel.querylang.shape` (:func:`check_query`),
+:mod:`~remote_kernel.querylang.guard` and :mod:`~remote_kernel.querylang.checked`
+(every row-level expression under ``TRY``, so failing does not depend on the rows),
 :mod:`~remote_kernel.querylang.tables` (check and run on tables handed in:
 :func:`run_on_tables` is ``rk.query`` on the mock) and
 :mod:`~remote_kernel.querylang.crosstab`.
 """
 
+from remote_kernel.querylang.checked import run_checked
 from remote_kernel.querylang.clauses import REFUSED_FUNCTIONS
 from remote_kernel.querylang.crosstab import (
     CROSSTAB_AGGFUNCS,
@@ -28,7 +31,7 @@ from remote_kernel.querylang.crosstab import (
     quote_identifier,
     to_wide,
 )
-from remote_kernel.querylang.engine import open_connection, run_checked
+from remote_kernel.querylang.engine import PrivateRunFailed, open_connection, plain
 from remote_kernel.querylang.parse import (
     ALLOWED_AGGREGATES,
     REFUSED_AGGREGATES,
@@ -49,12 +52,14 @@ __all__ = [
     "Aggregate",
     "GroupKey",
     "ParsedQuery",
+    "PrivateRunFailed",
     "canonical",
     "check_on_tables",
     "check_query",
     "crosstab_sql",
     "deserialize_sql",
     "open_connection",
+    "plain",
     "quote_identifier",
     "run_checked",
     "run_on_tables",

@@ -11,7 +11,8 @@ from collections.abc import Mapping
 
 import pandas as pd
 
-from remote_kernel.querylang.engine import check_numeric, run_checked
+from remote_kernel.querylang.checked import run_checked
+from remote_kernel.querylang.engine import check_numeric
 from remote_kernel.querylang.parsed import ParsedQuery
 from remote_kernel.querylang.shape import check_query
 

@@ -12,7 +12,6 @@ to ``max_contributions`` here, chosen by the rows' own values only.
 from __future__ import annotations
 
 import copy
-import weakref
 from collections.abc import Mapping
 from typing import Any
 
@@ -27,7 +26,9 @@ from remote_kernel.querylang import (
     quote_identifier,
     serialize_sql,
 )
-from remote_kernel.querylang.engine import refusing_errors
+from remote_kernel.querylang.engine import plain, refusing_errors
+
+__all__ = ["plain"]  # join.py, keys.py and engine.py take it from here (querylang's own)
 
 
 def key_name(index: int) -> str:
@@ -119,31 +120,6 @@ def row_sql(query: DPQuery, metadata: DPMetadata, centres: Mapping[int, float]) 
         f"(PARTITION BY __dp_id ORDER BY {names}) AS __dp_rank FROM ({sql})) "
         f"WHERE __dp_rank <= {unit.max_contributions}"
     )
-
-
-_plain_frames: dict[int, tuple[weakref.ref[pd.DataFrame], pd.DataFrame]] = {}
-
-
-def plain(frame: pd.DataFrame) -> pd.DataFrame:
-    """The frame with categorical columns as plain values (converted once per frame).
-
-    DuckDB registers a pandas categorical as an ENUM type whose values are the
-    category set -- taken from the private data -- and prints that type in binder
-    errors ("No function matches 'sum(ENUM('P00017', ...))'"), which are relayed.
-    As plain values the type is VARCHAR (or the categories' own type): schema only.
-    """
-    categorical = [c for c in frame.columns if isinstance(frame[c].dtype, pd.CategoricalDtype)]
-    if not categorical:
-        return frame
-    cached = _plain_frames.get(id(frame))
-    if cached is not None and cached[0]() is frame:
-        return cached[1]
-    converted = frame.astype({c: frame[c].cat.categories.dtype for c in categorical})
-    _plain_frames[id(frame)] = (weakref.ref(frame), converted)
-    for key, (ref, _) in list(_plain_frames.items()):
-        if ref() is None:
-            _plain_frames.pop(key, None)  # another thread may have dropped it already
-    return converted
 
 
 def run_rows(sql: str, dataset: str, frame: pd.DataFrame, *, private: bool) -> pl.DataFrame:

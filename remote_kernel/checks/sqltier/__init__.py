@@ -34,9 +34,13 @@ What this tier does *not* protect against (documented for reviewers and admins):
   yes/no questions: ``GROUP BY pid = 'P1' AND chol > 200`` is held (a cell of one)
   or released (no such cell) depending on one person's value. Under
   ``allow_where=False`` such queries are always held, with a summary that depends
-  on the query text only. Errors raised while a query runs on the private data are
-  reported with a fixed message (DuckDB's can quote values), but *whether* it
-  failed is still one bit.
+  on the query text only.
+* Failing as a channel is closed: every row-level expression runs under DuckDB's
+  ``TRY`` (:mod:`remote_kernel.querylang.guard`), so a cast or overflow that fails
+  only for one patient's value makes that row NULL and the query is answered and
+  judged as usual. A failure ``TRY`` cannot absorb (out of memory) is not refused
+  at once either: the query is held for a person with a fixed note
+  (:func:`failed_outcome`), as any held answer is.
 
 The query language itself (parsing, the shape check, the locked-down DuckDB,
 crosstab queries) is :mod:`remote_kernel.querylang`, shared with the researcher's
@@ -61,6 +65,7 @@ from remote_kernel.protocol.errors import QueryRejected
 from remote_kernel.protocol.models import Finding, Verdict
 from remote_kernel.querylang import (
     EVIDENCE_PREFIX,
+    PrivateRunFailed,
     check_on_tables,
     check_query,
     crosstab_sql,
@@ -77,6 +82,7 @@ __all__ = [
     "QueryRejected",
     "check_query",
     "crosstab_sql",
+    "failed_outcome",
     "judge",
     "open_connection",
     "run_query",
@@ -102,5 +108,29 @@ def run_query(
         return QueryOutcome(sql, result, result, Verdict.RELEASE, [finding], "mock data")
     parsed = check_on_tables(sql, tables)
     evidence_sql, evidence = evidence_query(parsed, max(thresholds.dominance_n, 2))
-    frame = run_checked(parsed, tables, evidence_sql, private=True)
+    try:
+        frame = run_checked(parsed, tables, evidence_sql, private=True)
+    except PrivateRunFailed:
+        return failed_outcome(sql)
     return judge(parsed, frame, evidence, thresholds)
+
+
+#: The reviewer's note on a query that failed on the private rows (fixed: DuckDB's
+#: message could quote a value).
+FAILED_NOTE = (
+    "the query passed every check and ran on zero rows, then failed while running on "
+    "the private rows (a failure TRY cannot absorb, e.g. out of memory). Whether a query "
+    "fails can depend on one patient, so the researcher is not told at once: the output "
+    "is held with no table; deny it (or release this note) after looking at the query"
+)
+
+
+def failed_outcome(sql: str) -> QueryOutcome:
+    """A query that failed on private rows, held for a person like any held answer.
+
+    Refusing it at once would tell the researcher, for free, that some row made it fail.
+    The kernel gets an empty table (it runs inside the datasite); the reviewer gets a
+    fixed note; the researcher sees a held output, as for a query whose cells failed.
+    """
+    finding = Finding("query-failed", Verdict.REVIEW, FAILED_NOTE)
+    return QueryOutcome(sql, pd.DataFrame(), None, Verdict.REVIEW, [finding], "held for review")
