@@ -15,6 +15,7 @@ from remote_kernel.cli.common import CliError, Subparsers
 from remote_kernel.datasite import migrations
 from remote_kernel.datasite.config import DatasiteConfig
 from remote_kernel.datasite.datasets import add_dataset, remock_dataset
+from remote_kernel.datasite.dp_declaration import read_declaration
 from remote_kernel.datasite.store import BudgetLine, Store
 from remote_kernel.mocks.generate import FIDELITIES
 from remote_kernel.mocks.report import format_report, load_report
@@ -105,6 +106,12 @@ def _add_dataset_parser(cmds: Subparsers) -> None:
     p.add_argument("--sep", default=",", help="CSV separator (default ',')")
     p.add_argument("--description", default="")
     p.add_argument("--seed", type=int, default=None, help="seed for the generated mock")
+    p.add_argument(
+        "--dp",
+        metavar="FILE",
+        help="the dataset's DP metadata (YAML: bounds, public_categories, privacy_unit), "
+        "checked against its columns and put in policy.yaml (docs/policy.md)",
+    )
     p.set_defaults(func=cmd_add_dataset)
 
 
@@ -221,6 +228,7 @@ def cmd_add_dataset(args: argparse.Namespace) -> None:
         fidelity=args.fidelity,
         mock_rows=args.rows,
         identifiers=args.identifier,
+        dp=read_declaration(args.dp) if args.dp else None,
     )
     report = load_report((config.directory / entry.mock).parent) or {}
     store = Store(config.database_url)

@@ -8,7 +8,7 @@ and the mock is written with exactly the same schema.
 from __future__ import annotations
 
 import shutil
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +16,11 @@ import numpy as np
 import pandas as pd
 
 from remote_kernel.datasite.config import ColumnSchema, DatasetEntry, DatasiteConfig, check_name
+from remote_kernel.datasite.dp_declaration import (
+    check_columns,
+    check_not_declared,
+    write_declaration,
+)
 from remote_kernel.protocol.errors import DatasetError
 
 #: Default number of rows in a schema-only mock. Fixed, so the mock does not
@@ -103,13 +108,16 @@ def add_dataset(
     fidelity: str | None = None,
     mock_rows: int | None = None,
     identifiers: Sequence[str] = (),
+    dp: Mapping[str, Any] | None = None,
 ) -> DatasetEntry:
     """Import a private file (and a hand-made mock, or generate one) into the datasite.
 
     A generated mock is made at ``fidelity`` (default ``marginal``) with a
     report beside it (:mod:`remote_kernel.mocks`). Identifier columns are
     those given here plus those declared for the dataset in ``policy.yaml``.
-    Nothing is left in the datasets folder when any step fails.
+    Nothing is left in the datasets folder when any step fails. ``dp``: the dataset's
+    DP metadata (:mod:`remote_kernel.datasite.dp_declaration`), checked against the
+    table's columns before anything is written, then put in ``policy.yaml``.
     """
     from remote_kernel.mocks.generate import DEFAULT_FIDELITY, MOCK_ROWS, generate_mock
     from remote_kernel.mocks.report import build_report, mock_files, write_files
@@ -119,6 +127,9 @@ def add_dataset(
         raise DatasetError(f"dataset {name!r} already exists at {config.name}")
     private = read_table(private_path, columns=columns, na_values=na_values, sep=sep)
     check_table(private, private_path)
+    if dp is not None:
+        check_not_declared(config.directory, name)
+        check_columns(dp, private.columns, f"the DP metadata of {name!r}")
     identifiers = _identifiers(config, name, private, identifiers)
     if mock_path is not None:
         if fidelity is not None:
@@ -153,6 +164,8 @@ def add_dataset(
     )
     config.datasets[name] = entry
     config.save()
+    if dp is not None:
+        write_declaration(config.directory, name, dp)
     return entry
 
 
