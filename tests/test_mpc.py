@@ -619,3 +619,35 @@ def test_the_mpc_package_stays_http_free_and_the_server_loads_no_mpyc(tmp_path: 
         line.startswith("joint computations (datasite/mpc) are HTTP-free") and "BROKEN" in line
         for line in result.stdout.splitlines()
     ), result.stdout
+
+
+class _Marks:
+    """Unpickling this leaves a file: proof that someone unpickled it."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (Path.write_text, (self.path, "unpickled"))
+
+
+def test_a_party_never_unpickles_what_a_peer_sends(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """MPyC unpickles peers' ``transfer`` messages (its shutdown uses one): the party
+    swaps its runtime's pickle for JSON, so a compromised peer cannot run code here."""
+    import pickle
+
+    import mpyc.runtime
+
+    from remote_kernel.datasite.mpc.party import JsonCodec, forbid_pickle
+
+    monkeypatch.setattr(mpyc.runtime, "pickle", mpyc.runtime.pickle)  # restored afterwards
+    forbid_pickle()
+    assert mpyc.runtime.pickle is JsonCodec
+    marker = tmp_path / "marker"
+    with pytest.raises(ValueError):
+        mpyc.runtime.pickle.loads(pickle.dumps(_Marks(marker)))
+    assert not marker.exists()
+    message = {"digest": "ab" * 32, "t": {"min_cell_count": 10}}
+    assert JsonCodec.loads(JsonCodec.dumps(message)) == message

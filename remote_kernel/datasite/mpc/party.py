@@ -89,7 +89,35 @@ class _Result:
         return 0 if "error" not in outcome else 1
 
 
+class JsonCodec:
+    """What MPyC's runtime gets in place of :mod:`pickle`: JSON, plain data only.
+
+    MPyC 0.11 unpickles what peers send through ``transfer`` (used by ``shutdown``
+    and by our agreement step) and for secure NumPy arrays. A party must never
+    unpickle bytes from another organisation: a peer that is compromised would run
+    code here. Our programs exchange plain numbers, strings, lists and dicts, and
+    share only lists of field elements (which MPyC serialises with ``to_bytes``), so
+    JSON carries everything they send; anything else fails loudly instead.
+    """
+
+    @staticmethod
+    def dumps(obj: Any) -> bytes:
+        return json.dumps(obj, allow_nan=False).encode()
+
+    @staticmethod
+    def loads(data: bytes) -> Any:
+        return json.loads(data.decode("utf-8"))
+
+
+def forbid_pickle() -> None:
+    """Make MPyC's runtime module use :class:`JsonCodec` instead of pickle."""
+    import mpyc.runtime
+
+    mpyc.runtime.pickle = JsonCodec  # type: ignore[assignment]
+
+
 async def _run(job: dict[str, Any]) -> dict[str, Any]:
+    forbid_pickle()
     from mpyc.runtime import mpc
 
     from remote_kernel.datasite.mpc import party_models as models
