@@ -3,9 +3,10 @@
 The order is the whole point. The engine (:mod:`remote_kernel.checks.dp`) plans the
 query first -- every refusal happens there, before any noise is drawn, and costs
 nothing -- and says exactly what one release spends. That amount is charged to the
-researcher's budget on the dataset in one committed transaction
-(:meth:`~remote_kernel.datasite.store.Store.charge_budget`: atomic, audited,
-durable); only then is the noise drawn and the table recorded as a datasite-made
+researcher's budget on *each* dataset the query reads (a join over a declared privacy
+unit reads two) in one committed transaction
+(:meth:`~remote_kernel.datasite.store.Store.charge_budgets`: atomic -- every charge or
+none --, audited, durable); only then is the noise drawn and the table recorded as a datasite-made
 output of the running cell, released by the policy without a reviewer. A charge is
 never refunded: if anything fails after it, the budget is spent, never overspent.
 """
@@ -16,6 +17,7 @@ import asyncio
 import hashlib
 import json
 import math
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 import pandas as pd
@@ -41,6 +43,7 @@ async def run_dp_query(
     """Answer one DP query of the cell running in ``session_id`` (see the module docstring)."""
     try:
         from remote_kernel.checks.dp.engine import plan_dp_query
+        from remote_kernel.checks.dp.join import datasets_of
     except ImportError:
         raise InputError(
             "this datasite has no DP engine installed, so DP queries are refused: its admin "
@@ -49,8 +52,8 @@ async def run_dp_query(
 
     request = core.running_request(session_id)
     user = core.store.user_name(request.user_id)
-    dataset = dataset_of(sql)
-    metadata = metadata_of(core, dataset)
+    datasets = list(dict.fromkeys(datasets_of(sql))) or [dataset_of(sql)]
+    metadata = {dataset: metadata_of(core, dataset) for dataset in datasets}
     try:
         plan = await asyncio.to_thread(
             plan_dp_query, sql, core.private_tables(), metadata, epsilon, delta
@@ -59,10 +62,10 @@ async def run_dp_query(
         raise InputError(str(exc)) from None
     spent_epsilon, spent_delta = plan.spent
     what = f"request:{request.id} sql-sha256:{hashlib.sha256(sql.encode()).hexdigest()}"
-    charge = core.store.charge_budget(user, dataset, spent_epsilon, spent_delta, what=what)
+    charges = core.store.charge_budgets(user, datasets, spent_epsilon, spent_delta, what=what)
     answer: DPAnswer = await asyncio.to_thread(plan.release)
-    item = dp_output_item(sql, answer, charge)
-    finding = Finding("dp-tier", Verdict.RELEASE, cost_line(charge))
+    item = dp_output_item(sql, answer, charges)
+    finding = Finding("dp-tier", Verdict.RELEASE, cost_line(charges))
     output = core.record_datasite_output(request, item, (finding,))
     facts = item.content["data"][DP_MIME]
     return {
@@ -70,8 +73,8 @@ async def run_dp_query(
         "summary": output.summary,
         "result": {"columns": facts["columns"], "data": facts["data"]},
         "dp": {k: v for k, v in facts.items() if k not in ("columns", "data")},
-        "epsilon": charge.epsilon,
-        "epsilon_left": charge.epsilon_left,
+        "epsilon": facts["epsilon"],
+        "epsilon_left": facts["epsilon_left"],
     }
 
 
@@ -146,23 +149,36 @@ def metadata_of(core: DatasiteCore, dataset: str) -> DPMetadata:
     return metadata
 
 
-def cost_line(charge: Charge) -> str:
-    """What the researcher reads under the table: the cost and what is left."""
-    delta = f", δ={charge.delta:g}" if charge.delta else ""
-    return (
-        f"differential privacy: ε={charge.epsilon:g}{delta} spent on {charge.dataset}; "
-        f"ε={charge.epsilon_left:g} left"
-    )
+def cost_line(charges: Sequence[Charge]) -> str:
+    """What the researcher reads under the table: the cost on each dataset and what is left.
+
+    ``ε=0.1 spent on heart; ε=0.2 left``, or for a join (charged on each dataset it read)
+    ``ε=0.1 spent on each of patients and visits; ε=0.9 left on patients, ε=0.4 left on
+    visits``.
+    """
+    first = charges[0]
+    delta = f", δ={first.delta:g}" if first.delta else ""
+    if len(charges) == 1:
+        return (
+            f"differential privacy: ε={first.epsilon:g}{delta} spent on {first.dataset}; "
+            f"ε={first.epsilon_left:g} left"
+        )
+    names = " and ".join(c.dataset for c in charges)
+    left = ", ".join(f"ε={c.epsilon_left:g} left on {c.dataset}" for c in charges)
+    return f"differential privacy: ε={first.epsilon:g}{delta} spent on each of {names}; {left}"
 
 
-def dp_output_item(sql: str, answer: DPAnswer, charge: Charge) -> OutputItem:
+def dp_output_item(sql: str, answer: DPAnswer, charges: Sequence[Charge]) -> OutputItem:
     """The released table: noisy values with their error bars, and its cost (text, HTML, JSON).
 
     ``error_bars`` in the JSON is the table as shown ("57.3 ± 4.1 at 95%" per aggregate
     cell), so the kernel's DataFrame and the rendered output say the same thing.
+    ``dataset`` names every dataset charged ("patients, visits"); ``epsilon_left`` and
+    ``delta_left`` are the least left among them, ``charges`` says each.
     """
     shown = error_bar_table(answer)
-    notes = [cost_line(charge), *answer.notes]
+    notes = [cost_line(charges), *answer.notes]
+    charge = min(charges, key=lambda c: (c.epsilon_left, c.delta_left))
     split = json.loads(answer.table.to_json(orient="split", index=False))
     errors = json.loads(answer.error.to_json(orient="split", index=False))
     data = {
@@ -172,7 +188,12 @@ def dp_output_item(sql: str, answer: DPAnswer, charge: Charge) -> OutputItem:
         QUERY_MIME: {"sql": sql, "columns": split["columns"], "data": split["data"]},
         DP_MIME: {
             "sql": sql,
-            "dataset": charge.dataset,
+            "dataset": ", ".join(c.dataset for c in charges),
+            "datasets": [c.dataset for c in charges],
+            "charges": [
+                {"dataset": c.dataset, "epsilon_left": c.epsilon_left, "delta_left": c.delta_left}
+                for c in charges
+            ],
             "epsilon": charge.epsilon,
             "delta": charge.delta,
             "epsilon_left": charge.epsilon_left,

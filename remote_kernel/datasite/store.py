@@ -18,7 +18,7 @@ import hashlib
 import importlib.util
 import json
 import secrets
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
@@ -1188,41 +1188,76 @@ class Store:
         enough left) changes nothing: a smaller query still fits. ``what`` names what was
         paid for (a request id, the SHA-256 of the SQL).
         """
+        (charge,) = self.charge_budgets(user, [dataset], epsilon, delta, what)
+        return charge
+
+    def charge_budgets(
+        self,
+        user: User | str,
+        datasets: Sequence[str],
+        epsilon: float,
+        delta: float = 0.0,
+        what: str = "",
+    ) -> list[Charge]:
+        """Charge ``(epsilon, delta)`` on *each* of ``datasets`` (a DP join reads two), or none.
+
+        One transaction: every conditional UPDATE runs in it, and the first that does not
+        fit raises :class:`BudgetExhausted` naming that dataset, which rolls back the
+        charges already made -- on SQLite and PostgreSQL alike (plain UPDATE ... RETURNING
+        and INSERT, no dialect-specific SQL). A dataset named twice is charged once.
+        """
         e = _checked_units(epsilon, "epsilon", EPSILON_UNIT, charge=True)
         d = _checked_units(delta, "delta", DELTA_UNIT, charge=True)
         what, at = what[:256], utcnow()
         with self._write() as conn:
             user_id, name = self._budget_holder(conn, user)
-            fitted = {"uid": user_id, "ds": dataset, "e": e, "d": d, "at": at}
-            row = conn.execute(_CHARGE_BUDGET, fitted).first()
-            if row is None:
-                raise self._refusal(conn, user_id, dataset, e, d)
-            charged = {"budget_id": row.id, "user_id": user_id, "dataset": dataset}
-            charged.update(epsilon=e, delta=d, what=what, created_at=at)
-            charge_id = conn.execute(_INSERT_CHARGE, charged).scalar_one()
-            charge = Charge(
-                id=charge_id,
-                user=name,
-                dataset=dataset,
-                epsilon=from_units(e, EPSILON_UNIT),
-                delta=from_units(d, DELTA_UNIT),
-                what=what,
-                at=at,
-                epsilon_left=from_units(row.epsilon_total - row.epsilon_spent, EPSILON_UNIT),
-                delta_left=from_units(row.delta_total - row.delta_spent, DELTA_UNIT),
-            )
-            self._audit(
-                conn,
-                name,
-                "budget.charge",
-                f"budget:{row.id}",
-                dataset=dataset,
-                epsilon=charge.epsilon,
-                delta=charge.delta,
-                what=what,
-                charge=charge_id,
-                epsilon_left=charge.epsilon_left,
-            )
+            return [
+                self._charge_one(conn, (user_id, name), dataset, (e, d), what, at)
+                for dataset in dict.fromkeys(datasets)
+            ]
+
+    def _charge_one(
+        self,
+        conn: Connection,
+        holder: tuple[int, str],
+        dataset: str,
+        units: tuple[int, int],
+        what: str,
+        at: datetime,
+    ) -> Charge:
+        """One dataset's conditional UPDATE, charge row and audit entry, in ``conn``'s
+        transaction; BudgetExhausted (rolling the transaction back) if it does not fit."""
+        (user_id, name), (e, d) = holder, units
+        fitted = {"uid": user_id, "ds": dataset, "e": e, "d": d, "at": at}
+        row = conn.execute(_CHARGE_BUDGET, fitted).first()
+        if row is None:
+            raise self._refusal(conn, user_id, dataset, e, d)
+        charged = {"budget_id": row.id, "user_id": user_id, "dataset": dataset}
+        charged.update(epsilon=e, delta=d, what=what, created_at=at)
+        charge_id = conn.execute(_INSERT_CHARGE, charged).scalar_one()
+        charge = Charge(
+            id=charge_id,
+            user=name,
+            dataset=dataset,
+            epsilon=from_units(e, EPSILON_UNIT),
+            delta=from_units(d, DELTA_UNIT),
+            what=what,
+            at=at,
+            epsilon_left=from_units(row.epsilon_total - row.epsilon_spent, EPSILON_UNIT),
+            delta_left=from_units(row.delta_total - row.delta_spent, DELTA_UNIT),
+        )
+        self._audit(
+            conn,
+            name,
+            "budget.charge",
+            f"budget:{row.id}",
+            dataset=dataset,
+            epsilon=charge.epsilon,
+            delta=charge.delta,
+            what=what,
+            charge=charge_id,
+            epsilon_left=charge.epsilon_left,
+        )
         return charge
 
     def _budget_holder(self, conn: Connection, user: User | str) -> tuple[int, str]:

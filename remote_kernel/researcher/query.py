@@ -20,13 +20,19 @@ it came from shown to the reviewer ("noisy now, exact later").
 
 from __future__ import annotations
 
+import math
+import numbers
 import os
 from collections.abc import Sequence
 from typing import Any
 
 import pandas as pd
 
-from remote_kernel.protocol.errors import BudgetExhausted, QueryRejected, RemoteKernelError
+from remote_kernel.protocol.errors import (
+    BudgetExhausted,
+    QueryRejected,
+    RemoteKernelError,
+)
 from remote_kernel.protocol.kernel_env import SITE_ENV
 from remote_kernel.querylang import crosstab_sql, open_connection, run_on_tables
 from remote_kernel.querylang.engine import refusing_errors
@@ -60,8 +66,11 @@ def query(
     to the query, charged to your budget on that dataset, released without a reviewer.
     Here, on the mock, the same call gives the exact mock answer and says so.
     """
+    if epsilon is not None:
+        check_loss(epsilon, delta)
     if at_datasite():
-        body = {"sql": sql} if epsilon is None else {"sql": sql, "epsilon": epsilon, "delta": delta}
+        loss = {} if epsilon is None else {"epsilon": float(epsilon), "delta": float(delta)}
+        body = {"sql": sql, **loss}
         return _ask_datasite(body)
     tables = _mock_tables(site)
     if epsilon is None:
@@ -115,6 +124,22 @@ def crosstab(
     """A cross-tabulation computed as an aggregate query (released as a long table)."""
     sql = crosstab_sql(dataset, index, columns=columns, values=values, aggfunc=aggfunc)
     return query(sql, site=site, epsilon=epsilon, delta=delta)
+
+
+def check_loss(epsilon: Any, delta: Any) -> None:
+    """ε must be a finite number above 0 and δ a finite number from 0, checked here first.
+
+    NaN and infinity cannot even be sent (JSON has no such numbers: the kernel would fail
+    with "Out of range float values are not JSON compliant"); the datasite checks again,
+    with its own limits (ε ≤ 10, δ ≤ 1e-5).
+    """
+    for name, value, least in (("epsilon", epsilon, "positive"), ("delta", delta, "0 or more")):
+        number = isinstance(value, numbers.Real) and not isinstance(value, bool)
+        if not number or not math.isfinite(value) or value < 0 or (name == "epsilon" and not value):
+            raise QueryRejected(  # an InputError the datasite's error summary can name
+                f"{name} must be a finite number, {least} (e.g. epsilon=0.1, delta=1e-6); "
+                f"got {value!r}"
+            )
 
 
 def _mock_dp(sql: str, tables: dict[str, pd.DataFrame], epsilon: float) -> pd.DataFrame:
