@@ -39,6 +39,7 @@ from typing import Any, Protocol
 from remote_kernel.checks.kernel_tables import HINT_CHECKS, table_hint_findings
 from remote_kernel.checks.models import model_findings
 from remote_kernel.checks.policy import Policy, Thresholds
+from remote_kernel.checks.sqltier.cells import CELL_CHECKS
 from remote_kernel.protocol.errors import RemoteKernelError
 from remote_kernel.protocol.models import (
     OUTPUT_MSG_TYPES,
@@ -82,17 +83,24 @@ class LeakScanner(Protocol):
     def scan_text(self, text: str, where: str = ..., markup: bool = ...) -> list[Finding]: ...
 
 
+#: Findings about the private numbers themselves: reviewers see them, researchers don't.
+DATA_CHECKS = HINT_CHECKS | CELL_CHECKS
+
+
 @dataclass(frozen=True)
 class HintedDecision(FilterDecision):
-    """A decision whose researcher summary leaves out the reviewers' hints.
+    """A decision whose researcher summary leaves out what depends on the private numbers.
 
-    Hints on a kernel table (``small-cells-hint (3)``) depend on the numbers in
-    it; in the summary a researcher sees before release they would answer "were
-    there small cells?" for a table nobody released.
+    Hints on a kernel table (``small-cells-hint (3)``) and the cell rules of an
+    aggregate query (``small-cells``, ``nk-dominance`` ...) depend on the numbers;
+    in the summary a researcher sees before release they would answer "were there
+    small cells, and how many?" for a table nobody released -- even when the policy
+    holds every such query anyway (preset strict, a computed key), so the summary
+    must depend on the code alone. Reviewers see every finding.
     """
 
     def summary(self) -> str:
-        shown = tuple(f for f in self.findings if f.check not in HINT_CHECKS)
+        shown = tuple(f for f in self.findings if f.check not in DATA_CHECKS)
         return FilterDecision(self.verdict, shown).summary()
 
 

@@ -20,6 +20,13 @@ from remote_kernel.checks.policy import Thresholds
 from remote_kernel.checks.sqltier.evidence import Evidence
 from remote_kernel.querylang import Aggregate, ParsedQuery
 
+#: The cell rules: each finding says something about the private numbers (is there a
+#: cell of one? a dominated total?), so their names and counts go to reviewers only,
+#: never into the summary a researcher sees before release (checks/filter.py).
+CELL_CHECKS = frozenset(
+    {"small-cells", "zeros", "negative-values", "nk-dominance", "p-percent", "all-values-same"}
+)
+
 
 @dataclass
 class Failure:
