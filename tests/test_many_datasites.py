@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import pickle
 import shutil
+import sys
 import tempfile
 import threading
 import time
@@ -17,6 +18,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import cloudpickle
 import httpx
 import pandas as pd
 import pytest
@@ -299,6 +301,9 @@ def test_push_reaches_only_the_remote_kernel(
     shared.chmod(0o777)
     marker = shared / "push-unpickled-by"
     client = researcher(site)
+    # By value: the kernel cannot import this module (diffprivlib installs a top-level
+    # ``tests`` package that shadows ours), and a researcher's own classes travel so too.
+    cloudpickle.register_pickle_by_value(sys.modules[__name__])
     try:
         request = client.run(
             "df = rk.data('heart')\n"
@@ -328,6 +333,7 @@ def test_push_reaches_only_the_remote_kernel(
         approve_all(site, request.id)
         assert request.wait(timeout=60).value() == int((private(site).age > 55).sum())
     finally:
+        cloudpickle.unregister_pickle_by_value(sys.modules[__name__])
         client.close()
         shutil.rmtree(shared, ignore_errors=True)
 
