@@ -146,6 +146,10 @@ def test_demo_starts_runs_its_notebook_and_stops_cleanly(tmp_path: Path) -> None
             assert site in outputs["heart-08"]
         assert "image/png" in outputs["heart-09"]  # plotted side by side
         assert "odds ratio" in outputs["heart-17"]  # the pooled estimate
+        # the DP section: noisy tables with error bars at every site, and what they cost
+        assert "at 95%" in outputs["a33b65c7"] or "at 95%" in outputs["d53abdcf"]
+        budget = outputs["heart-dp-budget"]
+        assert all(site in budget for site in SITES) and "epsilon_spent" in budget
 
         for site in SITES:
             store = Store(DatasiteConfig.load(directory / "sites" / site).database_url)
