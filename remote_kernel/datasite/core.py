@@ -167,8 +167,10 @@ class DatasiteCore:
         self.runtimes: dict[str, SessionRuntime] = {}
         self._culler: asyncio.Task[None] | None = None
         self._private_tables = private_tables
-        self.kernel_api = kernel_api(self) if kernel_api is not None else None
         self.replicas = Replicas(self)
+        if not self.replicas.shared:  # before the kernel API clears its stale directories
+            leases.refuse_second_sqlite_server(store, self.replicas.id)
+        self.kernel_api = kernel_api(self) if kernel_api is not None else None
         self.restart_message = RESTART_MESSAGE
 
     # --- life cycle ----------------------------------------------------------------------
@@ -178,7 +180,7 @@ class DatasiteCore:
         On SQLite (one server) that is everything unfinished; with replicas on
         PostgreSQL, only what dead replicas left (:meth:`Replicas.start`).
         """
-        await self.replicas.start()  # on SQLite: refuses if another server is live
+        await self.replicas.start()
         if not self.replicas.shared:
             self._kill_orphan_kernels()
             interrupted = self.store.interrupt_unfinished_requests(RESTART_MESSAGE)

@@ -25,6 +25,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import threading
 from typing import TYPE_CHECKING, Any
 
 from sqlalchemy.engine import make_url
@@ -59,15 +60,20 @@ class Replicas:
         self._wake = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
         self._send: Any = None
+        self._beating = threading.Event()
 
     # --- life cycle ----------------------------------------------------------------------
     async def start(self) -> None:
-        """Register (SQLite: after making sure no other server is live), then take over
-        what dead replicas left and start the loops."""
-        if not self.shared:
-            leases.refuse_second_sqlite_server(self.store, self.id)
+        """Register, then (PostgreSQL) take over what dead replicas left and start the
+        loops. (On SQLite the core refused a second live server already.)"""
         leases.register(self.store, self.id, self.settings.lease_seconds)
-        self._tasks.append(asyncio.create_task(self._heartbeat_loop()))
+        self._beating = threading.Event()
+        threading.Thread(
+            target=self._heartbeat,
+            args=(asyncio.get_running_loop(), self._beating),
+            name="remote_kernel-heartbeat",
+            daemon=True,
+        ).start()
         if not self.shared:
             return
         leases.expire_dead_neighbours(self.store, self.id)
@@ -76,6 +82,7 @@ class Replicas:
         self._tasks.append(asyncio.create_task(self._work_loop()))
 
     async def stop(self) -> None:
+        self._beating.set()
         for task in self._tasks:
             task.cancel()
         for task in self._tasks:
@@ -200,17 +207,23 @@ class Replicas:
             except Exception:
                 log.exception("looking for work failed; trying again")
 
-    async def _heartbeat_loop(self) -> None:
+    def _heartbeat(self, loop: asyncio.AbstractEventLoop, stopped: threading.Event) -> None:
+        """Renew the lease from a thread of its own: the event loop can be busy for
+        seconds (a kernel starting, a first DP query importing its engine) without this
+        server being dead, and a lease that ran out then would give its live kernels'
+        sessions away."""
         lease = self.settings.lease_seconds
-        while True:
-            await asyncio.sleep(self.settings.heartbeat_seconds)
+        while not stopped.wait(self.settings.heartbeat_seconds):
             try:
                 valid = leases.lease_still_valid(self.store, self.id)
                 leases.renew(self.store, self.id, lease)
                 if not valid and self.shared:
                     log.warning("this replica's lease had run out; keeping only its sessions")
-                    await self.core.keep_only(leases.owned_sessions(self.store, self.id))
+                    owned = leases.owned_sessions(self.store, self.id)
+                    asyncio.run_coroutine_threadsafe(self.core.keep_only(owned), loop)
                 if self.shared and leases.expire_dead_neighbours(self.store, self.id):
-                    self.wake()
+                    loop.call_soon_threadsafe(self.wake)
+            except RuntimeError:  # the loop closed: the server is stopping
+                return
             except Exception:
                 log.exception("could not renew this replica's lease; trying again")

@@ -461,6 +461,21 @@ def _update_returning(table: Any, columns: tuple[str, ...]) -> Any:
     return statement
 
 
+def _finish_statement(columns: tuple[str, ...]) -> Any:
+    """Like :func:`_update_returning` for requests, only while queued or running."""
+    key = ("requests-finish", columns)
+    statement = _UPDATES.get(key)
+    if statement is None:
+        unfinished = (RequestStatus.QUEUED.value, RequestStatus.RUNNING.value)
+        statement = _UPDATES[key] = (
+            _REQUESTS.update()
+            .where(_REQUESTS.c.id == bindparam("row_id"), _REQUESTS.c.status.in_(unfinished))
+            .values({name: bindparam(name) for name in columns})
+            .returning(*_REQUESTS.c)
+        )
+    return statement
+
+
 def _update(conn: Connection, table: Any, row_id: int | str, **values: Any) -> Row[Any] | None:
     statement = _update_returning(table, tuple(sorted(values)))
     return conn.execute(statement, {"row_id": row_id, **values}).first()
@@ -773,7 +788,17 @@ class Store:
         elif status.finished:
             changes["finished_at"] = utcnow()
         with self._write() as conn:
-            row = _update(conn, _REQUESTS, request_id, **changes)
+            if status.finished:  # a finished request never changes again (a replica that
+                # lost a session may finish a request its new owner already ended)
+                row = conn.execute(_finish_statement(tuple(sorted(changes))),
+                                   {"row_id": request_id, **changes}).first()  # fmt: skip
+                if row is None:
+                    found = conn.execute(_GET_REQUEST, {"row_id": request_id}).first()
+                    if found is None:
+                        raise NotFound(f"no request {request_id}")
+                    return Request(**found._mapping)
+            else:
+                row = _update(conn, _REQUESTS, request_id, **changes)
             if row is None:
                 raise NotFound(f"no request {request_id}")
             self._audit(

@@ -447,6 +447,12 @@ class Datasite:
             # Not a close we asked for: whatever was still running may never report back.
             for request in list(self._requests.values()):
                 request._lose_connection()
+            # A cell sent but not acknowledged will never be: say so now, not at the
+            # timeout (the next run() opens a new channel, maybe to another replica).
+            for ref, (done, box) in list(self._waiters.items()):
+                if not done.is_set():
+                    box.append({"type": "lost", "ref": ref})
+                    done.set()
 
     def _dispatch(self, event: dict[str, Any]) -> None:
         kind = event.get("type")
@@ -492,6 +498,11 @@ class Datasite:
         finally:
             self._waiters.pop(ref, None)
         reply = box[0]
+        if reply["type"] == "lost":
+            raise DatasiteUnreachable(
+                f"the channel to {self.url} closed before the datasite acknowledged the cell; "
+                "it may or may not have been accepted (see requests())"
+            )
         if reply["type"] == "error":
             raise RequestRejected(
                 f"{self.name} refused the cell: {reply['message']}", int(reply.get("status", 400))
