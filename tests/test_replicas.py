@@ -181,8 +181,18 @@ def test_cells_and_decisions_cross_replicas(
         time.sleep(0.1)
     assert seen is not None and seen.status == "completed", seen
     assert started_by(url, request_id) == [replica_of(url, a)]
-    # Interrupt and close through b reach a as well (close: a's kernel is shut down).
-    alice.close(end_session=True)
+    # Closing the session through b reaches a, which shuts the kernel down.
+    session = f"'{alice.session_id}'"
+    (row,) = rows(url, f"SELECT kernel_pid FROM sessions WHERE id = {session}")
+    assert row.kernel_pid is not None
+    closed = httpx.delete(
+        f"{b.url}/api/sessions/{alice.session_id}", headers=a.headers("alice"), timeout=10
+    )
+    assert closed.is_success, closed.text
+    deadline = time.monotonic() + 20
+    while rows(url, f"SELECT kernel_pid FROM sessions WHERE id = {session}")[0].kernel_pid:
+        assert time.monotonic() < deadline, "the owner did not shut the kernel down"
+        time.sleep(0.2)
     for client in (alice, through):
         client.close()
 

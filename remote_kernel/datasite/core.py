@@ -428,11 +428,15 @@ class DatasiteCore:
         """A change another replica made: read the row, tell this replica's listeners."""
         if not self.events.has(user_id):
             return
+        # The payload's user id only picks who might care; whom to tell is the row's
+        # (a notification is a hint: it never decides who sees what).
         with contextlib.suppress(NotFound):
             if kind == "r":
-                self._publish_request(self.store.get_request(ident), announce=False)
+                request = self.store.get_request(ident)
+                if request.user_id == user_id:
+                    self._publish_request(request, announce=False)
             else:
-                self._publish_output(self.store.get_output(ident), user_id, announce=False)
+                self._publish_output(self.store.get_output(ident), None, announce=False)
 
     async def control(self, kind: str, session_id: str) -> None:
         """What only a session's owner can do, asked for through another replica."""
@@ -440,6 +444,8 @@ class DatasiteCore:
         if runtime is None:
             return
         if kind == "x":
+            if self.store.get_session(session_id).closed_at is None:
+                return  # only a session closed in the store is ended here
             await self._drop_runtime(session_id, "the session was closed before this request ran")
         elif runtime.kernel is not None:
             session = self.store.get_session(session_id)

@@ -1,7 +1,7 @@
 """Several ``datasite serve`` processes on one store: leases, work, events between them.
 
-One :class:`Replicas` per server. On SQLite it only registers the server, renews its
-lease and refuses a second live server on the same store. On PostgreSQL it also:
+One :class:`Replicas` per server. On SQLite it only registers the server (the core
+refuses a second live server on the same store, by its pid). On PostgreSQL it also:
 
 * **hears the others** over ``LISTEN rk_events`` (a psycopg 3 async connection) and
   **tells them** with ``pg_notify`` on another: payloads are small (kinds and ids;
@@ -10,9 +10,9 @@ lease and refuses a second live server on the same store. On PostgreSQL it also:
 * **finds work**: queued requests of its own sessions that were submitted through
   another replica (told by NOTIFY, and every ``poll_seconds`` in case a notification
   was missed), and sessions of dead replicas (:func:`leases.take_over_orphans`);
-* **renews its lease** every ``heartbeat_seconds``; if it finds its lease already run
-  out (it was stopped or cut off for longer than a lease), it drops the sessions that
-  others took meanwhile.
+* **renews its lease** (in a thread of its own) every ``heartbeat_seconds``; if it
+  finds its lease already run out (it was stopped or cut off for longer than a
+  lease), it drops the sessions that others took meanwhile.
 
 The core stays the only place that runs requests and publishes events: this module
 calls back into it (``deliver``, ``control``, ``enqueue_claimed``, ``apply_takeovers``,
@@ -67,6 +67,8 @@ class Replicas:
         """Register, then (PostgreSQL) take over what dead replicas left and start the
         loops. (On SQLite the core refused a second live server already.)"""
         leases.register(self.store, self.id, self.settings.lease_seconds)
+        if not self.shared:  # one server: no lease to keep (a second one is refused by pid)
+            return
         self._beating = threading.Event()
         threading.Thread(
             target=self._heartbeat,
@@ -74,8 +76,6 @@ class Replicas:
             name="remote_kernel-heartbeat",
             daemon=True,
         ).start()
-        if not self.shared:
-            return
         leases.expire_dead_neighbours(self.store, self.id)
         self.find_work()
         self._tasks.append(asyncio.create_task(self._listen_loop()))
