@@ -262,7 +262,7 @@ def main() -> int:
             1000 * latencies[min(len(latencies) - 1, int(0.99 * len(latencies)))]
             if latencies
             else float("nan")
-        )  # noqa: E501
+        )
         completed = result["statuses"].get("completed", 0)
         total_cpu = sum(r["cpu_s"] for r in per_replica)
         cpu_per_cell = 1000 * total_cpu / completed if completed else float("nan")
