@@ -132,6 +132,15 @@ def started_by(url: str, request_id: int) -> list[str]:
     ]
 
 
+def alive(pid: int) -> bool:
+    """Whether ``pid`` is a running process (a zombie is not)."""
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return False
+    return state != "Z"
+
+
 def approve(base: str, token: str, output_id: int) -> httpx.Response:
     return httpx.post(
         f"{base}/api/outputs/{output_id}/review",
@@ -259,6 +268,12 @@ def test_kill_one_replica_under_load_loses_nothing(
         thread.start()
     time.sleep(20)
     killed_replica = replica_of(url, a)
+    orphans = [
+        r.kernel_pid
+        for r in rows(url, "SELECT kernel_pid FROM sessions WHERE kernel_pid IS NOT NULL "
+                      f"AND replica = '{killed_replica}'")
+    ]  # fmt: skip
+    assert orphans, "replica a ran no kernels before it was killed"
     a.kill_server_only()  # kill -9 of the server alone: its kernels are orphans
     killed_at = time.monotonic()
     time.sleep(25)
@@ -313,6 +328,8 @@ def test_kill_one_replica_under_load_loses_nothing(
     after = [i for i, (_, _, at) in acknowledged.items() if at > killed_at + 2]
     assert {acknowledged[i][0] for i in after} == set(RESEARCHERS)
     assert all(started_by(url, i) in ([survivor], []) for i in after)
+    # The survivor ended the kernels the dead replica left (they hold private data).
+    assert not [pid for pid in orphans if alive(pid)], orphans
     # One chain, verifiable with the admin's command.
     verify = subprocess.run(
         [sys.executable, "-m", "remote_kernel.cli", "datasite", "audit", "verify",

@@ -410,6 +410,14 @@ class DatasiteCore:
                     takeover.session_id, takeover.previous, len(takeover.interrupted),
                 )  # fmt: skip
 
+    def end_orphan_kernels(self, orphans: list[tuple[str, int]]) -> None:
+        """Kernels dead replicas on this machine left behind (see :func:`leases.orphan_kernels`)."""
+        for session_id, pid in orphans:
+            if _is_our_kernel(pid):
+                with contextlib.suppress(ProcessLookupError, PermissionError):
+                    os.kill(pid, signal.SIGKILL)
+            self.store.set_kernel_pid(session_id, None)
+
     def enqueue_claimed(self, queued: list[tuple[int, str, int]]) -> None:
         """Queued requests of this replica's sessions, accepted by another replica."""
         users: dict[int, User] = {}

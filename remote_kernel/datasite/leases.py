@@ -207,6 +207,26 @@ def claim_session(
     return _take(store, conn, session_id, row.replica, row.kernel_pid, replica_id, message)
 
 
+def orphan_kernels(store: Store) -> list[tuple[str, int]]:
+    """(session id, pid) of kernels that dead replicas on this machine left running.
+
+    They hold private data and nobody will use them (a session's next cell starts a
+    new kernel on its new owner), so the replica that finds them ends them, whether
+    or not their sessions have unfinished requests.
+    """
+    query = (
+        select(_SESSIONS.c.id, _SESSIONS.c.kernel_pid)
+        .outerjoin(_REPLICAS, _REPLICAS.c.id == _SESSIONS.c.replica)
+        .where(
+            _SESSIONS.c.kernel_pid.is_not(None),
+            _OWNER_GONE,
+            or_(_REPLICAS.c.host.is_(None), _REPLICAS.c.host == socket.gethostname()),
+        )
+    )
+    with store.engine.connect() as conn:
+        return [(row.id, row.kernel_pid) for row in conn.execute(query, {"now": utcnow()})]
+
+
 def take_over_orphans(store: Store, replica_id: str, message: str) -> list[Takeover]:
     """Sessions with unfinished requests whose owner is gone: take them (SKIP LOCKED)."""
     orphans = (

@@ -194,6 +194,7 @@ class Replicas:
     def find_work(self) -> None:
         """Take over dead replicas' sessions; queue what others accepted for ours."""
         message = self.core.restart_message
+        self.core.end_orphan_kernels(leases.orphan_kernels(self.store))
         self.core.apply_takeovers(leases.take_over_orphans(self.store, self.id, message))
         self.core.enqueue_claimed(leases.queued_in_own_sessions(self.store, self.id))
 
