@@ -261,6 +261,18 @@ def test_kill_one_replica_under_load_loses_nothing(
     replicated: tuple[list[RunningDatasite], Balancer, str],
 ) -> None:
     (a, b), balancer, url = replicated
+    # A client that only listens, whose channel the balancer put on replica a.
+    watch = None
+    for _ in range(6):
+        candidate = Datasite(balancer.url, a.tokens["alice"])
+        first = candidate.run("print('watching')", timeout=30)
+        first.wait(60, until="finished")
+        if started_by(url, first.id) == [replica_of(url, a)]:
+            watch = candidate
+            break
+        candidate.close()
+    assert watch is not None, "the balancer never put a channel on replica a"
+    first_channel = watch._ws
     load = Load(balancer, a.tokens)
     threads = [threading.Thread(target=load.researcher, args=(n,)) for n in RESEARCHERS]
     threads.append(threading.Thread(target=load.reviewer))
@@ -280,6 +292,24 @@ def test_kill_one_replica_under_load_loses_nothing(
     load.stop.set()
     for thread in threads:
         thread.join(timeout=60)
+    # The listening client reopened its channel by itself (through nginx, to b), and
+    # live events reach it there: a cell submitted for its session over REST on b.
+    reader = watch._reader
+    assert watch._ws is not first_channel and reader is not None and reader.is_alive()
+    posted = httpx.post(
+        f"{b.url}/api/sessions/{watch.session_id}/requests",
+        json={"code": "print('after')"},
+        headers=a.headers("alice"),
+        timeout=10,
+    ).json()
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        heard = watch._requests.get(posted["id"])
+        if heard is not None and heard.finished:
+            break
+        time.sleep(0.1)
+    assert heard is not None and heard.status == "completed", heard
+    watch.close()
 
     # Everything acknowledged reaches an end, on the surviving replica.
     acknowledged = dict(load.acknowledged)

@@ -95,6 +95,10 @@ RELEASED, DENIED = OutputState.RELEASED.value, OutputState.DENIED.value
 BLOCKED, CONFLICTED = OutputState.BLOCKED.value, OutputState.CONFLICTED.value
 
 
+#: Seconds between the attempts to reopen a channel that dropped (about 30 s in all).
+RECONNECT_DELAYS = (0.2, 0.5, 1.0, 2.0, 4.0, 8.0, 15.0)
+
+
 def default_cache_dir() -> Path:
     base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
     return Path(base) / "remote_kernel"
@@ -453,6 +457,29 @@ class Datasite:
                 if not done.is_set():
                     box.append({"type": "lost", "ref": ref})
                     done.set()
+            threading.Thread(
+                target=self._reconnect, args=(ws,), daemon=True, name=f"{self.name}-reconnect"
+            ).start()
+
+    def _reconnect(self, lost: ClientConnection) -> None:
+        """The channel dropped (the server restarted, a replica died): open it again, with
+        backoff, so that live events resume without the researcher doing anything. The
+        new channel may reach another replica behind the balancer; :meth:`_channel`
+        then catches up on what changed meanwhile. Gives up after about half a minute
+        (the next :meth:`run` opens one anyway)."""
+        reader = self._reader
+        for delay in RECONNECT_DELAYS:
+            time.sleep(delay)
+            if reader is not None:
+                reader.join(timeout=5)
+            with self._lock:
+                if self._ws is not lost:
+                    return  # closed by us, or opened again by run() meanwhile
+                try:
+                    self._channel()
+                    return
+                except RemoteKernelError:
+                    continue
 
     def _dispatch(self, event: dict[str, Any]) -> None:
         kind = event.get("type")
