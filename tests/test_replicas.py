@@ -190,6 +190,18 @@ def test_cells_and_decisions_cross_replicas(
         time.sleep(0.1)
     assert seen is not None and seen.status == "completed", seen
     assert started_by(url, request_id) == [replica_of(url, a)]
+    # An interrupt sent to b reaches the kernel on a.
+    sleeping = alice.run("import time\ntime.sleep(120)", timeout=30)
+    deadline = time.monotonic() + 60
+    while alice.request(sleeping.id).status != "running":
+        assert time.monotonic() < deadline
+        time.sleep(0.2)
+    interrupted = httpx.post(
+        f"{b.url}/api/sessions/{alice.session_id}/interrupt", headers=a.headers("alice"), timeout=10
+    )
+    assert interrupted.is_success, interrupted.text
+    sleeping.wait(20, until="finished")
+    assert sleeping.status == "error", sleeping.message
     # Closing the session through b reaches a, which shuts the kernel down.
     session = f"'{alice.session_id}'"
     (row,) = rows(url, f"SELECT kernel_pid FROM sessions WHERE id = {session}")
