@@ -33,6 +33,10 @@ from .postgres import PostgresCluster
 #: Columns that datasites made before the migrations got later, by hand (ALTER TABLE).
 LATE_COLUMNS = {"users": {"expires_at"}, "outputs": {"parent_id", "note"}}
 LATE_TABLES = {"budgets", "budget_charges"}
+#: What migrations after the baseline add: never in a pre-migration schema.
+AFTER_BASELINE_COLUMNS = {"sessions": {"replica"}}
+AFTER_BASELINE_TABLES = {"replicas"}
+AFTER_BASELINE_INDEXES = {"ix_sessions_replica", "ix_requests_status"}
 
 
 def schema_differences(engine: sa.Engine) -> list[object]:
@@ -190,10 +194,14 @@ def pre_migration_schema(url: str, late_columns: bool) -> None:
     with (``late_columns``) or without the columns and tables added since."""
     legacy = sa.MetaData()
     for table in Base.metadata.sorted_tables:
-        if not late_columns and table.name in LATE_TABLES:
+        if table.name in AFTER_BASELINE_TABLES or (not late_columns and table.name in LATE_TABLES):
             continue
         dropped = set() if late_columns else LATE_COLUMNS.get(table.name, set())
+        dropped |= AFTER_BASELINE_COLUMNS.get(table.name, set())
         kept = [column._copy() for column in table.columns if column.name not in dropped]
+        for column in kept:
+            if column.index and f"ix_{table.name}_{column.name}" in AFTER_BASELINE_INDEXES:
+                column.index = None
         together = [  # composite unique constraints (a column's own unique=True is copied)
             sa.UniqueConstraint(*[c.name for c in constraint.columns])
             for constraint in list(table.constraints)
@@ -283,12 +291,15 @@ def test_migrate_command_on_an_old_sqlite_datasite(tmp_path: Path) -> None:
     pre_migration_schema(config.database_url, late_columns=True)
     token, _ = fill_old_store(config.database_url)
     due = migrate(config.directory, "--check")
-    assert due.returncode == 1 and "revision none, newest 0001: an upgrade is due" in due.stdout
+    assert (
+        due.returncode == 1
+        and f"revision none, newest {migrations.HEAD}: an upgrade is due" in due.stdout
+    )
     done = migrate(config.directory)
     assert done.returncode == 0, done.stderr
-    assert "upgraded from revision none to 0001" in done.stdout
+    assert f"upgraded from revision none to {migrations.HEAD}" in done.stdout
     again = migrate(config.directory)
-    assert "already at the newest revision 0001" in again.stdout
+    assert f"already at the newest revision {migrations.HEAD}" in again.stdout
     assert migrate(config.directory, "--check").returncode == 0
     store = Store(config.database_url)
     assert store.user_by_token(token).name == "alice" and store.verify_audit() == []
@@ -329,6 +340,8 @@ def test_init_with_a_postgresql_store(tmp_path: Path, postgres_cluster: Postgres
     assert script.returncode == 0, script.stderr
     assert "CREATE TABLE audit" in script.stdout and "BIGINT" in script.stdout
     assert "INSERT INTO alembic_version (version_num) VALUES ('0001')" in script.stdout
+    assert "ALTER TABLE sessions ADD COLUMN replica" in script.stdout
+    assert f"SET version_num='{migrations.HEAD}'" in script.stdout
 
 
 # --- a served datasite on PostgreSQL -----------------------------------------------------------

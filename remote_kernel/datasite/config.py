@@ -167,6 +167,20 @@ class DatasetEntry:
 
 
 @dataclass
+class ReplicaSettings:
+    """Several servers on one PostgreSQL store (docs/operators.md, "Several replicas").
+
+    A replica renews its lease every ``heartbeat_seconds``; one whose lease is over
+    ``lease_seconds`` old is dead, and its sessions are taken over. Each replica also
+    looks for work every ``poll_seconds`` (besides being told by NOTIFY).
+    """
+
+    lease_seconds: float = 15.0
+    heartbeat_seconds: float = 3.0
+    poll_seconds: float = 2.0
+
+
+@dataclass
 class DatasiteConfig:
     name: str
     directory: Path
@@ -180,6 +194,7 @@ class DatasiteConfig:
     datasets: dict[str, DatasetEntry] = field(default_factory=dict)
     #: MPC peers and this site's own MPC party (see :mod:`remote_kernel.datasite.mpc`).
     mpc: MpcSettings = field(default_factory=MpcSettings)
+    replicas: ReplicaSettings = field(default_factory=ReplicaSettings)
 
     # --- paths ---------------------------------------------------------------------------
     @property
@@ -231,6 +246,8 @@ class DatasiteConfig:
         mpc = self.mpc.to_yaml()
         if mpc is not None:
             out["mpc"] = mpc
+        if self.replicas != ReplicaSettings():
+            out["replicas"] = asdict(self.replicas)
         return out
 
     def save(self) -> None:
@@ -274,6 +291,7 @@ class DatasiteConfig:
                 auth=AuthSettings(**(raw.get("auth") or {})),
                 datasets=datasets,
                 mpc=_mpc_settings(raw.get("mpc"), path),
+                replicas=ReplicaSettings(**(raw.get("replicas") or {})),
             )
         except (KeyError, TypeError) as exc:
             raise ConfigError(f"{path} is not a valid datasite config: {exc}") from exc

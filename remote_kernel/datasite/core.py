@@ -33,10 +33,12 @@ from remote_kernel.checks.errors import error_facts, error_release_item, error_s
 from remote_kernel.checks.filter import QUERY_MIME, CheckContext, OutputFilter
 from remote_kernel.checks.kernel_tables import suppressed_variant
 from remote_kernel.checks.policy import Policy
+from remote_kernel.datasite import leases
 from remote_kernel.datasite.config import DatasiteConfig
 from remote_kernel.datasite.datasets import load_private_tables
 from remote_kernel.datasite.dp_tier import DP_MIME
 from remote_kernel.datasite.kernels import KernelDied, KernelHandle, KernelProvider
+from remote_kernel.datasite.replicas import Replicas
 from remote_kernel.datasite.store import (
     KernelSession,
     NewPush,
@@ -95,6 +97,8 @@ class SessionRuntime:
     kernel_uid: int | None = None
     #: Queued requests that carry pushes (most do not: no push query for them).
     with_pushes: set[int] = field(default_factory=set)
+    #: Every request ever put in ``queue`` (a replica finds queued work more than once).
+    seen: set[int] = field(default_factory=set)
 
 
 class EventBus:
@@ -108,6 +112,10 @@ class EventBus:
 
     def unsubscribe(self, user_id: int, listener: Listener) -> None:
         self._listeners[user_id].discard(listener)
+
+    def has(self, user_id: int) -> bool:
+        """Whether anyone here listens for ``user_id`` (else events from others are skipped)."""
+        return bool(self._listeners.get(user_id))
 
     def publish(self, user_id: int, event: dict[str, Any]) -> None:
         for listener in list(self._listeners.get(user_id, ())):
@@ -159,15 +167,25 @@ class DatasiteCore:
         self.runtimes: dict[str, SessionRuntime] = {}
         self._culler: asyncio.Task[None] | None = None
         self._private_tables = private_tables
+        self.replicas = Replicas(self)
+        if not self.replicas.shared:  # before the kernel API clears its stale directories
+            leases.refuse_second_sqlite_server(store, self.replicas.id)
         self.kernel_api = kernel_api(self) if kernel_api is not None else None
+        self.restart_message = RESTART_MESSAGE
 
     # --- life cycle ----------------------------------------------------------------------
     async def start(self) -> None:
-        """Recover from whatever the last run left behind, then start culling."""
-        self._kill_orphan_kernels()
-        interrupted = self.store.interrupt_unfinished_requests(RESTART_MESSAGE)
-        if interrupted:
-            log.warning("marked %d unfinished request(s) interrupted", len(interrupted))
+        """Recover from whatever the last run left behind, then start culling.
+
+        On SQLite (one server) that is everything unfinished; with replicas on
+        PostgreSQL, only what dead replicas left (:meth:`Replicas.start`).
+        """
+        await self.replicas.start()
+        if not self.replicas.shared:
+            self._kill_orphan_kernels()
+            interrupted = self.store.interrupt_unfinished_requests(RESTART_MESSAGE)
+            if interrupted:
+                log.warning("marked %d unfinished request(s) interrupted", len(interrupted))
         for output in self.store.unchecked_outputs():
             self._check_and_store(output)
         status = self.sandbox_status()
@@ -185,6 +203,7 @@ class DatasiteCore:
             if runtime.worker:
                 runtime.worker.cancel()
             await self._shutdown_kernel(runtime)
+        await self.replicas.stop()
         if self.kernel_api is not None:
             self.kernel_api.stop()
         close = getattr(self.kernels, "close", None)
@@ -283,17 +302,19 @@ class DatasiteCore:
         self.own_session(user, session_id)
         # Closed first, before any await, so that submit() refuses from here on.
         self.store.close_session(session_id, user.name)
+        if session_id not in self.runtimes:
+            self.replicas.announce("x", session_id, user.id)  # its owner may be elsewhere
+        await self._drop_runtime(session_id, "the session was closed before this request ran")
+
+    async def _drop_runtime(self, session_id: str, message: str) -> None:
+        """End a session's life here: its worker, its queued requests, its kernel."""
         runtime = self.runtimes.pop(session_id, None)
         if runtime is None:
             return
         if runtime.worker:
             runtime.worker.cancel()
         while not runtime.queue.empty():
-            self._finish(
-                runtime.queue.get_nowait(),
-                RequestStatus.INTERRUPTED,
-                "the session was closed before this request ran",
-            )
+            self._finish(runtime.queue.get_nowait(), RequestStatus.INTERRUPTED, message)
         await self._shutdown_kernel(runtime)
 
     async def interrupt(self, user: User, session_id: str) -> None:
@@ -302,6 +323,8 @@ class DatasiteCore:
         if runtime and runtime.kernel:
             await runtime.kernel.interrupt()
             self.store.audit(user.name, "session.interrupt", f"session:{session_id}")
+        elif runtime is None:
+            self.replicas.announce("i", session_id, user.id)
 
     async def restart(self, user: User, session_id: str) -> None:
         self.own_session(user, session_id)
@@ -310,6 +333,8 @@ class DatasiteCore:
             await runtime.kernel.restart()
             self.store.set_kernel_pid(session_id, runtime.kernel.pid)
             self.store.audit(user.name, "session.restart", f"session:{session_id}")
+        elif runtime is None:
+            self.replicas.announce("s", session_id, user.id)
 
     # --- requests ------------------------------------------------------------------------
     def submit(self, user: User, session_id: str, code: Any, push: Any = None) -> Request:
@@ -326,15 +351,125 @@ class DatasiteCore:
         session = self.own_session(user, session_id)
         if session.closed_at is not None:
             raise InputError(f"session {session_id} is closed; create a new one")
-        request = self.store.create_request(session_id, user, code, pushes)
+        if self.replicas.shared and session_id not in self.runtimes:
+            request, owned = self._submit_claiming(session_id, user, code, pushes)
+            if not owned:  # another live replica runs this session: tell it
+                self.replicas.announce("w", session_id, user.id)
+                self._publish_request(request)
+                return request
+        else:
+            request = self.store.create_request(session_id, user, code, pushes)
         runtime = self.runtimes.setdefault(session_id, SessionRuntime(session_id))
         if pushes:
             runtime.with_pushes.add(request.id)
+        runtime.seen.add(request.id)
         runtime.queue.put_nowait(request.id)
         if runtime.worker is None or runtime.worker.done():
             runtime.worker = asyncio.create_task(self._worker(runtime, user))
         self._publish_request(request)
         return request
+
+    def _submit_claiming(
+        self, session_id: str, user: User, code: str, pushes: tuple[NewPush, ...]
+    ) -> tuple[Request, bool]:
+        """Store the request and, in the same transaction, claim its session for this
+        replica unless a live one owns it; (the request, whether this replica owns it)."""
+        claims: list[leases.Takeover | None] = []
+
+        def claim(conn: Any) -> None:
+            me = self.replicas.id
+            claims.append(leases.claim_session(self.store, conn, session_id, me, RESTART_MESSAGE))
+
+        request = self.store.create_request(session_id, user, code, pushes, first=claim)
+        if claims[0] is None:
+            return request, False
+        self.apply_takeovers([claims[0]])
+        return request, True
+
+    # --- replicas: what the others tell this one -----------------------------------------
+    def apply_takeovers(self, takeovers: list[leases.Takeover]) -> None:
+        """Sessions taken from dead replicas: end their kernels if on this machine, tell
+        researchers about the requests that were interrupted."""
+        for takeover in takeovers:
+            if takeover.previous == self.replicas.id:
+                continue
+            pid = takeover.kernel_pid
+            if (
+                pid
+                and takeover.previous_host == leases.socket.gethostname()
+                and _is_our_kernel(pid)
+            ):
+                with contextlib.suppress(ProcessLookupError, PermissionError):
+                    os.kill(pid, signal.SIGKILL)
+            for request_id in takeover.interrupted:
+                with contextlib.suppress(NotFound):
+                    self._publish_request(self.store.get_request(request_id))
+            if takeover.interrupted:
+                log.warning(
+                    "took over session %s from %s: %d request(s) interrupted",
+                    takeover.session_id, takeover.previous, len(takeover.interrupted),
+                )  # fmt: skip
+
+    def end_orphan_kernels(self, orphans: list[tuple[str, int]]) -> None:
+        """Kernels dead replicas on this machine left behind (see :func:`leases.orphan_kernels`)."""
+        for session_id, pid in orphans:
+            if _is_our_kernel(pid):
+                with contextlib.suppress(ProcessLookupError, PermissionError):
+                    os.kill(pid, signal.SIGKILL)
+            self.store.set_kernel_pid(session_id, None)
+
+    def enqueue_claimed(self, queued: list[tuple[int, str, int]]) -> None:
+        """Queued requests of this replica's sessions, accepted by another replica."""
+        users: dict[int, User] = {}
+        for request_id, session_id, user_id in queued:
+            runtime = self.runtimes.setdefault(session_id, SessionRuntime(session_id))
+            if request_id in runtime.seen:
+                continue
+            runtime.seen.add(request_id)
+            runtime.with_pushes.add(request_id)  # unknown here: looked up when it runs
+            runtime.queue.put_nowait(request_id)
+            if runtime.worker is None or runtime.worker.done():
+                user = users.get(user_id) or users.setdefault(user_id, self.store.get_user(user_id))
+                runtime.worker = asyncio.create_task(self._worker(runtime, user))
+
+    def deliver(self, kind: str, ident: int, user_id: int) -> None:
+        """A change another replica made: read the row, tell this replica's listeners."""
+        if not self.events.has(user_id):
+            return
+        # The payload's user id only picks who might care; whom to tell is the row's
+        # (a notification is a hint: it never decides who sees what).
+        with contextlib.suppress(NotFound):
+            if kind == "r":
+                request = self.store.get_request(ident)
+                if request.user_id == user_id:
+                    self._publish_request(request, announce=False)
+            else:
+                self._publish_output(self.store.get_output(ident), None, announce=False)
+
+    async def control(self, kind: str, session_id: str) -> None:
+        """What only a session's owner can do, asked for through another replica."""
+        runtime = self.runtimes.get(session_id)
+        if runtime is None:
+            return
+        if kind == "x":
+            if self.store.get_session(session_id).closed_at is None:
+                return  # only a session closed in the store is ended here
+            await self._drop_runtime(session_id, "the session was closed before this request ran")
+        elif runtime.kernel is not None:
+            session = self.store.get_session(session_id)
+            actor = self.store.user_name(session.user_id)
+            if kind == "i":
+                await runtime.kernel.interrupt()
+                self.store.audit(actor, "session.interrupt", f"session:{session_id}")
+            else:
+                await runtime.kernel.restart()
+                self.store.set_kernel_pid(session_id, runtime.kernel.pid)
+                self.store.audit(actor, "session.restart", f"session:{session_id}")
+
+    async def keep_only(self, owned: set[str]) -> None:
+        """After this replica's lease ran out: drop the sessions others took meanwhile."""
+        for session_id in [s for s in self.runtimes if s not in owned]:
+            await self._drop_runtime(session_id, RESTART_MESSAGE)
 
     async def _worker(self, runtime: SessionRuntime, user: User) -> None:
         while True:
@@ -372,12 +507,20 @@ class DatasiteCore:
 
     async def _run(self, runtime: SessionRuntime, user: User, request_id: int) -> None:
         request = self.store.get_request(request_id)
+        if request.status != RequestStatus.QUEUED.value:  # interrupted or taken meanwhile
+            return
         try:
             kernel = await self._ensure_kernel(runtime)
         except Exception as exc:
             self._finish(request_id, RequestStatus.FAILED, f"could not start a kernel: {exc}")
             return
-        self._publish_request(self.store.set_request_status(request_id, RequestStatus.RUNNING))
+        # Only if still queued (and, with replicas, still this replica's session).
+        started = self.store.start_request(
+            request_id, self.replicas.id if self.replicas.shared else None
+        )
+        if started is None:
+            return
+        self._publish_request(started)
         limits = self.config.limits
         produced = {"outputs": 0, "bytes": 0}
 
@@ -476,6 +619,8 @@ class DatasiteCore:
             return True
         runtime.with_pushes.discard(request.id)
         pushes = self.store.pushes_of(request.id)
+        if not pushes:
+            return True
         if not getattr(kernel, "shares_files", True):  # a gateway's: via the kernel API
             names = [p.name for p in pushes]
             snippet = (
@@ -665,12 +810,16 @@ class DatasiteCore:
             self._publish_output(output)
         return output
 
-    def _publish_request(self, request: Request) -> None:
+    def _publish_request(self, request: Request, announce: bool = True) -> None:
         name = self.store.user_name(request.user_id)
         event = {"type": "request", "request": request_view(request, Role.RESEARCHER, name)}
         self.events.publish(request.user_id, event)
+        if announce:
+            self.replicas.announce("r", request.id, request.user_id)
 
-    def _publish_output(self, output: Output, user_id: int | None = None) -> None:
+    def _publish_output(
+        self, output: Output, user_id: int | None = None, announce: bool = True
+    ) -> None:
         """Tell the researcher what the output's state allows: a variant only once released
         (then under its original's id, replacing the placeholder)."""
         if output.parent_id is not None and output.state != OutputState.RELEASED.value:
@@ -679,6 +828,8 @@ class DatasiteCore:
             user_id = self.store.get_request(output.request_id).user_id
         event = {"type": "output", "output": output_view(output, Role.RESEARCHER)}
         self.events.publish(user_id, event)
+        if announce:
+            self.replicas.announce("o", output.id, user_id)
 
     # --- queries -------------------------------------------------------------------------
     def requests_for(self, user: User, status: str | None = None) -> list[Request]:

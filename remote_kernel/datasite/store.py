@@ -18,7 +18,7 @@ import hashlib
 import importlib.util
 import json
 import secrets
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
@@ -116,6 +116,8 @@ class KernelSession(Base):
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     closed_at: Mapped[datetime | None] = mapped_column(default=None)
     kernel_pid: Mapped[int | None] = mapped_column(default=None)
+    #: The server replica that runs this session's requests (its kernel lives there).
+    replica: Mapped[str | None] = mapped_column(String(64), index=True)
 
 
 class Request(Base):
@@ -124,11 +126,23 @@ class Request(Base):
     session_id: Mapped[str] = mapped_column(ForeignKey("sessions.id"))
     user_id: Mapped[int] = mapped_column(ForeignKey("users.id"))
     code: Mapped[str] = mapped_column(Text)
-    status: Mapped[str] = mapped_column(String(16), default=RequestStatus.QUEUED.value)
+    status: Mapped[str] = mapped_column(String(16), default=RequestStatus.QUEUED.value, index=True)
     message: Mapped[str] = mapped_column(Text, default="")
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     started_at: Mapped[datetime | None] = mapped_column(default=None)
     finished_at: Mapped[datetime | None] = mapped_column(default=None)
+
+
+class Replica(Base):
+    """A running ``datasite serve`` process and its lease (renewed by its heartbeat)."""
+
+    __tablename__ = "replicas"
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    host: Mapped[str] = mapped_column(String(255))
+    pid: Mapped[int] = mapped_column(Integer)
+    started_at: Mapped[datetime] = mapped_column(default=utcnow)
+    lease_until: Mapped[datetime] = mapped_column()
+    stopped_at: Mapped[datetime | None] = mapped_column(default=None)
 
 
 class Push(Base):
@@ -415,6 +429,22 @@ _COUNT_OUTPUTS = select(func.count(_OUTPUTS.c.id)).where(
     _OUTPUTS.c.request_id == bindparam("request_id"), _OUTPUTS.c.parent_id.is_(None)
 )
 _UPDATES: dict[tuple[str, tuple[str, ...]], Any] = {}
+_SESSIONS = KernelSession.__table__
+#: queued -> running, only if still queued (and, for a replica, only in its own session).
+_START_ANY = (
+    _REQUESTS.update()
+    .where(
+        _REQUESTS.c.id == bindparam("row_id"),
+        _REQUESTS.c.status == RequestStatus.QUEUED.value,
+    )
+    .values(status=RequestStatus.RUNNING.value, started_at=bindparam("at"))
+    .returning(*_REQUESTS.c)
+)
+_START_OWNED = _START_ANY.where(
+    _REQUESTS.c.session_id.in_(
+        select(_SESSIONS.c.id).where(_SESSIONS.c.replica == bindparam("replica"))
+    )
+)
 
 
 def _update_returning(table: Any, columns: tuple[str, ...]) -> Any:
@@ -427,6 +457,21 @@ def _update_returning(table: Any, columns: tuple[str, ...]) -> Any:
             .where(table.c.id == bindparam("row_id"))
             .values({name: bindparam(name) for name in columns})
             .returning(*table.c)
+        )
+    return statement
+
+
+def _finish_statement(columns: tuple[str, ...]) -> Any:
+    """Like :func:`_update_returning` for requests, only while queued or running."""
+    key = ("requests-finish", columns)
+    statement = _UPDATES.get(key)
+    if statement is None:
+        unfinished = (RequestStatus.QUEUED.value, RequestStatus.RUNNING.value)
+        statement = _UPDATES[key] = (
+            _REQUESTS.update()
+            .where(_REQUESTS.c.id == bindparam("row_id"), _REQUESTS.c.status.in_(unfinished))
+            .values({name: bindparam(name) for name in columns})
+            .returning(*_REQUESTS.c)
         )
     return statement
 
@@ -636,10 +681,13 @@ class Store:
 
     # --- sessions ------------------------------------------------------------------------
     def create_session(self, session_id: str, user: User) -> KernelSession:
-        with self.transaction() as db:
-            row = KernelSession(id=session_id, user_id=user.id)
-            db.add(row)
-            self._audit(db, user.name, "session.create", f"session:{session_id}")
+        row = KernelSession(id=session_id, user_id=user.id, created_at=utcnow())
+        with self._write() as conn:  # the columns every schema revision has, by name
+            conn.execute(
+                _SESSIONS.insert(),
+                {"id": row.id, "user_id": row.user_id, "created_at": row.created_at},
+            )
+            self._audit(conn, user.name, "session.create", f"session:{session_id}")
         return row
 
     def get_session(self, session_id: str) -> KernelSession:
@@ -675,14 +723,25 @@ class Store:
 
     # --- requests ------------------------------------------------------------------------
     def create_request(
-        self, session_id: str, user: User, code: str, pushes: tuple[NewPush, ...] = ()
+        self,
+        session_id: str,
+        user: User,
+        code: str,
+        pushes: tuple[NewPush, ...] = (),
+        first: Callable[[Connection], None] | None = None,
     ) -> Request:
-        """Store a request and its pushed objects together (one transaction, one audit entry)."""
+        """Store a request and its pushed objects together (one transaction, one audit entry).
+
+        ``first``: run in the same transaction before the insert (a replica claims the
+        session there, so that no other replica sees the request without an owner).
+        """
         _checked_text(code, "the code")
         for push in pushes:
             _checked_text(push.name, "a push's name", 128)
             _checked_text(push.type_name, "a push's type", 256)
         with self._write() as conn:
+            if first is not None:
+                first(conn)
             row = conn.execute(
                 _INSERT_REQUEST, {"session_id": session_id, "user_id": user.id, "code": code}
             ).one()
@@ -729,13 +788,47 @@ class Store:
         elif status.finished:
             changes["finished_at"] = utcnow()
         with self._write() as conn:
-            row = _update(conn, _REQUESTS, request_id, **changes)
+            if status.finished:  # a finished request never changes again (a replica that
+                # lost a session may finish a request its new owner already ended)
+                row = conn.execute(_finish_statement(tuple(sorted(changes))),
+                                   {"row_id": request_id, **changes}).first()  # fmt: skip
+                if row is None:
+                    found = conn.execute(_GET_REQUEST, {"row_id": request_id}).first()
+                    if found is None:
+                        raise NotFound(f"no request {request_id}")
+                    return Request(**found._mapping)
+            else:
+                row = _update(conn, _REQUESTS, request_id, **changes)
             if row is None:
                 raise NotFound(f"no request {request_id}")
             self._audit(
                 conn, "datasite", "request.status", f"request:{request_id}", status=status.value
             )
         return Request(**row._mapping)
+
+    def start_request(self, request_id: int, replica: str | None = None) -> Request | None:
+        """Mark a queued request running; None if it is no longer queued, or (``replica``
+        given) its session is no longer that replica's. The one place a request starts,
+        so that no request runs twice, whichever replicas hold it in their queues."""
+        statement = _START_ANY if replica is None else _START_OWNED
+        values = {"row_id": request_id, "replica": replica, "at": utcnow()}
+        with self._write() as conn:
+            row = conn.execute(statement, values).first()
+            if row is None:
+                return None
+            status = RequestStatus.RUNNING.value
+            where = {"replica": replica} if replica is not None else {}
+            self._audit(
+                conn, "datasite", "request.status", f"request:{request_id}", status=status, **where
+            )
+        return Request(**row._mapping)
+
+    def get_user(self, user_id: int) -> User:
+        with self._sessions() as db:
+            user = db.get(User, user_id)
+        if user is None:
+            raise NotFound(f"no user {user_id}")
+        return user
 
     def get_request(self, request_id: int) -> Request:
         with self.engine.connect() as conn:

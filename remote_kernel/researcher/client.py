@@ -95,6 +95,10 @@ RELEASED, DENIED = OutputState.RELEASED.value, OutputState.DENIED.value
 BLOCKED, CONFLICTED = OutputState.BLOCKED.value, OutputState.CONFLICTED.value
 
 
+#: Seconds between the attempts to reopen a channel that dropped (about 30 s in all).
+RECONNECT_DELAYS = (0.2, 0.5, 1.0, 2.0, 4.0, 8.0, 15.0)
+
+
 def default_cache_dir() -> Path:
     base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
     return Path(base) / "remote_kernel"
@@ -447,6 +451,35 @@ class Datasite:
             # Not a close we asked for: whatever was still running may never report back.
             for request in list(self._requests.values()):
                 request._lose_connection()
+            # A cell sent but not acknowledged will never be: say so now, not at the
+            # timeout (the next run() opens a new channel, maybe to another replica).
+            for ref, (done, box) in list(self._waiters.items()):
+                if not done.is_set():
+                    box.append({"type": "lost", "ref": ref})
+                    done.set()
+            threading.Thread(
+                target=self._reconnect, args=(ws,), daemon=True, name=f"{self.name}-reconnect"
+            ).start()
+
+    def _reconnect(self, lost: ClientConnection) -> None:
+        """The channel dropped (the server restarted, a replica died): open it again, with
+        backoff, so that live events resume without the researcher doing anything. The
+        new channel may reach another replica behind the balancer; :meth:`_channel`
+        then catches up on what changed meanwhile. Gives up after about half a minute
+        (the next :meth:`run` opens one anyway)."""
+        reader = self._reader
+        for delay in RECONNECT_DELAYS:
+            time.sleep(delay)
+            if reader is not None:
+                reader.join(timeout=5)
+            with self._lock:
+                if self._ws is not lost:
+                    return  # closed by us, or opened again by run() meanwhile
+                try:
+                    self._channel()
+                    return
+                except RemoteKernelError:
+                    continue
 
     def _dispatch(self, event: dict[str, Any]) -> None:
         kind = event.get("type")
@@ -492,6 +525,11 @@ class Datasite:
         finally:
             self._waiters.pop(ref, None)
         reply = box[0]
+        if reply["type"] == "lost":
+            raise DatasiteUnreachable(
+                f"the channel to {self.url} closed before the datasite acknowledged the cell; "
+                "it may or may not have been accepted (see requests())"
+            )
         if reply["type"] == "error":
             raise RequestRejected(
                 f"{self.name} refused the cell: {reply['message']}", int(reply.get("status", 400))

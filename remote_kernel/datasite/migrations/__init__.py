@@ -33,7 +33,7 @@ from sqlalchemy.exc import DBAPIError
 from remote_kernel.datasite.config import ConfigError
 
 #: The newest revision in ``versions/`` (a test checks that Alembic agrees).
-HEAD = "0001"
+HEAD = "0002"
 #: The advisory lock key schema changes hold on PostgreSQL (any constant; ours).
 MIGRATION_LOCK = 0x726B_6D69  # "rkmi"
 SCRIPT_LOCATION = Path(__file__).resolve().parent
