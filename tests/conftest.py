@@ -149,6 +149,28 @@ class RunningDatasite:
         return Store(DatasiteConfig.load(self.directory).database_url)
 
 
+#: A strict policy whose ``heart`` dataset declares DP metadata (the DP tier's tests).
+DP_POLICY = """
+preset: strict
+datasets:
+  heart:
+    dp:
+      bounds: {age: [20, 80], chol: [100, 600]}
+      public_categories: {sex: [0, 1]}
+"""
+
+
+def with_dp(site: RunningDatasite, budgets: dict[str, float], policy: str = DP_POLICY) -> None:
+    """Give ``site`` the DP policy and each user's ε on heart (before it is started)."""
+    (site.directory / "policy.yaml").write_text(policy)
+    store = site.store()
+    try:
+        for user, epsilon in budgets.items():
+            store.set_budget(user, "heart", epsilon)
+    finally:
+        store.close()
+
+
 def make_datasite(
     tmp: Path,
     name: str = "cleveland",

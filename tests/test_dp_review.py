@@ -31,16 +31,9 @@ from remote_kernel.protocol.models import Finding, OutputItem, Role, Verdict
 from remote_kernel.researcher.client import DP_MIME, Datasite
 from remote_kernel.researcher.display import output_bundle
 
-from .conftest import RunningDatasite, make_datasite, run_and_view
+from .conftest import DP_POLICY, RunningDatasite, make_datasite, run_and_view
 
-POLICY = """
-preset: strict
-datasets:
-  heart:
-    dp:
-      bounds: {age: [20, 80], chol: [100, 600]}
-      public_categories: {sex: [0, 1]}
-"""
+POLICY = DP_POLICY
 FILTERED = "SELECT sex, COUNT(*) AS n FROM heart WHERE age > 50 GROUP BY sex"
 MEAN_AGE = "SELECT sex, AVG(age) AS mean_age FROM heart GROUP BY sex"
 #: "57.3 ± 4.1 at 95%": digits, never an exponent.

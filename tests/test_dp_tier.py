@@ -18,16 +18,9 @@ import pytest
 
 from remote_kernel.researcher.client import Datasite
 
-from .conftest import RunningDatasite, make_datasite, run_and_view
+from .conftest import DP_POLICY, RunningDatasite, make_datasite, run_and_view
 
-POLICY = """
-preset: strict
-datasets:
-  heart:
-    dp:
-      bounds: {age: [20, 80], chol: [100, 600]}
-      public_categories: {sex: [0, 1]}
-"""
+POLICY = DP_POLICY
 FILTERED = "SELECT sex, COUNT(*) AS n FROM heart WHERE age > 50 GROUP BY sex"
 
 

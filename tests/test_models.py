@@ -39,7 +39,7 @@ from remote_kernel.protocol.values import VALUE_MIME
 from remote_kernel.researcher.client import Datasite
 from remote_kernel.researcher.values import decode_value, encode_value
 
-from .conftest import RunningDatasite, make_datasite, run_and_view
+from .conftest import RunningDatasite, make_datasite, run_and_view, with_dp
 
 FEATURES = ["age", "chol", "thalach"]
 
@@ -299,25 +299,12 @@ def test_private_rows_in_a_well_shaped_model_are_found_by_the_leak_scan(
 
 
 # --- a real datasite -------------------------------------------------------------------------
-POLICY = """
-preset: strict
-datasets:
-  heart:
-    dp:
-      bounds: {age: [20, 80], chol: [100, 600]}
-      public_categories: {sex: [0, 1]}
-"""
 
 
 @pytest.fixture(scope="module")
 def site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningDatasite]:
     site = make_datasite(tmp_path_factory.mktemp("models"))
-    (site.directory / "policy.yaml").write_text(POLICY)
-    budget = [sys.executable, "-m", "remote_kernel.cli", "datasite", "budget", str(site.directory)]
-    done = subprocess.run(
-        [*budget, "alice", "heart", "--epsilon", "0.6"], capture_output=True, text=True
-    )
-    assert done.returncode == 0, done.stderr
+    with_dp(site, {"alice": 0.6})
     site.start()
     yield site
     site.stop()

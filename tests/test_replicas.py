@@ -39,7 +39,7 @@ from remote_kernel.protocol.errors import RemoteKernelError
 from remote_kernel.protocol.models import Role
 from remote_kernel.researcher.client import Datasite
 
-from .conftest import RunningDatasite, free_port, make_datasite
+from .conftest import DP_POLICY, RunningDatasite, free_port, make_datasite
 from .nginx import SKIP_REASON, Balancer, nginx_available
 from .postgres import PostgresCluster
 
@@ -48,14 +48,7 @@ pytestmark = [
     pytest.mark.skipif(not nginx_available(), reason=SKIP_REASON),
 ]
 
-POLICY = """
-preset: strict
-datasets:
-  heart:
-    dp:
-      bounds: {age: [20, 80], chol: [100, 600]}
-      public_categories: {sex: [0, 1]}
-"""
+POLICY = DP_POLICY
 DP_CELL = (
     'rk.query("SELECT sex, COUNT(*) AS n FROM heart WHERE age > 50 GROUP BY sex", epsilon=0.01)'
 )

@@ -13,10 +13,9 @@ import warnings
 from collections.abc import Sequence
 from typing import Any
 
-from remote_kernel.protocol.errors import BudgetExhausted, QueryRejected
 from remote_kernel.protocol.model_values import build_model, describe_model, read_model
 from remote_kernel.researcher.data import at_datasite, data
-from remote_kernel.researcher.kernel_api import kernel_api_client
+from remote_kernel.researcher.kernel_api import post_to_datasite
 
 
 def fit_dp(
@@ -49,12 +48,7 @@ def _ask_datasite(model: Any, dataset: str, features: list[str], target: str) ->
         "features": features,
         "target": target,
     }
-    with kernel_api_client() as http:
-        response = http.post("/kernel/fit_dp", json=body)
-    answer: dict[str, Any] = response.json()
-    if response.status_code != 200:
-        message = answer.get("error", {}).get("message", f"HTTP {response.status_code}")
-        raise BudgetExhausted(message) if response.status_code == 403 else QueryRejected(message)
+    answer = post_to_datasite("/kernel/fit_dp", body)
     fitted = build_model(read_model(answer["model"]))
     # The datasite already shows the released model as an output of the cell (with its
     # cost); ending the cell with it adds no second, kernel-made copy to review, so

@@ -11,9 +11,11 @@ from __future__ import annotations
 
 import os
 import ssl
+from typing import Any
 
 import httpx
 
+from remote_kernel.protocol.errors import BudgetExhausted, QueryRejected
 from remote_kernel.protocol.kernel_env import (
     API_CA_ENV,
     API_SOCKET_ENV,
@@ -38,3 +40,15 @@ def kernel_api_client(timeout: float = 600) -> httpx.Client:
     return httpx.Client(
         transport=transport, base_url="http://datasite", headers=headers, timeout=timeout
     )
+
+
+def post_to_datasite(route: str, body: dict[str, Any]) -> dict[str, Any]:
+    """POST to this kernel's datasite; its answer, or its refusal raised in its own words
+    (403: :class:`BudgetExhausted`, anything else: :class:`QueryRejected`)."""
+    with kernel_api_client() as http:
+        response = http.post(route, json=body)
+    answer: dict[str, Any] = response.json()
+    if response.status_code != 200:
+        message = answer.get("error", {}).get("message", f"HTTP {response.status_code}")
+        raise BudgetExhausted(message) if response.status_code == 403 else QueryRejected(message)
+    return answer

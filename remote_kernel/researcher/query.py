@@ -29,7 +29,6 @@ from typing import Any
 import pandas as pd
 
 from remote_kernel.protocol.errors import (
-    BudgetExhausted,
     QueryRejected,
     RemoteKernelError,
 )
@@ -38,7 +37,7 @@ from remote_kernel.querylang import crosstab_sql, open_connection, run_on_tables
 from remote_kernel.querylang.engine import refusing_errors
 from remote_kernel.researcher.client import dp_attrs, sites
 from remote_kernel.researcher.data import at_datasite
-from remote_kernel.researcher.kernel_api import kernel_api_client
+from remote_kernel.researcher.kernel_api import post_to_datasite
 
 
 class DatasiteTable(pd.DataFrame):
@@ -165,12 +164,7 @@ def _mock_dp(sql: str, tables: dict[str, pd.DataFrame], epsilon: float) -> pd.Da
 def _ask_datasite(body: dict[str, Any]) -> pd.DataFrame:
     """POST a query to this kernel's datasite; the table it answers (with ``attrs["dp"]``
     for a DP answer), or the refusal raised as BudgetExhausted / QueryRejected."""
-    with kernel_api_client() as http:
-        response = http.post("/kernel/query", json=body)
-    answer: dict[str, Any] = response.json()
-    if response.status_code != 200:
-        message = answer.get("error", {}).get("message", f"HTTP {response.status_code}")
-        raise BudgetExhausted(message) if response.status_code == 403 else QueryRejected(message)
+    answer = post_to_datasite("/kernel/query", body)
     split = answer["result"]
     table = DatasiteTable(split["data"], columns=split["columns"])
     if isinstance(answer.get("dp"), dict):

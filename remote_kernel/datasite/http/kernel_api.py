@@ -141,9 +141,13 @@ class QueryHandler(JsonErrorsMixin):
     def check_xsrf_cookie(self) -> None:
         return None
 
-    async def post(self) -> None:
+    def kernel_session(self) -> str:
+        """The session whose kernel holds the request's token (401 for any other token)."""
         header = self.request.headers.get("Authorization", "")
-        session_id = self.api.session_for(header.removeprefix("Bearer ").strip())
+        return self.api.session_for(header.removeprefix("Bearer ").strip())
+
+    async def post(self) -> None:
+        session_id = self.kernel_session()
         body = load_json(self.request.body or b"null", "request body")
         if not isinstance(body, dict):
             raise InputError("request body must be a JSON object")
@@ -175,8 +179,7 @@ class FitDPHandler(QueryHandler):
     """``rk.fit_dp``: the datasite fits a DP model itself (``datasite/dp_models.py``)."""
 
     async def post(self) -> None:
-        header = self.request.headers.get("Authorization", "")
-        session_id = self.api.session_for(header.removeprefix("Bearer ").strip())
+        session_id = self.kernel_session()
         body = load_json(self.request.body or b"null", "request body")
         if not isinstance(body, dict):
             raise InputError("request body must be a JSON object")
@@ -198,8 +201,7 @@ class DatasetHandler(QueryHandler):
     """
 
     async def get(self, name: str) -> None:
-        header = self.request.headers.get("Authorization", "")
-        self.api.session_for(header.removeprefix("Bearer ").strip())
+        self.kernel_session()
         entry = self.api.datasite.config.datasets.get(name)
         if entry is None:
             available = ", ".join(sorted(self.api.datasite.config.datasets)) or "none"
@@ -217,8 +219,7 @@ class PushHandler(QueryHandler):
     """
 
     async def get(self, request_id: str, name: str) -> None:
-        header = self.request.headers.get("Authorization", "")
-        session_id = self.api.session_for(header.removeprefix("Bearer ").strip())
+        session_id = self.kernel_session()
         store = self.api.datasite.store
         if store.get_request(int(request_id)).session_id != session_id:
             raise NotFound(f"no request {request_id} in this kernel's session")
