@@ -153,14 +153,9 @@ def test_a_refusal_does_not_say_whether_a_patient_exists(dp_site: RunningDatasit
     assert notes[0] == notes[1]
 
 
-JOIN_POLICY = """
-preset: strict
-datasets:
-  heart:
-    dp:
-      bounds: {age: [20, 80], chol: [100, 600]}
-      public_categories: {sex: [0, 1]}
-  patients:
+JOIN_POLICY = (
+    DP_POLICY
+    + """  patients:
     dp:
       privacy_unit: {id: pid, max_contributions: 1, name: patient}
       bounds: {age: [20, 80]}
@@ -170,6 +165,7 @@ datasets:
       privacy_unit: {id: pid, max_contributions: 4, name: patient}
       bounds: {cost: [0, 1000]}
 """
+)
 JOIN = (
     "SELECT p.sex, COUNT(*) AS n, AVG(v.cost) AS mean_cost FROM patients p "
     "JOIN visits v ON p.pid = v.pid GROUP BY p.sex"
