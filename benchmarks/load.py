@@ -180,6 +180,68 @@ def replica_ids(url: str) -> dict[int, str]:
         engine.dispose()
 
 
+def kill_first_replica(
+    servers: list[Server], load: Researchers, after: int, cpu_after: dict[int, float]
+) -> None:
+    """SIGKILL replica 0 (the server alone) once ``after`` cells are submitted; its CPU
+    is read just before."""
+    while load.submitted_count < after:
+        time.sleep(0.05)
+    victim = servers[0].process
+    assert victim is not None
+    cpu_after[victim.pid] = cpu_seconds(victim.pid)
+    victim.kill()
+    victim.wait()
+    log(f"killed replica 0 (pid {victim.pid}) after {load.submitted_count} cells")
+    servers[0].process = None
+
+
+def summarize(
+    args: argparse.Namespace,
+    url: str,
+    load: Researchers,
+    pids: dict[int, Any],
+    cpu_before: dict[int, float],
+    cpu_after: dict[int, float],
+    elapsed: float,
+) -> tuple[dict[str, Any], str]:
+    """The run's figures (from the store and /proc) and the issue's one-line summary."""
+    names = replica_ids(url)
+    result = account(url, load.acknowledged)
+    per_replica = []
+    for pid in pids:
+        cells = result["started_by_replica"].get(names.get(pid, "?"), 0)
+        cpu = cpu_after[pid] - cpu_before[pid]
+        per_replica.append(
+            {"pid": pid, "cells": cells, "cpu_s": round(cpu, 3),
+             "cpu_ms_per_cell": round(1000 * cpu / cells, 2) if cells else None}
+        )  # fmt: skip
+    latencies = sorted(load.latencies)
+    p50 = 1000 * statistics.median(latencies) if latencies else float("nan")
+    p99 = (
+        1000 * latencies[min(len(latencies) - 1, int(0.99 * len(latencies)))]
+        if latencies
+        else float("nan")
+    )
+    completed = result["statuses"].get("completed", 0)
+    total_cpu = sum(r["cpu_s"] for r in per_replica)
+    cpu_per_cell = 1000 * total_cpu / completed if completed else float("nan")
+    report = {
+        "replicas": args.replicas, "store": args.store, "researchers": args.researchers,
+        "cells": args.cells, "kill_replica": args.kill_replica, "cores": os.cpu_count(),
+        "elapsed_s": round(elapsed, 2), "throughput_cells_per_s": round(completed / elapsed, 2),
+        "submitted": len(load.acknowledged), "unacknowledged_sends": load.unacknowledged,
+        **result, "p50_ms": round(p50, 1), "p99_ms": round(p99, 1),
+        "per_replica": per_replica, "server_cpu_ms_per_cell": round(cpu_per_cell, 2),
+    }  # fmt: skip
+    line = (
+        f"load: {len(load.acknowledged)} submitted, {completed} completed, "
+        f"{result['lost']} lost, p50 {p50:.0f} ms, p99 {p99:.0f} ms, "
+        f"server CPU per cell {cpu_per_cell:.1f} ms"
+    )
+    return report, line
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--replicas", type=int, default=2)
@@ -231,59 +293,21 @@ def main() -> int:
         log(f"kernels up; {args.researchers} researchers x {args.cells} cells")
         total = args.researchers * args.cells
         if args.kill_replica:
-            while load.submitted_count < total // 3:
-                time.sleep(0.05)
-            victim = servers[0].process
-            assert victim is not None
-            cpu_after[victim.pid] = cpu_seconds(victim.pid)
-            victim.kill()  # SIGKILL, the server alone
-            victim.wait()
-            log(f"killed replica 0 (pid {victim.pid}) after {load.submitted_count} cells")
-            servers[0].process = None
+            kill_first_replica(servers, load, total // 3, cpu_after)
         for thread in threads:
             thread.join()
         elapsed = time.perf_counter() - began
         for pid in pids:
             if pid not in cpu_after:
                 cpu_after[pid] = cpu_seconds(pid)
-        names = replica_ids(url)
-        result = account(url, load.acknowledged)
-        per_replica = []
-        for pid in pids:
-            cells = result["started_by_replica"].get(names.get(pid, "?"), 0)
-            cpu = cpu_after[pid] - cpu_before[pid]
-            per_replica.append(
-                {"pid": pid, "cells": cells, "cpu_s": round(cpu, 3),
-                 "cpu_ms_per_cell": round(1000 * cpu / cells, 2) if cells else None}
-            )  # fmt: skip
-        latencies = sorted(load.latencies)
-        p50 = 1000 * statistics.median(latencies) if latencies else float("nan")
-        p99 = (
-            1000 * latencies[min(len(latencies) - 1, int(0.99 * len(latencies)))]
-            if latencies
-            else float("nan")
-        )
-        completed = result["statuses"].get("completed", 0)
-        total_cpu = sum(r["cpu_s"] for r in per_replica)
-        cpu_per_cell = 1000 * total_cpu / completed if completed else float("nan")
-        report = {
-            "replicas": args.replicas, "store": args.store, "researchers": args.researchers,
-            "cells": args.cells, "kill_replica": args.kill_replica, "cores": os.cpu_count(),
-            "elapsed_s": round(elapsed, 2), "throughput_cells_per_s": round(completed / elapsed, 2),
-            "submitted": len(load.acknowledged), "unacknowledged_sends": load.unacknowledged,
-            **result, "p50_ms": round(p50, 1), "p99_ms": round(p99, 1),
-            "per_replica": per_replica, "server_cpu_ms_per_cell": round(cpu_per_cell, 2),
-        }  # fmt: skip
+        report, line = summarize(args, url, load, pids, cpu_before, cpu_after, elapsed)
         if args.json:
             print(json.dumps(report, indent=2))
         else:
             for key, value in report.items():
                 print(f"{key:>24}: {value}")
-        print(
-            f"load: {len(load.acknowledged)} submitted, {completed} completed, "
-            f"{result['lost']} lost, p50 {p50:.0f} ms, p99 {p99:.0f} ms, "
-            f"server CPU per cell {cpu_per_cell:.1f} ms"
-        )
+        print(line)
+        result = report
         return 0 if result["lost"] == 0 and result["duplicated"] == 0 else 1
     finally:
         if balancer is not None:
