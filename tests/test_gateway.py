@@ -156,6 +156,29 @@ def test_pushed_objects_reach_a_gateway_kernel_through_the_kernel_api(
         client.close()
 
 
+def test_a_kernel_cannot_fetch_another_sessions_push(site: RunningDatasite) -> None:
+    """A kernel's token reaches its own session's pushes only (the kernel API's check)."""
+    alice = Datasite(site.url, site.tokens["alice"])
+    carol = Datasite(site.url, site.tokens["carol"])
+    try:
+        pushed = alice.run("secret['x']", push={"secret": {"x": 41}})
+        pushed.wait(120, until="finished")
+        assert pushed.status == "completed", pushed.message
+        probe = carol.run(
+            "from remote_kernel.researcher.kernel_api import kernel_api_client\n"
+            "with kernel_api_client() as http:\n"
+            f"    print(http.get('/kernel/pushes/{pushed.id}/secret').status_code)"
+        )
+        probe.wait(120, until="finished")
+        shown = httpx.get(
+            f"{site.url}/api/outputs/{probe.outputs[0].id}", headers=site.headers("bob")
+        ).json()
+        assert shown["content"]["text"] == "404\n"
+    finally:
+        alice.close()
+        carol.close()
+
+
 def test_the_kernel_api_over_tcp_wants_tls_and_a_kernel_token(site: RunningDatasite) -> None:
     settings = DatasiteConfig.load(site.directory).kernels
     cert = settings.api_certfile
